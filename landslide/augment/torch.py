@@ -1,0 +1,140 @@
+"""The seed's augmentations as batched torch ops on the training device (the reference backend).
+
+Parameters are drawn per sample in one shot (:meth:`TorchAugment.sample`) and applied in one shot
+(:func:`apply`), so the DALI backend and the tests can apply the very same parameters. All geometric
+ops (h/v flip, rot90, shift-scale-rotate) compose into one 2x3 affine matrix per sample and a single
+``grid_sample``; at pixel centres bilinear sampling is exact, so pure flips and rot90 are lossless.
+Borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BLUR_K = 5  # Gaussian blur kernel width (sigma up to ~1.2 px fits in it)
+
+
+@dataclass
+class AugmentConfig:
+    p_hflip: float = 0.5
+    p_vflip: float = 0.5
+    p_rot90: float = 0.5
+    p_ssr: float = 0.5          # shift-scale-rotate
+    shift: float = 0.0625       # fraction of the patch
+    scale: float = 0.1          # +- relative
+    rotate: float = 45.0        # +- degrees
+    p_dropout: float = 0.3      # coarse dropout
+    holes: int = 4              # up to this many holes
+    hole_size: int = 8          # up to this many pixels a side
+    p_noise: float = 0.2
+    noise_std: float = 0.1      # up to this std, in standardised units
+    p_blur: float = 0.1
+    blur_sigma: float = 1.0     # up to this sigma, in pixels
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters for a batch of ``B``: all tensors have leading dim ``B``."""
+
+    theta: torch.Tensor      # (B, 2, 3) affine matrix in normalised coordinates (output -> input)
+    holes: torch.Tensor      # (B, K, 4) y0, x0, y1, x1 in pixels (half-open); empty holes have y1 <= y0
+    noise_std: torch.Tensor  # (B,) 0 = off
+    blur_sigma: torch.Tensor # (B,) 0 = off
+
+
+def _rand(b: int, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(b, generator=g, device=device)
+
+
+def geometric_theta(hflip: torch.Tensor, vflip: torch.Tensor, rot_k: torch.Tensor, angle_deg: torch.Tensor,
+                    scale: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Compose flips, rot90 (k quarter turns), rotation/scale and shift into ``(B, 2, 3)``.
+
+    ``dx``/``dy`` are fractions of the patch; the matrix maps output to input coordinates in
+    ``affine_grid``'s normalised [-1, 1] space.
+    """
+    b = hflip.shape[0]
+    dev = hflip.device
+    eye = torch.eye(2, device=dev).expand(b, 2, 2)
+    fx = torch.where(hflip, -1.0, 1.0)
+    fy = torch.where(vflip, -1.0, 1.0)
+    flip = torch.diag_embed(torch.stack([fx, fy], 1))
+    a = rot_k.float() * (math.pi / 2) + angle_deg * (math.pi / 180)
+    c, s = torch.cos(a), torch.sin(a)
+    # Snap exact quarter turns so rot90 stays lossless (cos(pi/2) is 6e-17, not 0).
+    c = torch.where(c.abs() < 1e-6, torch.zeros_like(c), c)
+    s = torch.where(s.abs() < 1e-6, torch.zeros_like(s), s)
+    rot = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1) / scale.view(b, 1, 1)
+    m = rot @ flip @ eye
+    t = torch.stack([dx * 2, dy * 2], 1).unsqueeze(2)
+    return torch.cat([m, t], 2)
+
+
+class TorchAugment:
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.cfg = cfg
+
+    def sample(self, b: int, h: int, w: int, g: torch.Generator | None, device: torch.device) -> AugmentParams:
+        cfg = self.cfg
+        r = lambda: _rand(b, g, device)  # noqa: E731
+        hflip = r() < cfg.p_hflip
+        vflip = r() < cfg.p_vflip
+        rot_k = torch.where(r() < cfg.p_rot90, torch.randint(1, 4, (b,), generator=g, device=device), 0)
+        ssr = r() < cfg.p_ssr
+        angle = torch.where(ssr, (r() * 2 - 1) * cfg.rotate, 0.0)
+        scale = torch.where(ssr, 1 + (r() * 2 - 1) * cfg.scale, 1.0)
+        dx = torch.where(ssr, (r() * 2 - 1) * cfg.shift, 0.0)
+        dy = torch.where(ssr, (r() * 2 - 1) * cfg.shift, 0.0)
+        theta = geometric_theta(hflip, vflip, rot_k, angle, scale, dx, dy)
+        k = max(cfg.holes, 1)
+        on = (r() < cfg.p_dropout).unsqueeze(1) & (torch.arange(k, device=device) <
+                                                    torch.randint(1, k + 1, (b, 1), generator=g, device=device))
+        size = torch.randint(1, cfg.hole_size + 1, (b, k, 2), generator=g, device=device)
+        y0 = (torch.rand(b, k, generator=g, device=device) * h).long()
+        x0 = (torch.rand(b, k, generator=g, device=device) * w).long()
+        y1 = torch.where(on, (y0 + size[..., 0]).clamp(max=h), y0)
+        x1 = torch.where(on, (x0 + size[..., 1]).clamp(max=w), x0)
+        holes = torch.stack([y0, x0, y1, x1], 2)
+        noise = torch.where(r() < cfg.p_noise, r() * cfg.noise_std, 0.0)
+        blur = torch.where(r() < cfg.p_blur, 0.1 + r() * (cfg.blur_sigma - 0.1), 0.0)
+        return AugmentParams(theta, holes, noise, blur)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        p = self.sample(x.shape[0], x.shape[2], x.shape[3], g, x.device)
+        noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        return apply(x, p, noise)
+
+
+def gaussian_kernels(sigma: torch.Tensor, k: int = BLUR_K) -> torch.Tensor:
+    """``(B, k)`` normalised 1-D Gaussian kernels; sigma 0 gives a delta (no blur)."""
+    r = torch.arange(k, device=sigma.device, dtype=torch.float32) - (k - 1) / 2
+    s = sigma.float().clamp_min(1e-3).unsqueeze(1)
+    w = torch.exp(-0.5 * (r / s) ** 2)
+    return w / w.sum(1, keepdim=True)
+
+
+def apply(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ``p`` to ``(B, C, H, W)``: geometry, blur, noise, then coarse dropout (fill 0 = band mean)."""
+    b, c, h, w = x.shape
+    dtype = x.dtype
+    x = x.float()
+    grid = F.affine_grid(p.theta.float(), [b, c, h, w], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if bool((p.blur_sigma > 0).any()):
+        kern = gaussian_kernels(p.blur_sigma).repeat_interleave(c, 0)  # (B*C, k)
+        pad = BLUR_K // 2
+        y = x.reshape(1, b * c, h, w)
+        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="replicate"), kern.view(b * c, 1, 1, BLUR_K), groups=b * c)
+        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="replicate"), kern.view(b * c, 1, BLUR_K, 1), groups=b * c)
+        x = torch.where((p.blur_sigma > 0).view(b, 1, 1, 1), y.view(b, c, h, w), x)
+    if noise is not None:
+        x = x + p.noise_std.view(b, 1, 1, 1).float() * noise.float()
+    yy = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    xx = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    hb = p.holes.view(b, -1, 4, 1, 1)
+    inside = (yy >= hb[:, :, 0]) & (yy < hb[:, :, 2]) & (xx >= hb[:, :, 1]) & (xx < hb[:, :, 3])
+    x = x.masked_fill(inside.any(1, keepdim=True), 0.0)
+    return x.to(dtype)

@@ -1,0 +1,140 @@
+"""Typed configs whose fields are the script's flags.
+
+``parse_config(Cls, argv)`` builds an argparse parser from a dataclass: one flag per field
+(``snake_case`` -> ``--kebab-case``), help from the field's ``metadata["help"]``. Values come from,
+in increasing priority: the dataclass defaults, a named preset, ``--config FILE`` (JSON), then the
+flags actually typed. Unknown keys in a config file fail, so a typo never goes unnoticed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from landslide.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def field(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help string (and a factory for mutable defaults)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, is_optional) for ``X | None`` / ``Optional[X]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    base, optional = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} may not be null")
+    origin = typing.get_origin(base)
+    try:
+        if origin is list:
+            (inner,) = typing.get_args(base)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return [inner(v) for v in value]
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        return base(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a valid {getattr(base, '__name__', base)}",
+                          fix=f"pass --{name.replace('_', '-')} with a value of that type") from None
+
+
+def build_parser(cls: type, description: str, presets: dict[str, dict] | None = None,
+                 positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    if presets:
+        p.add_argument("--preset", choices=sorted(presets), default=None,
+                       help="named recipe; explicit flags and --config override it")
+    p.add_argument("--config", default=None, help="JSON file of field values (flags override it)")
+    for f in dataclasses.fields(cls):
+        if f.name == "preset":  # recorded from --preset above, not a flag of its own
+            continue
+        help_ = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in positional:
+            p.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, help=help_)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        base, _ = _base_type(hints[f.name])
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name,
+                              "help": f"{help_} (default: {default})"}
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            if typing.get_origin(base) is list:
+                kw["metavar"] = "A,B,..."
+            p.add_argument(flag, choices=choices, **kw)
+    return p
+
+
+def parse_config(cls: type[T], argv: list[str] | None, description: str,
+                 presets: dict[str, dict] | None = None, positional: tuple[str, ...] = ()) -> T:
+    """Parse ``argv`` into an instance of the dataclass ``cls`` (see module docstring)."""
+    parser = build_parser(cls, description, presets, positional)
+    ns = vars(parser.parse_args(argv))
+    preset = ns.pop("preset", None)
+    config_file = ns.pop("config", None)
+    values: dict[str, Any] = {}
+    if preset:
+        values.update(presets[preset])  # type: ignore[index]
+        values["preset"] = preset
+    if config_file:
+        values.update(load_json_config(cls, config_file))
+    values.update(ns)
+    return make_config(cls, values)
+
+
+def load_json_config(cls: type, path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read config: {e}", file=path, fix="pass a JSON object of field values") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config is not a JSON object", file=path, fix="write {\"field\": value, ...}")
+    return data
+
+
+def make_config(cls: type[T], values: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict, coercing types and refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}", fix=f"valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(k, hints[k], v) for k, v in values.items()}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        choices = f.metadata.get("choices")
+        if choices and f.name in kwargs and kwargs[f.name] not in choices:
+            raise ConfigError(f"{f.name}={kwargs[f.name]!r} is not one of {list(choices)}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,69 @@
+"""The input contract every artefact carries, and the checks that refuse a mismatch.
+
+A checkpoint, ONNX file or engine is only meaningful for data with the same bands (in the same
+order), the same preprocessing and patch shape; the contract records those plus the normalisation
+statistics, versions and a hash, so a loader can say exactly what disagrees and how to fix it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from landslide.bands import BandLayout
+from landslide.data import PATCH_HW
+from landslide.errors import ContractError
+from landslide.preprocess import PREPROCESS_VERSION
+
+CHECKPOINT_FORMAT = "landslide-checkpoint/1"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import timm
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+         "numpy": numpy.__version__}
+    if torch.cuda.is_available():
+        v["cuda"] = str(torch.version.cuda)
+        v["gpu"] = torch.cuda.get_device_name(0)
+    return v
+
+
+def data_contract(layout: BandLayout) -> dict[str, Any]:
+    """What a patch must look like for this artefact: raw, as read from the ``.npy`` files."""
+    return {"bands": layout.to_list(), "input_shape": [*PATCH_HW, layout.n_channels],
+            "input_layout": "HWC per patch (NHWC batch), raw values in the data's units",
+            "preprocess_version": PREPROCESS_VERSION,
+            "preprocess": "3x3 median (replicate border) on SAR bands; per-band standardisation; "
+                          "cloud = sigmoid(mean standardised optical)"}
+
+
+def check_data(contract: dict[str, Any], layout: BandLayout, *, artefact: str | Path, data_dir: str | Path) -> None:
+    """Refuse data whose bands or preprocessing disagree with the artefact's contract."""
+    want = contract.get("bands")
+    if want != layout.to_list():
+        raise ContractError(f"the artefact was trained on bands {want}, but the data declares {layout.to_list()}",
+                            file=artefact,
+                            fix=f"score data with the same bands in the same order (bands.txt in {data_dir}), "
+                                "or train a model on this data")
+    pv = contract.get("preprocess_version")
+    if pv != PREPROCESS_VERSION:
+        raise ContractError(f"the artefact was made with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
+                            file=artefact, fix="re-train (or re-export) with this version of landslide")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

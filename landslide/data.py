@@ -1,0 +1,222 @@
+"""Reading a Zindi-layout folder: CSVs, ``.npy`` patches, validation, and the preprocessed cache.
+
+Layout (see shared DATA.md): ``Train.csv`` (ID,label) and/or ``Test.csv`` (ID) beside
+``train_data/<ID>.npy`` / ``test_data/<ID>.npy`` (or the official zip's nested
+``train_data/train_data/<ID>.npy``), each ``(64, 64, C)`` channels-last, any real numeric dtype.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landslide.bands import BandLayout
+from landslide.errors import BadFilesError, DataError
+from landslide.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+PATCH_HW = (64, 64)
+SPLITS = {"train": ("Train.csv", "train_data"), "test": ("Test.csv", "test_data")}
+
+
+@dataclass
+class Table:
+    """The rows of one split's CSV."""
+
+    path: Path
+    ids: list[str]
+    labels: np.ndarray | None  # (N,) int64 in {0, 1}, None for an unlabelled split
+
+
+def read_csv(path: str | Path, *, labelled: bool) -> Table:
+    """Read ``Train.csv`` (``ID,label``) or ``Test.csv`` (``ID``). CRLF line ends and a UTF-8 BOM are fine."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("CSV not found", file=path,
+                        fix="point --data at a folder holding Train.csv/Test.csv (Zindi layout)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path,
+                        fix="save the CSV as UTF-8") from None
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError("CSV is empty", file=path, fix="the first line must be the header 'ID,label' or 'ID'")
+    header = [h.strip() for h in rows[0]]
+    want = ["ID", "label"] if labelled else ["ID"]
+    cols = {h: i for i, h in enumerate(header)}
+    missing = [w for w in want if w not in cols]
+    if missing:
+        raise DataError(f"header {header} lacks column(s) {missing}", file=path,
+                        fix=f"the header must contain {','.join(want)}")
+    body = rows[1:]
+    if not body:
+        raise DataError("CSV has a header but no rows", file=path, fix="add at least one row of data")
+    ids: list[str] = []
+    labels: list[int] = []
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(body, start=2):
+        if len(row) < len(header):
+            raise DataError(f"line {lineno} has {len(row)} field(s), the header has {len(header)}",
+                            file=path, fix="give every row the same columns as the header")
+        id_ = row[cols["ID"]].strip()
+        if not id_ or "/" in id_ or "\\" in id_ or id_ in (".", ".."):
+            raise DataError(f"line {lineno}: invalid ID {id_!r}", file=path,
+                            fix="IDs must be non-empty file stems such as ID_ABC123")
+        if id_ in seen:
+            raise DataError(f"duplicate ID (lines {seen[id_]} and {lineno})", file=path, id=id_,
+                            fix="each ID must appear once")
+        seen[id_] = lineno
+        ids.append(id_)
+        if labelled:
+            raw = row[cols["label"]].strip()
+            if raw not in ("0", "1", "0.0", "1.0"):
+                raise DataError(f"line {lineno}: label {raw!r} is not 0 or 1", file=path, id=id_,
+                                fix="labels must be 0 (no landslide) or 1 (landslide)")
+            labels.append(int(float(raw)))
+    return Table(path, ids, np.asarray(labels, dtype=np.int64) if labelled else None)
+
+
+def patch_dir(data_dir: Path, split: str) -> Path:
+    """The folder of a split's ``.npy`` files: flat or the official zip's nested layout."""
+    base = data_dir / SPLITS[split][1]
+    nested = base / SPLITS[split][1]
+    if nested.is_dir() and not any(base.glob("*.npy")):
+        return nested
+    return base
+
+
+def load_patch(path: Path, id_: str, n_channels: int) -> np.ndarray:
+    """Load and validate one patch; returns ``(64, 64, C)`` float32. Raises :class:`DataError`."""
+    fix_shape = f"each patch must be a (64, 64, {n_channels}) array, channels last, matching bands.txt"
+    if not path.is_file():
+        raise DataError("patch file is missing", file=path, id=id_,
+                        fix="restore the file, or remove the ID from the CSV (inference: --skip-bad)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError/OSError/EOFError/UnpicklingError on bad files
+        raise DataError(f"cannot read .npy ({type(e).__name__}: {e})", file=path, id=id_,
+                        fix="the file is truncated or not a .npy array; re-extract or re-download it") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise DataError(f"dtype {getattr(arr, 'dtype', type(arr))} is not a real number type", file=path,
+                        id=id_, fix="store patches as integer or float arrays")
+    if arr.ndim != 3 or arr.shape[:2] != PATCH_HW:
+        raise DataError(f"shape {arr.shape} is not (64, 64, C)", file=path, id=id_, fix=fix_shape)
+    if arr.shape[2] != n_channels:
+        raise DataError(f"{arr.shape[2]} channels but bands.txt declares {n_channels}", file=path, id=id_,
+                        fix=fix_shape)
+    out = arr.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).sum())
+        raise DataError(f"{bad} NaN/Inf value(s) (or values beyond float32 range)", file=path, id=id_,
+                        fix="replace missing values (e.g. with the band median) before scoring")
+    return out
+
+
+def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout, *,
+                 skip_bad: bool = False) -> tuple[np.ndarray, list[str], list[DataError]]:
+    """Load every patch of ``ids`` as read, ``(N, 64, 64, C)`` float32 (channels last).
+
+    All files are checked before anything is returned, and every bad file is named at once. With
+    ``skip_bad`` the bad ones are dropped and returned as errors instead.
+    """
+    folder = patch_dir(data_dir, split)
+
+    def one(id_: str) -> np.ndarray | DataError:
+        try:
+            return load_patch(folder / f"{id_}.npy", id_, layout.n_channels)
+        except DataError as e:
+            return e
+
+    # np.load releases the GIL while reading, so threads overlap the file I/O.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        results = list(pool.map(one, ids))
+    errors = [r for r in results if isinstance(r, DataError)]
+    if errors and not skip_bad:
+        raise BadFilesError(errors, fix="fix or remove these files (inference: --skip-bad scores the rest)")
+    keep = [i for i, r in enumerate(results) if not isinstance(r, DataError)]
+    if not keep:
+        raise DataError("no readable patches", file=folder, fix="check the folder and the CSV IDs")
+    return np.stack([results[i] for i in keep]), [ids[i] for i in keep], errors
+
+
+@dataclass
+class Split:
+    """One split, preprocessed: median-filtered raw values, ready for per-fold normalisation."""
+
+    ids: list[str]
+    x: torch.Tensor            # (N, C, 64, 64) float32, SAR bands median-filtered
+    labels: np.ndarray | None  # (N,) int64
+    layout: BandLayout
+    skipped: list[DataError]
+
+
+def _fingerprint(data_dir: Path, split: str, table: Table, layout: BandLayout) -> str:
+    """Hash of what the cache depends on: CSV bytes, each file's path/size/mtime, bands, preprocessing."""
+    from landslide.preprocess import PREPROCESS_VERSION
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": PREPROCESS_VERSION, "split": split, "bands": layout.to_list(),
+                         "dir": str(data_dir.resolve())}).encode())
+    h.update(table.path.read_bytes())
+    folder = patch_dir(data_dir, split)
+    for id_ in table.ids:
+        try:
+            st = (folder / f"{id_}.npy").stat()
+            h.update(f"{id_}:{st.st_size}:{st.st_mtime_ns};".encode())
+        except FileNotFoundError:
+            h.update(f"{id_}:missing;".encode())
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LANDSLIDE_CACHE", Path.home() / ".cache" / "landslide"))
+
+
+def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None = None,
+               skip_bad: bool = False, use_cache: bool = True) -> Split:
+    """Read, validate and preprocess a split, through a cache keyed by a hash of its inputs.
+
+    The cache holds one file per data set (``<cache>/<split>-<hash>.pt``); changing the CSV, any
+    patch file, ``bands.txt`` or the preprocessing code changes the hash and rebuilds it.
+    """
+    from landslide.preprocess import median_filter_sar
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError("data folder not found", file=data_dir, fix="pass --data DIR (Zindi layout)")
+    layout = BandLayout.from_dir(data_dir)
+    table = read_csv(data_dir / SPLITS[split][0], labelled=(split == "train"))
+    key = _fingerprint(data_dir, split, table, layout)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_file = cache / f"{split}-{key}.pt"
+    if use_cache and not skip_bad and cache_file.is_file():
+        try:
+            blob = torch.load(cache_file, map_location="cpu", weights_only=True)
+            log.info("cache hit: %s (%d patches)", cache_file, len(blob["ids"]))
+            labels = table.labels
+            return Split(blob["ids"], blob["x"], labels, layout, [])
+        except Exception as e:  # a corrupt cache is rebuilt, and says so
+            log.warning("cache %s unreadable (%s): rebuilding", cache_file, e)
+    x_np, ids, skipped = load_patches(data_dir, split, table.ids, layout, skip_bad=skip_bad)
+    x = median_filter_sar(torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous(), layout.sar_idx)
+    labels = None
+    if table.labels is not None:
+        pos = {id_: i for i, id_ in enumerate(table.ids)}
+        labels = table.labels[[pos[i] for i in ids]]
+    if use_cache and not skipped:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache_file, "wb") as f:
+            torch.save({"ids": ids, "x": x}, f)
+        log.info("cache written: %s (%d patches)", cache_file, len(ids))
+    return Split(ids, x, labels, layout, skipped)

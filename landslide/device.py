@@ -1,0 +1,76 @@
+"""Detect the host once; resolve precision/compile/channels-last defaults; refuse the impossible.
+
+GPU-only features degrade on a CPU by design, never silently: ``auto`` picks what the host can do
+and the start-up line says so; an explicit request the host cannot honour raises ConfigError.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from landslide.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str        # fp32 | bf16 | fp16
+    channels_last: bool
+    compile: bool
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return (f"device={self.device} ({name}) precision={self.precision} "
+                f"channels_last={'on' if self.channels_last else 'off'} compile={'on' if self.compile else 'off'}")
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested} asked for, but this host has no CUDA GPU",
+                          fix="drop --device (auto picks the CPU here) or run on a GPU machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {requested!r} unsupported", fix="use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
+                    compile: str = "auto") -> Runtime:
+    """``auto`` = bf16 + channels-last + compile on a CUDA GPU (fp16 where bf16 is unsupported), fp32 and off on CPU."""
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} unknown", fix=f"use one of {PRECISIONS}")
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("--precision fp16 needs a CUDA GPU (fp16 autocast with a grad scaler)",
+                          fix="use --precision fp32 or bf16 on the CPU")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16", fix="use --precision fp16")
+
+    def flag(v: str, name: str) -> bool:
+        if v == "auto":
+            return cuda
+        if v in ("on", "true", "1"):
+            return True
+        if v in ("off", "false", "0"):
+            return False
+        raise ConfigError(f"--{name} {v!r}", fix=f"use --{name} auto|on|off")
+
+    return Runtime(dev, precision, flag(channels_last, "channels-last"), flag(compile, "compile"))

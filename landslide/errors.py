@@ -1,0 +1,50 @@
+"""The project's error types. Each message names the file, the ID (when there is one) and the fix.
+
+Scripts catch :class:`LandslideError` at the top and print its message without a traceback:
+a user error is one clear line and a non-zero exit, never a stack dump.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LandslideError(Exception):
+    """A user-facing error: what is wrong, where, and how to fix it."""
+
+    def __init__(self, problem: str, *, file: str | Path | None = None, id: str | None = None,
+                 fix: str | None = None) -> None:
+        self.problem, self.file, self.id, self.fix = problem, file, id, fix
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(f"file {self.file}")
+        if self.id is not None:
+            where.append(f"ID {self.id}")
+        msg = (", ".join(where) + ": " if where else "") + self.problem
+        if self.fix:
+            msg += f". Fix: {self.fix}"
+        return msg
+
+
+class DataError(LandslideError):
+    """Input data (CSV, .npy, bands.txt) is missing or malformed."""
+
+
+class BadFilesError(DataError):
+    """Several patches are bad; all are named at once so the user fixes them in one pass."""
+
+    def __init__(self, errors: list[DataError], *, fix: str) -> None:
+        self.errors = errors
+        lines = "\n".join(f"  - {e.format()}" for e in errors[:50])
+        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+        super().__init__(f"{len(errors)} bad patch file(s):\n{lines}{more}\n", fix=fix)
+
+
+class ContractError(LandslideError):
+    """An artefact (checkpoint, ONNX file, engine) does not match the data or the host."""
+
+
+class ConfigError(LandslideError):
+    """A flag or config file is invalid, or asks for something this host cannot do."""

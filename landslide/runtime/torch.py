@@ -1,0 +1,38 @@
+"""The torch runner: the fused ensemble module, eager or ``torch.compile``d, on CPU or CUDA."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landslide.device import resolve_runtime
+from landslide.ensemble import build_ensemble
+from landslide.runtime import Runner
+
+
+class TorchRunner(Runner):
+    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "fp32", compile: str = "off",
+                 looped: bool = False) -> None:
+        self.rt = resolve_runtime(device, precision, "auto", compile)
+        module, info = build_ensemble(run_dir, looped=looped)
+        self.module = module.to(self.rt.device)
+        if self.rt.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.fn = torch.compile(self.module) if self.rt.compile else self.module
+        self.info = info
+        self.contract = info.contract
+        self.threshold = info.threshold
+        self.name = f"torch-{'looped' if looped else 'fused'}{'-compiled' if self.rt.compile else ''}"
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.rt.device.type == "cuda":
+            xt = xt.pin_memory().to(self.rt.device, non_blocking=True)
+        with self.rt.autocast():
+            p = self.fn(xt)
+        return p.float().cpu().numpy()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.rt.describe()})"

@@ -1,0 +1,340 @@
+"""Stratified K-fold training: one fold's loop, the K-fold driver, checkpoints, resume, calibration.
+
+Per (fold, architecture) the whole training fold lives on the device, standardised once; each step
+gathers a class-balanced index batch (``sampler.py``), augments it on the device (``augment/``),
+mixes it (Mixup/CutMix), and runs one AMP step. Metrics are accumulated on the device so the step
+never waits for the host. After every epoch the fold's state is written atomically
+(``fold<k>/<arch>.state.pt``): killed at any moment, ``--resume`` continues from the last finished
+epoch, and because every epoch's randomness is seeded from (seed, fold, arch, epoch) a resumed run
+on the CPU ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from landslide.augment import build_augment, resolve_backend
+from landslide.augment.mix import Mixer, MixConfig
+from landslide.augment.torch import AugmentConfig
+from landslide.bands import BandLayout
+from landslide.calibrate import best_threshold, calibrate
+from landslide.train_config import TrainConfig
+from landslide.contract import CHECKPOINT_FORMAT, data_contract, versions
+from landslide.data import Split, load_split
+from landslide.device import Runtime, resolve_runtime
+from landslide.errors import ConfigError, DataError
+from landslide.io import atomic_write, read_json, write_json
+from landslide.losses import focal_loss
+from landslide.model import LandslideModel, LandslideNet, ModelConfig, parse_arch, tta_mean, tta_views
+from landslide.preprocess import Normalize, fit_stats
+from landslide.sampler import BalancedSampler
+
+log = logging.getLogger(__name__)
+
+METRIC_FIELDS = ["fold", "arch", "epoch", "lr", "train_loss", "val_loss", "val_f1", "val_thr",
+                 "epoch_s", "samples_per_s"]
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold id ``(N,)`` per row: each class shuffled with ``seed`` and dealt round-robin into ``k`` folds."""
+    if k < 2:
+        raise ConfigError(f"--folds {k}", fix="use at least 2 folds")
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() < k:
+        raise DataError(f"a class has only {counts.min()} rows, fewer than {k} folds",
+                        fix=f"use --folds {max(2, int(counts.min()))} or fewer, or add labelled rows")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    offset = 0
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        fold[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)  # continue the deal so fold sizes stay within one of each other
+    return fold
+
+
+def epoch_seed(seed: int, fold: int, arch_i: int, epoch: int) -> int:
+    return (seed * 1_000_003 + fold * 10_007 + arch_i * 101 + epoch) % (2**31 - 1)
+
+
+def build_net(mcfg: ModelConfig, layout: BandLayout, mean: torch.Tensor, std: torch.Tensor) -> LandslideNet:
+    return LandslideNet(LandslideModel(mcfg, layout), Normalize(mean, std, layout.optical_idx))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LandslideNet, dict]:
+    """A fold checkpoint -> (``LandslideNet`` in eval mode, its metadata)."""
+    from landslide.errors import ContractError
+
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise ContractError(f"cannot read checkpoint ({type(e).__name__}: {e})", file=path,
+                            fix="re-run training, or point at a run folder written by train.py") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ContractError(f"not a {CHECKPOINT_FORMAT} checkpoint", file=path, fix="re-train with this version")
+    mcfg = ModelConfig(**{**ck["model_cfg"], "pretrained": ""})  # weights come from the checkpoint
+    layout = BandLayout(tuple(ck["contract"]["bands"]))
+    net = build_net(mcfg, layout, torch.tensor(ck["mean"]), torch.tensor(ck["std"]))
+    net.load_state_dict(ck["state_dict"])
+    return net.eval(), ck
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, x: torch.Tensor, rt: Runtime, batch_size: int, tta: bool) -> np.ndarray:
+    """Probabilities ``(N,)`` for raw patches ``(N, C, H, W)`` (any device); TTA = 4 flips in one batch."""
+    out = []
+    bs = max(1, batch_size // 4) if tta else batch_size
+    for s in range(0, x.shape[0], bs):
+        xb = x[s:s + bs].to(rt.device, non_blocking=True)
+        xb = tta_views(xb) if tta else xb
+        if rt.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            logits = net(xb)
+        out.append(tta_mean(logits) if tta else torch.sigmoid(logits.float()))
+    return torch.cat(out).cpu().numpy()
+
+
+class FoldTrainer:
+    """Trains one architecture on one fold; resumable from ``<run>/fold<k>/<arch>.state.pt``."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, split: Split, fold_of: np.ndarray, fold: int,
+                 arch_i: int, run_dir: Path, backend: str) -> None:
+        self.cfg, self.rt, self.fold, self.arch_i = cfg, rt, fold, arch_i
+        self.arch = cfg.archs[arch_i]
+        name, size = parse_arch(self.arch)
+        pretrained = cfg.pretrained[arch_i] if arch_i < len(cfg.pretrained) else ""
+        self.mcfg = ModelConfig(backbone=name, img_size=size, fusion=cfg.fusion, modalities=cfg.modalities,
+                                dropout=cfg.dropout, pretrained=pretrained)
+        self.layout = split.layout
+        self.tr_idx = np.flatnonzero(fold_of != fold)
+        self.va_idx = np.flatnonzero(fold_of == fold)
+        self.split = split
+        self.dir = run_dir / f"fold{fold}"
+        self.tag = self.arch.replace("@", "_")
+        self.state_path = self.dir / f"{self.tag}.state.pt"
+        self.ckpt_path = self.dir / f"{self.tag}.pt"
+        self.backend = backend
+
+    def run(self) -> tuple[np.ndarray, list[dict]]:
+        """Train (or resume) to completion; returns (OOF probabilities for the val rows, metric rows)."""
+        cfg, rt = self.cfg, self.rt
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False) \
+            if cfg.resume and self.state_path.is_file() else None
+        if state is not None and state.get("done"):
+            log.info("fold %d %s: finished earlier, reusing its checkpoint", self.fold, self.arch)
+            return state["oof"], state["rows"]
+
+        x_all = self.split.x
+        y_all = torch.as_tensor(self.split.labels, dtype=torch.float32)
+        mean, std = fit_stats(x_all[self.tr_idx])
+        torch.manual_seed(epoch_seed(cfg.seed, self.fold, self.arch_i, -1))  # model init
+        net = build_net(self.mcfg, self.layout, mean, std).to(rt.device)
+        if rt.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        # Standardise the training fold once, on the device; per-step work is then gather + augment.
+        with torch.no_grad():
+            xtr, ctr = [], []
+            for s in range(0, len(self.tr_idx), 1024):
+                z, c = net.normalize(x_all[self.tr_idx[s:s + 1024]].to(rt.device))
+                xtr.append(z)
+                ctr.append(c)
+            xtr, ctr = torch.cat(xtr), torch.cat(ctr)
+        ytr = y_all[self.tr_idx].to(rt.device)
+        x_val = x_all[self.va_idx]
+        y_val = self.split.labels[self.va_idx]
+
+        model = net.model
+        fused = rt.device.type == "cuda"
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        gen = torch.Generator(device=rt.device)
+        sampler = BalancedSampler(ytr, cfg.batch_size, cfg.pos_fraction, generator=gen)
+        steps = sampler.steps_per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, sampler.steps_per_epoch)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs), eta_min=cfg.min_lr)
+        scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
+        augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
+        mixer = Mixer(MixConfig(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob), seed=0)
+        step_fn = model
+        if rt.compile:
+            step_fn = torch.compile(model, mode=cfg.compile_mode)
+
+        rows: list[dict] = []
+        start_epoch, best, best_epoch, bad = 0, (-1.0, 0.0), -1, 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, best, best_epoch, bad, rows = (state["epoch"] + 1, tuple(state["best"]),
+                                                        state["best_epoch"], state["bad"], state["rows"])
+            log.info("fold %d %s: resuming after epoch %d", self.fold, self.arch, state["epoch"])
+
+        for epoch in range(start_epoch, cfg.epochs):
+            es = epoch_seed(cfg.seed, self.fold, self.arch_i, epoch)
+            gen.manual_seed(es)
+            torch.manual_seed(es)  # dropout
+            mixer.rng = np.random.default_rng(es)
+            model.train()
+            t0 = time.perf_counter()
+            idx = sampler.epoch(steps)
+            loss_sum = torch.zeros((), device=rt.device)
+            bar = tqdm(range(steps), desc=f"fold {self.fold} {self.arch} ep {epoch + 1}/{cfg.epochs}",
+                       leave=False, disable=None)
+            for s in bar:
+                b = idx[s]
+                xb = augment(xtr[b], gen)
+                xb, yb, cb = mixer(xb, ytr[b], ctr[b], gen)
+                if rt.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with rt.autocast():
+                    logits = step_fn(xb, cb)
+                loss = focal_loss(logits, yb, cfg.focal_alpha, cfg.focal_gamma)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                loss_sum += loss.detach()
+                if epoch == start_epoch and s == 0 and rt.compile:
+                    log.info("compile + first step: %.1f s", time.perf_counter() - t0)
+            train_loss = float(loss_sum) / steps  # the one host sync of the epoch
+            train_s = time.perf_counter() - t0
+            model.eval()
+            p_val = predict(net, x_val, rt, cfg.eval_batch_size, tta=False)
+            val_loss = float(focal_loss(torch.logit(torch.from_numpy(p_val).clamp(1e-6, 1 - 1e-6)),
+                                        torch.from_numpy(y_val).float(), cfg.focal_alpha, cfg.focal_gamma))
+            thr, f1 = best_threshold(y_val, p_val)
+            dt = time.perf_counter() - t0
+            row = {"fold": self.fold, "arch": self.arch, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
+                   "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6), "val_f1": round(f1, 6),
+                   "val_thr": round(thr, 6), "epoch_s": round(dt, 3),
+                   "samples_per_s": round(steps * cfg.batch_size / train_s, 1)}
+            rows.append(row)
+            improved = (f1, -val_loss) > best
+            log.info("fold %d %s epoch %d/%d: loss %.4f val_loss %.4f val_f1 %.4f%s (%.1fs, %.0f samples/s)",
+                     self.fold, self.arch, epoch + 1, cfg.epochs, train_loss, val_loss, f1,
+                     " *" if improved else "", dt, row["samples_per_s"])
+            if improved:
+                best, best_epoch, bad = (f1, -val_loss), epoch, 0
+                self._save_checkpoint(net, epoch, f1, mean, std)
+            else:
+                bad += 1
+            stop = bad >= cfg.patience or epoch + 1 == cfg.epochs
+            self._save_state(model, opt, sched, scaler, epoch, best, best_epoch, bad, rows)
+            if stop:
+                if bad >= cfg.patience:
+                    log.info("fold %d %s: early stop (no improvement for %d epochs)", self.fold, self.arch, bad)
+                break
+
+        best_net, _ = load_checkpoint(self.ckpt_path, map_location=rt.device)
+        if rt.channels_last:
+            best_net = best_net.to(memory_format=torch.channels_last)
+        oof = predict(best_net, x_val, rt, cfg.eval_batch_size, tta=True)
+        self._save_state(model, opt, sched, scaler, best_epoch, best, best_epoch, bad, rows, oof=oof)
+        return oof, rows
+
+    def _save_checkpoint(self, net: LandslideNet, epoch: int, f1: float, mean: torch.Tensor, std: torch.Tensor) -> None:
+        ck = {"format": CHECKPOINT_FORMAT, "arch": self.arch, "fold": self.fold, "epoch": epoch + 1, "val_f1": f1,
+              "model_cfg": self.mcfg.to_dict(), "contract": data_contract(self.layout),
+              "mean": mean.tolist(), "std": std.tolist(),
+              "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+              "versions": versions()}
+        with atomic_write(self.ckpt_path, "wb") as f:
+            torch.save(ck, f)
+
+    def _save_state(self, model, opt, sched, scaler, epoch, best, best_epoch, bad, rows, oof=None) -> None:
+        st = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "best": list(best),
+              "best_epoch": best_epoch, "bad": bad, "rows": rows, "done": oof is not None, "oof": oof}
+        with atomic_write(self.state_path, "wb") as f:
+            torch.save(st, f)
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path) as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["fold"], r["arch"], r["epoch"])))
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    run = Path(cfg.out)
+    cfg_path = run / "config.json"
+    if cfg_path.exists() and not cfg.resume:
+        raise ConfigError(f"run folder {run} already holds a run", file=cfg_path,
+                          fix="pass --resume to continue it, or --out a new folder")
+    if cfg.resume and cfg_path.exists():
+        old = read_json(cfg_path)["config"]
+        keep = ("resume", "device", "precision", "compile", "compile_mode", "data_backend", "cache_dir", "eval_batch_size")
+        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if k not in keep and old.get(k) != v}
+        if diff:
+            raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
+                              fix="resume with the same flags as the original run")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def main(cfg: TrainConfig) -> dict:
+    """Train every fold and architecture, calibrate on OOF, write the run folder; returns calibration."""
+    from landslide import plots
+    from landslide.utils import git_commit, set_determinism
+
+    if not cfg.data:
+        raise ConfigError("no data given", fix="pass --data DIR (Zindi layout), e.g. make a set with python -m landslide.synth")
+    if cfg.deterministic:
+        set_determinism()
+    rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
+    backend = resolve_backend(cfg.data_backend, rt.device)
+    log.info("train: %s data_backend=%s archs=%s folds=%d", rt.describe(), backend, ",".join(cfg.archs), cfg.folds)
+    run = prepare_run_dir(cfg)
+    split = load_split(cfg.data, "train", cache_dir=cfg.cache_dir or None)
+    labels = split.labels
+    assert labels is not None
+    fold_of = stratified_folds(labels, cfg.folds, cfg.seed)
+    write_json(run / "config.json", {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit(),
+                                     "runtime": rt.describe(), "data_backend": backend})
+    write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
+    with atomic_write(run / "folds.csv") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "label", "fold"])
+        w.writerows(zip(split.ids, labels.tolist(), fold_of.tolist()))
+
+    folds = cfg.only_folds or list(range(cfg.folds))
+    oof = np.full((len(labels), len(cfg.archs)), np.nan)
+    rows: list[dict] = []
+    for fold in folds:
+        for ai in range(len(cfg.archs)):
+            p, r = FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).run()
+            oof[fold_of == fold, ai] = p
+            rows.extend(r)
+            write_metrics(run / "metrics.csv", rows)
+            f1 = best_threshold(labels[fold_of == fold], p)[1]
+            log.info("fold %d %s: OOF F1 %.4f", fold, cfg.archs[ai], f1)
+    plots.training_curves(rows, run / "plots" / "training_curves.png")
+    if cfg.only_folds and sorted(cfg.only_folds) != list(range(cfg.folds)):
+        log.info("trained folds %s only: calibration needs every fold's OOF predictions", folds)
+        return {}
+    with atomic_write(run / "oof.csv") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "label", "fold", *[f"prob_{a}" for a in cfg.archs]])
+        for i, id_ in enumerate(split.ids):
+            w.writerow([id_, int(labels[i]), int(fold_of[i]), *[f"{v:.6f}" for v in oof[i]]])
+    cal = calibrate(labels, oof, cfg.archs)
+    cal["per_fold_f1"] = {str(k): best_threshold(labels[fold_of == k], oof[fold_of == k] @ np.array(
+        [cal["weights"][a] for a in cfg.archs]))[1] for k in range(cfg.folds)}
+    write_json(run / "calibration.json", cal)
+    plots.pr_and_confusion(labels, oof @ np.array([cal["weights"][a] for a in cfg.archs]), cal["threshold"],
+                           run / "plots" / "oof_pr_confusion.png")
+    log.info("OOF F1 %.4f at threshold %.4f; weights %s; per fold %s", cal["oof_f1"], cal["threshold"],
+             cal["weights"], {k: round(v, 4) for k, v in cal["per_fold_f1"].items()})
+    return cal
+

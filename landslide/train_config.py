@@ -1,0 +1,61 @@
+"""``train.py``'s config: one field per flag, plus the named presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from landslide.config import field
+
+
+@dataclass
+class TrainConfig:
+    data: str = field("", "Zindi-layout folder with Train.csv and train_data/")
+    out: str = field("runs/train", "run folder to write")
+    archs: list[str] = field(["test_efficientnet"], "timm backbones as NAME[@SIZE]; SIZE upsamples the optical input")
+    pretrained: list[str] = field([], "local timm checkpoint per arch (same order); empty = random init")
+    fusion: str = field("attention", "how branch features meet", choices=("attention", "concat"))
+    modalities: str = field("both", "branches to use (ablation)", choices=("both", "optical", "sar"))
+    dropout: float = field(0.3, "dropout before the classifier")
+    folds: int = field(5, "stratified K-fold splits")
+    only_folds: list[int] = field([], "train these folds only (default: all)")
+    epochs: int = field(35, "maximum epochs per fold")
+    max_steps: int = field(0, "cap on steps per epoch (0 = a full pass over the fold)")
+    batch_size: int = field(16, "training batch size")
+    eval_batch_size: int = field(256, "validation/inference batch size")
+    lr: float = field(1e-4, "AdamW learning rate")
+    min_lr: float = field(1e-6, "cosine schedule floor")
+    weight_decay: float = field(1e-5, "AdamW weight decay")
+    focal_alpha: float = field(0.25, "focal loss alpha (<0 disables class weighting)")
+    focal_gamma: float = field(2.0, "focal loss gamma")
+    pos_fraction: float = field(0.5, "share of positives in each balanced batch")
+    mixup_alpha: float = field(0.2, "Mixup Beta(alpha, alpha); 0 disables")
+    cutmix_alpha: float = field(1.0, "CutMix Beta(alpha, alpha); 0 disables")
+    mix_prob: float = field(0.5, "chance a batch is mixed")
+    patience: int = field(7, "early stopping: epochs without validation F1 improvement")
+    seed: int = field(42, "seed for folds, sampling, augmentation and init")
+    deterministic: bool = field(False, "deterministic algorithms (CPU runs are then bit-reproducible)")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = field("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16",
+                           choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: str = field("auto", "auto (on for GPU) | on | off", choices=("auto", "on", "off"))
+    compile: str = field("auto", "torch.compile: auto (on for GPU) | on | off", choices=("auto", "on", "off"))
+    compile_mode: str = field("default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune"))
+    data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",
+                              choices=("auto", "torch", "dali"))
+    cache_dir: str = field("", "preprocessed-tensor cache folder (default ~/.cache/landslide or $LANDSLIDE_CACHE)")
+    resume: bool = field(False, "continue an interrupted run in --out from its last finished epoch")
+    preset: str = field("", "the preset this config started from (set by --preset)")
+
+
+PRESETS: dict[str, dict] = {
+    # The seed recipe on a real Zindi download (GPU).
+    "full": dict(archs=["tf_efficientnetv2_l@224", "efficientnet_b5@384"], folds=5, epochs=35, batch_size=16,
+                 lr=1e-4, weight_decay=1e-5, min_lr=1e-6, focal_alpha=0.25, focal_gamma=2.0,
+                 mixup_alpha=0.2, cutmix_alpha=1.0, patience=7),
+    # The quick-start demo: minutes on a 2-core CPU. test_efficientnet is timm's tiny EfficientNet config.
+    # channels-last is on because it is ~25 % faster for these convolutions on x86 CPUs too.
+    "demo": dict(archs=["test_efficientnet"], folds=5, epochs=8, batch_size=64, lr=3e-3, min_lr=1e-5,
+                 weight_decay=1e-4, patience=4, eval_batch_size=512, channels_last="on"),
+    # Tests: seconds.
+    "tiny": dict(archs=["test_efficientnet"], folds=2, epochs=2, batch_size=16, max_steps=3, lr=1e-3,
+                 patience=2, eval_batch_size=64),
+}

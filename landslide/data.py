@@ -115,7 +115,8 @@ def load_patch(path: Path, id_: str, n_channels: int) -> np.ndarray:
     if arr.shape[2] != n_channels:
         raise DataError(f"{arr.shape[2]} channels but bands.txt declares {n_channels}", file=path, id=id_,
                         fix=fix_shape)
-    out = arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf, reported below
+        out = arr.astype(np.float32, copy=False)
     if not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
         raise DataError(f"{bad} NaN/Inf value(s) (or values beyond float32 range)", file=path, id=id_,

@@ -65,7 +65,7 @@ class SARBranch(nn.Module):
         return self.net(x).mean((2, 3))
 
 
-def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
+def create_backbone(cfg: ModelConfig, in_chans: int, announce: bool = True) -> nn.Module:
     import timm
 
     if cfg.backbone not in timm.list_models():
@@ -78,17 +78,18 @@ def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
                               fix="pass a local timm checkpoint file (no network access at run time)")
         # timm loads the file and adapts the 3-channel stem to in_chans (adapt_input_conv).
         model = timm.create_model(cfg.backbone, pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(path), num_classes=0), **kw)
+                                  pretrained_cfg_overlay=dict(file=str(path)), **kw)
         log.info("optical backbone %s: weights from %s (stem adapted to %d bands)", cfg.backbone, path, in_chans)
         return model
-    log.info("optical backbone %s: random init (no --pretrained given)", cfg.backbone)
+    if announce:  # not when the weights are about to come from a trained checkpoint
+        log.info("optical backbone %s: random init (no --pretrained given)", cfg.backbone)
     return timm.create_model(cfg.backbone, pretrained=False, **kw)
 
 
 class LandslideModel(nn.Module):
     """Standardised ``(B, C, H, W)`` + cloud ``(B,)`` -> logits ``(B,)``."""
 
-    def __init__(self, cfg: ModelConfig, layout: BandLayout) -> None:
+    def __init__(self, cfg: ModelConfig, layout: BandLayout, announce: bool = True) -> None:
         super().__init__()
         if cfg.fusion not in FUSIONS:
             raise ConfigError(f"fusion {cfg.fusion!r} unknown", fix=f"use one of {FUSIONS}")
@@ -105,7 +106,7 @@ class LandslideModel(nn.Module):
         self.register_buffer("sar_idx", torch.as_tensor(sar_idx, dtype=torch.long), persistent=False)
         dim = 0
         if self.use_optical:
-            self.optical = create_backbone(cfg, len(opt_idx))
+            self.optical = create_backbone(cfg, len(opt_idx), announce)
             # timm: pooled output width is head_hidden_size where a model has a pre-logits head (MobileNetV3).
             dim += getattr(self.optical, "head_hidden_size", None) or self.optical.num_features
         if self.use_sar:

@@ -65,8 +65,9 @@ def epoch_seed(seed: int, fold: int, arch_i: int, epoch: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + arch_i * 101 + epoch) % (2**31 - 1)
 
 
-def build_net(mcfg: ModelConfig, layout: BandLayout, mean: torch.Tensor, std: torch.Tensor) -> LandslideNet:
-    return LandslideNet(LandslideModel(mcfg, layout), Normalize(mean, std, layout.optical_idx))
+def build_net(mcfg: ModelConfig, layout: BandLayout, mean: torch.Tensor, std: torch.Tensor,
+              announce: bool = True) -> LandslideNet:
+    return LandslideNet(LandslideModel(mcfg, layout, announce), Normalize(mean, std, layout.optical_idx))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LandslideNet, dict]:
@@ -83,7 +84,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ContractError(f"not a {CHECKPOINT_FORMAT} checkpoint", file=path, fix="re-train with this version")
     mcfg = ModelConfig(**{**ck["model_cfg"], "pretrained": ""})  # weights come from the checkpoint
     layout = BandLayout(tuple(ck["contract"]["bands"]))
-    net = build_net(mcfg, layout, torch.tensor(ck["mean"]), torch.tensor(ck["std"]))
+    net = build_net(mcfg, layout, torch.tensor(ck["mean"]), torch.tensor(ck["std"]), announce=False)
     net.load_state_dict(ck["state_dict"])
     return net.eval(), ck
 

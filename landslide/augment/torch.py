@@ -3,7 +3,8 @@
 Parameters are drawn per sample in one shot (:meth:`TorchAugment.sample`) and applied in one shot
 (:func:`apply`), so the DALI backend and the tests can apply the very same parameters. All geometric
 ops (h/v flip, rot90, shift-scale-rotate) compose into one 2x3 affine matrix per sample and a single
-``grid_sample``; at pixel centres bilinear sampling is exact, so pure flips and rot90 are lossless.
+``grid_sample``; pure flips and rot90 land on pixel centres, so they reproduce the input up to float
+rounding of the sampling coordinates (~1e-5), with no interpolation blur.
 Borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value).
 """
 from __future__ import annotations

@@ -1,0 +1,40 @@
+import pytest
+
+from landslide.bands import ALL_BANDS, BandLayout
+from landslide.errors import DataError
+
+
+def test_default_layout_is_zindi_order():
+    lay = BandLayout()
+    assert lay.names == ALL_BANDS and lay.n_channels == 12
+    assert lay.optical_idx == [0, 1, 2, 3]
+    assert lay.sar_idx == list(range(4, 12))
+
+
+def test_indices_follow_names_not_positions():
+    lay = BandLayout(("vv_asc", "blue", "red", "vh_desc_diff"))
+    assert lay.optical_idx == [2, 1]  # red, blue in canonical optical order
+    assert lay.sar_idx == [3, 0]      # vh_desc_diff precedes vv_asc canonically
+
+
+def test_optical_only_has_no_sar(tmp_path):
+    (tmp_path / "bands.txt").write_text("red\ngreen\nblue\n")
+    lay = BandLayout.from_dir(tmp_path)
+    assert lay.names == ("red", "green", "blue") and lay.sar_idx == []
+
+
+def test_missing_bands_file_means_all_bands(tmp_path):
+    assert BandLayout.from_dir(tmp_path) == BandLayout()
+
+
+@pytest.mark.parametrize("names,msg", [(("red", "swir"), "unknown band"), (("red", "red"), "twice"), ((), "no bands")])
+def test_bad_layouts_raise(names, msg):
+    with pytest.raises(DataError, match=msg):
+        BandLayout(names)
+
+
+def test_bands_file_error_names_the_file(tmp_path):
+    (tmp_path / "bands.txt").write_text("red\nultraviolet\n")
+    with pytest.raises(DataError) as e:
+        BandLayout.from_dir(tmp_path)
+    assert "bands.txt" in str(e.value) and "ultraviolet" in str(e.value) and "Fix:" in str(e.value)

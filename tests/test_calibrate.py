@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from landslide.calibrate import best_threshold, calibrate, f1_at, fit_weights
+
+
+def brute_best_f1(y, p):
+    return max(f1_at(y, p, t) for t in np.unique(p))
+
+
+def test_f1_by_hand():
+    y = np.array([1, 1, 0, 0, 1])
+    p = np.array([0.9, 0.2, 0.8, 0.1, 0.7])
+    # at 0.5: tp=2 fp=1 fn=1 -> 4/6
+    assert f1_at(y, p, 0.5) == pytest.approx(2 / 3)
+
+
+def test_best_threshold_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 50)
+        p = np.round(rng.random(50), 2)  # ties on purpose
+        thr, f1 = best_threshold(y, p)
+        assert f1 == pytest.approx(brute_best_f1(y, p))
+        assert f1_at(y, p, thr) == pytest.approx(f1)
+
+
+def test_no_positives_gives_zero():
+    assert best_threshold(np.zeros(5, int), np.random.rand(5))[1] == 0.0
+
+
+def test_weights_prefer_the_informative_model():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(y * 0.6 + rng.random(400) * 0.5, 0, 1)
+    noise = rng.random(400)
+    w = fit_weights(y, np.c_[noise, good])
+    assert w.sum() == pytest.approx(1.0) and w[1] > 0.7
+
+
+def test_calibrate_output():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    probs = np.array([[0.1, 0.2], [0.9, 0.7], [0.3, 0.1], [0.8, 0.9], [0.6, 0.4], [0.2, 0.6]])
+    cal = calibrate(y, probs, ["a", "b"])
+    assert set(cal) >= {"threshold", "weights", "oof_f1", "per_arch"}
+    assert cal["oof_f1"] == 1.0 and abs(sum(cal["weights"].values()) - 1) < 1e-9

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from landslide.config import parse_config
+from landslide.errors import ConfigError
+from landslide.train_config import PRESETS, TrainConfig
+
+
+def parse(argv):
+    return parse_config(TrainConfig, argv, "t", presets=PRESETS)
+
+
+def test_flags_mirror_fields():
+    cfg = parse(["--data", "d", "--epochs", "3", "--archs", "a@224,b", "--no-deterministic", "--lr", "0.5"])
+    assert cfg.data == "d" and cfg.epochs == 3 and cfg.archs == ["a@224", "b"] and cfg.lr == 0.5
+
+
+def test_preset_then_config_file_then_flags(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epochs": 9, "batch_size": 7}))
+    cfg = parse(["--preset", "full", "--config", str(f), "--batch-size", "5"])
+    assert cfg.archs == PRESETS["full"]["archs"]  # from preset
+    assert cfg.epochs == 9                         # config file beats preset
+    assert cfg.batch_size == 5                     # flag beats both
+    assert cfg.preset == "full"
+
+
+def test_full_preset_is_the_seed_recipe():
+    cfg = parse(["--preset", "full"])
+    assert cfg.archs == ["tf_efficientnetv2_l@224", "efficientnet_b5@384"]
+    assert (cfg.folds, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.min_lr) == (5, 35, 16, 1e-4, 1e-5, 1e-6)
+    assert (cfg.focal_alpha, cfg.focal_gamma, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.patience) == (0.25, 2.0, 0.2, 1.0, 7)
+
+
+def test_unknown_config_key_fails(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epoch": 3}))
+    with pytest.raises(ConfigError, match="unknown config key"):
+        parse(["--config", str(f)])
+
+
+def test_bad_type_fails(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epochs": "many"}))
+    with pytest.raises(ConfigError, match="epochs"):
+        parse(["--config", str(f)])
+
+
+def test_unknown_flag_exits():
+    with pytest.raises(SystemExit):
+        parse(["--no-such-flag", "1"])

@@ -1,0 +1,145 @@
+"""Loaders, their errors (one message naming file, ID and fix), and the preprocessed cache."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_zindi
+from landslide.bands import BandLayout
+from landslide.data import load_patch, load_patches, load_split, patch_dir, read_csv
+from landslide.errors import BadFilesError, DataError
+
+
+def test_crlf_and_bom_are_accepted(tmp_path):
+    d = write_zindi(tmp_path / "d", crlf=True, bom=True)
+    t = read_csv(d / "Train.csv", labelled=True)
+    assert t.ids[0] == "ID_TR0000" and len(t.ids) == 24
+    assert set(t.labels.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"", "empty"),
+    (b"ID,label\r\n", "no rows"),
+    (b"ID,target\nID_A,1\n", "lacks column"),
+    (b"ID,label\nID_A,1\nID_A,0\n", "duplicate ID"),
+    (b"ID,label\nID_A,2\n", "not 0 or 1"),
+    (b"ID,label\nID_A,yes\n", "not 0 or 1"),
+    (b"ID,label\nID_A\n", "field"),
+    (b"ID,label\n../etc,1\n", "invalid ID"),
+    (b"ID,label\n\xff\xfe,1\n", "UTF-8"),
+])
+def test_bad_csvs(tmp_path, content, msg):
+    p = tmp_path / "Train.csv"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=msg) as e:
+        read_csv(p, labelled=True)
+    assert "Train.csv" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_missing_csv(tmp_path):
+    with pytest.raises(DataError, match="CSV not found"):
+        read_csv(tmp_path / "Train.csv", labelled=True)
+
+
+def _save(tmp_path, arr, name="ID_X.npy"):
+    p = tmp_path / name
+    np.save(p, arr)
+    return p
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "int64", "float16", "float32", "float64"])
+def test_any_real_dtype_loads_as_float32(tmp_path, dtype):
+    p = _save(tmp_path, np.ones((64, 64, 12), dtype=dtype))
+    out = load_patch(p, "ID_X", 12)
+    assert out.dtype == np.float32 and out.shape == (64, 64, 12)
+
+
+@pytest.mark.parametrize("arr,msg", [
+    (np.zeros((64, 64), np.float32), "shape"),
+    (np.zeros((12, 64, 64), np.float32), "shape"),
+    (np.zeros((64, 64, 3), np.float32), "3 channels but bands.txt declares 12"),
+    (np.full((64, 64, 12), np.nan, np.float32), "NaN/Inf"),
+    (np.full((64, 64, 12), np.inf), "NaN/Inf"),
+    (np.full((64, 64, 12), 1e300), "NaN/Inf"),  # overflows float32
+    (np.zeros((64, 64, 12), np.complex64), "not a real number type"),
+    (np.array(["a"] * 12), "not a real number type"),
+])
+def test_bad_patches(tmp_path, arr, msg):
+    p = _save(tmp_path, arr)
+    with pytest.raises(DataError, match=msg) as e:
+        load_patch(p, "ID_X", 12)
+    assert "ID_X" in str(e.value) and str(p) in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_truncated_and_corrupt_files(tmp_path):
+    p = _save(tmp_path, np.zeros((64, 64, 12), np.float32))
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(DataError, match="cannot read .npy"):
+        load_patch(p, "ID_X", 12)
+    p.write_bytes(b"not a numpy file at all")
+    with pytest.raises(DataError, match="cannot read .npy"):
+        load_patch(p, "ID_X", 12)
+
+
+def test_object_array_is_refused_without_unpickling(tmp_path):
+    p = tmp_path / "ID_X.npy"
+    np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="cannot read"):
+        load_patch(p, "ID_X", 12)
+
+
+def test_every_bad_file_is_named_at_once(zindi):
+    folder = patch_dir(zindi, "test")
+    (folder / "ID_TE0001.npy").unlink()
+    np.save(folder / "ID_TE0003.npy", np.zeros((64, 64, 5)))
+    ids = [f"ID_TE{i:04d}" for i in range(8)]
+    with pytest.raises(BadFilesError) as e:
+        load_patches(zindi, "test", ids, BandLayout())
+    msg = str(e.value)
+    assert "2 bad patch file(s)" in msg and "ID_TE0001" in msg and "ID_TE0003" in msg and "--skip-bad" in msg
+    x, ok, skipped = load_patches(zindi, "test", ids, BandLayout(), skip_bad=True)
+    assert x.shape == (6, 64, 64, 12) and len(ok) == 6 and {s.id for s in skipped} == {"ID_TE0001", "ID_TE0003"}
+
+
+def test_nested_layout_is_found(tmp_path):
+    d = write_zindi(tmp_path / "d", nested=True)
+    s = load_split(d, "train", cache_dir=tmp_path / "c")
+    assert s.x.shape == (24, 12, 64, 64)
+
+
+def test_bands_file_subset(tmp_path):
+    d = write_zindi(tmp_path / "d", channels=3, bands=["red", "green", "blue"], dtype="uint8")
+    s = load_split(d, "train", cache_dir=tmp_path / "c")
+    assert s.layout.names == ("red", "green", "blue") and s.x.shape[1] == 3
+
+
+def test_channel_count_disagreeing_with_bands_file(tmp_path):
+    d = write_zindi(tmp_path / "d", channels=12, bands=["red", "green", "blue"])
+    with pytest.raises(BadFilesError, match="12 channels but bands.txt declares 3"):
+        load_split(d, "train", cache_dir=tmp_path / "c")
+
+
+def test_cache_is_reused_and_rebuilt_on_change(tmp_path, caplog):
+    d = write_zindi(tmp_path / "d")
+    cache = tmp_path / "c"
+    caplog.set_level("INFO")
+    a = load_split(d, "train", cache_dir=cache)
+    assert len(list(cache.glob("train-*.pt"))) == 1
+    caplog.clear()
+    b = load_split(d, "train", cache_dir=cache)
+    assert "cache hit" in caplog.text and torch.equal(a.x, b.x) and b.ids == a.ids
+    # Changing a patch changes the key: a new cache file, new values.
+    f = patch_dir(d, "train") / "ID_TR0000.npy"
+    np.save(f, np.full((64, 64, 12), 7.0))
+    caplog.clear()
+    c = load_split(d, "train", cache_dir=cache)
+    assert "cache hit" not in caplog.text and len(list(cache.glob("train-*.pt"))) == 2
+    assert float(c.x[0, 0].mean()) == 7.0
+
+
+def test_cached_tensor_is_median_filtered_on_sar_only(tmp_path):
+    d = write_zindi(tmp_path / "d", n_train=3)
+    s = load_split(d, "train", cache_dir=tmp_path / "c")
+    raw = np.load(patch_dir(d, "train") / "ID_TR0000.npy").astype(np.float32).transpose(2, 0, 1)
+    assert np.array_equal(s.x[0, :4].numpy(), raw[:4])          # optical untouched
+    assert not np.array_equal(s.x[0, 4:].numpy(), raw[4:])      # SAR filtered
+    assert np.isclose(s.x[0, 4, 10, 10].item(), np.median(raw[4, 9:12, 9:12]))

@@ -1,0 +1,34 @@
+import math
+
+import pytest
+import torch
+
+from landslide.losses import focal_loss
+
+
+def hand_focal(logit: float, y: float, alpha: float, gamma: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    ce = -(y * math.log(p) + (1 - y) * math.log(1 - p))
+    p_t = p * y + (1 - p) * (1 - y)
+    a_t = alpha * y + (1 - alpha) * (1 - y)
+    return a_t * (1 - p_t) ** gamma * ce
+
+
+@pytest.mark.parametrize("logit,y", [(2.0, 1.0), (2.0, 0.0), (-1.5, 1.0), (0.3, 0.0), (0.7, 0.4)])
+def test_matches_hand_computation(logit, y):
+    got = focal_loss(torch.tensor([logit]), torch.tensor([y]), alpha=0.25, gamma=2.0)
+    assert got.item() == pytest.approx(hand_focal(logit, y, 0.25, 2.0), rel=1e-5)
+
+
+def test_mean_reduction_and_gamma_zero_is_weighted_bce():
+    logits, y = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 0.0, 0.0])
+    ref = sum(hand_focal(a, b, 0.25, 2.0) for a, b in zip(logits.tolist(), y.tolist())) / 3
+    assert focal_loss(logits, y).item() == pytest.approx(ref, rel=1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+    assert focal_loss(logits, y, alpha=-1, gamma=0).item() == pytest.approx(bce.item(), rel=1e-6)
+
+
+def test_easy_examples_are_down_weighted():
+    easy = focal_loss(torch.tensor([5.0]), torch.tensor([1.0]), alpha=-1)
+    hard = focal_loss(torch.tensor([-5.0]), torch.tensor([1.0]), alpha=-1)
+    assert hard / easy > 1e4

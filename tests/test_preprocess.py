@@ -1,0 +1,46 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from landslide.preprocess import Normalize, fit_stats, median3x3, median_filter_sar
+
+
+def test_median3x3_matches_reference_median():
+    x = torch.randn(3, 5, 17, 13)
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    ref = p.unfold(2, 3, 1).unfold(3, 3, 1).reshape(3, 5, 17, 13, 9).median(-1).values
+    assert torch.equal(median3x3(x), ref)
+
+
+def test_median_removes_isolated_speckle():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 4, 4] = 100.0
+    assert median3x3(x).abs().max() == 0
+
+
+def test_median_filter_touches_sar_channels_only():
+    x = torch.randn(4, 12, 16, 16)
+    y = median_filter_sar(x, [4, 5, 6, 7, 8, 9, 10, 11], chunk=3)
+    assert torch.equal(y[:, :4], x[:, :4]) and torch.equal(y[:, 4:], median3x3(x[:, 4:]))
+    assert torch.equal(median_filter_sar(x, []), x)
+
+
+def test_fit_stats_matches_numpy():
+    x = torch.randn(10, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.0]).view(1, 3, 1, 1) + 3
+    mean, std = fit_stats(x, chunk=4)
+    xn = x.numpy().astype(np.float64)
+    assert np.allclose(mean.numpy(), xn.mean((0, 2, 3)), atol=1e-5)
+    assert np.allclose(std[:2].numpy(), xn.std((0, 2, 3))[:2], rtol=1e-4)
+    assert std[2] == 1.0  # a constant band is left centred, not divided by zero
+
+
+def test_normalize_and_cloud_score():
+    mean, std = torch.full((5,), 10.0), torch.full((5,), 2.0)
+    norm = Normalize(mean, std, optical_idx=[0, 1])
+    x = torch.full((2, 5, 4, 4), 10.0)
+    x[1, :2] = 30.0  # bright optical bands: a cloud
+    z, cloud = norm(x)
+    assert torch.allclose(z[0], torch.zeros(5, 4, 4))
+    assert cloud[0] == 0.5 and cloud[1] > 0.99
+    z2, c2 = Normalize(mean, std, optical_idx=[])(x)
+    assert torch.equal(c2, torch.full((2,), 0.5))

@@ -281,6 +281,9 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
             raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
                               fix="resume with the same flags as the original run")
     run.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-write leaves its temp file behind (the real file was never touched): tidy up.
+    for tmp in run.rglob(".*.tmp"):
+        tmp.unlink()
     return run
 
 

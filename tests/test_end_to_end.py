@@ -1,0 +1,91 @@
+"""The real entry points, end to end on the CPU with a tiny backbone: train -> calibrate -> infer."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(synth_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "r"
+    cache = tmp_path_factory.mktemp("cache")
+    r = run_script("train.py", "--data", str(synth_data), "--preset", "tiny", "--out", str(run),
+                   "--archs", "test_efficientnet,test_efficientnet@80", "--cache-dir", str(cache))
+    assert r.returncode == 0, r.stderr
+    return run, r
+
+
+def test_train_writes_the_run_folder(trained):
+    run, r = trained
+    for name in ("config.json", "contract.json", "folds.csv", "metrics.csv", "oof.csv", "calibration.json",
+                 "plots/training_curves.png", "plots/oof_pr_confusion.png"):
+        assert (run / name).is_file(), name
+    assert "device=cpu" in r.stderr and "data_backend=torch" in r.stderr  # the one start-up line
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["preset"] == "tiny" and "torch" in cfg["versions"]
+    cal = json.loads((run / "calibration.json").read_text())
+    assert set(cal["weights"]) == {"test_efficientnet", "test_efficientnet@80"}
+    assert abs(sum(cal["weights"].values()) - 1) < 1e-9 and 0 < cal["threshold"] < 1
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {(r["fold"], r["arch"]) for r in rows} == {(f, a) for f in "01" for a in cal["weights"]}
+    oof = list(csv.DictReader(open(run / "oof.csv")))
+    assert len(oof) == 60 and all(0 <= float(o["prob_test_efficientnet@80"]) <= 1 for o in oof)
+
+
+def test_checkpoint_carries_its_contract(trained):
+    run, _ = trained
+    ck = torch.load(run / "fold0" / "test_efficientnet_80.pt", weights_only=False)
+    assert ck["format"] == "landslide-checkpoint/1" and ck["model_cfg"]["img_size"] == 80
+    assert ck["contract"]["bands"][0] == "red" and len(ck["mean"]) == 12 and ck["contract"]["input_shape"] == [64, 64, 12]
+
+
+def test_infer_writes_submission(trained, synth_data, tmp_path):
+    run, _ = trained
+    out = tmp_path / "sub.csv"
+    r = run_script("infer.py", str(run), "--data", str(synth_data), "--out", str(out), "--probs")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == ["ID", "Target"]
+    test_ids = [line.strip() for line in open(synth_data / "Test.csv", encoding="utf-8-sig")][1:]
+    assert [r[0] for r in rows[1:]] == test_ids and {r[1] for r in rows[1:]} <= {"0", "1"}
+    probs = list(csv.DictReader(open(tmp_path / "sub_probs.csv")))
+    thr = json.loads((run / "calibration.json").read_text())["threshold"]
+    assert [int(float(p["prob"]) >= thr) for p in probs] == [int(r[1]) for r in rows[1:]]
+
+
+def test_sharded_inference_equals_unsharded(trained, synth_data, tmp_path):
+    run, _ = trained
+    outs = []
+    for shard in ("", "0/2", "1/2"):
+        out = tmp_path / f"s{shard.replace('/', '_')}.csv"
+        args = ["infer.py", str(run), "--data", str(synth_data), "--out", str(out), "--probs"]
+        r = run_script(*args, *(["--shard", shard] if shard else []))
+        assert r.returncode == 0, r.stderr
+        outs.append(list(csv.reader(open(tmp_path / f"{out.stem}_probs.csv")))[1:])
+    assert outs[0] == outs[1] + outs[2]
+
+
+def test_torch_ensemble_tta_is_flip_invariant(trained):
+    from landslide.ensemble import build_ensemble
+
+    m, _ = build_ensemble(trained[0])
+    x = torch.rand(3, 64, 64, 12) * 100
+    with torch.no_grad():
+        p = m(x)
+        assert torch.allclose(p, m(x.flip(2)), atol=1e-5) and torch.allclose(p, m(x.flip(1)), atol=1e-5)
+
+
+def test_fused_equals_looped(trained):
+    from landslide.ensemble import build_ensemble
+
+    fused, _ = build_ensemble(trained[0])
+    looped, _ = build_ensemble(trained[0], looped=True)
+    x = torch.rand(5, 64, 64, 12) * 50
+    with torch.no_grad():
+        assert np.allclose(fused(x).numpy(), looped(x).numpy(), atol=1e-6)

@@ -1,0 +1,261 @@
+"""Reliability: user errors are one clear message (exit 2, no traceback, earlier outputs intact);
+a training killed with SIGKILL resumes from its last finished epoch and ends where an uninterrupted
+run ends; property-based tests on the CSV reader and the patch loader."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import ROOT, run_script, write_zindi
+from landslide.data import load_patch, read_csv
+from landslide.errors import LandslideError
+
+HYPOTHESIS_EXAMPLES = 200
+
+
+# ---------------------------------------------------------------- bad input through the real CLI
+def _assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert any(line.startswith("error: ") for line in err)
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("breakage,needles", [
+    ("missing", ["ID_TR0002", "patch file is missing", "Fix:"]),
+    ("truncated", ["ID_TR0002", "cannot read .npy", "Fix:"]),
+    ("shape", ["ID_TR0002", "shape (64, 32, 12)", "Fix:"]),
+    ("nan", ["ID_TR0002", "NaN/Inf", "Fix:"]),
+    ("dtype", ["ID_TR0002", "not a real number type", "Fix:"]),
+    ("dup", ["duplicate ID", "Train.csv", "Fix:"]),
+    ("label", ["label '3' is not 0 or 1", "Fix:"]),
+    ("empty", ["CSV is empty", "Fix:"]),
+    ("bands", ["unknown band name", "bands.txt", "Fix:"]),
+    ("channels", ["12 channels but bands.txt declares 4", "Fix:"]),
+])
+def test_train_cli_bad_input(tmp_path, breakage, needles):
+    d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
+    f = d / "train_data" / "ID_TR0002.npy"
+    csv_path = d / "Train.csv"
+    if breakage == "missing":
+        f.unlink()
+    elif breakage == "truncated":
+        f.write_bytes(f.read_bytes()[:500])
+    elif breakage == "shape":
+        np.save(f, np.zeros((64, 32, 12)))
+    elif breakage == "nan":
+        a = np.load(f)
+        a[3, 3, 3] = np.nan
+        np.save(f, a)
+    elif breakage == "dtype":
+        np.save(f, np.full((64, 64, 12), "x"))
+    elif breakage == "dup":
+        csv_path.write_text(csv_path.read_text() + "ID_TR0001,0\n")
+    elif breakage == "label":
+        csv_path.write_text("ID,label\nID_TR0000,3\n")
+    elif breakage == "empty":
+        csv_path.write_text("")
+    elif breakage == "bands":
+        (d / "bands.txt").write_text("red\nswir1\n")
+    elif breakage == "channels":
+        (d / "bands.txt").write_text("red\ngreen\nblue\nnir\n")
+    out = tmp_path / "run"
+    r = run_script("train.py", "--data", str(d), "--out", str(out), "--preset", "tiny", "--cache-dir", str(tmp_path / "c"))
+    _assert_user_error(r, *needles)
+
+
+def test_infer_fails_before_compute_naming_every_bad_file_and_keeps_old_submission(trained_run, tmp_path):
+    run, data = trained_run
+    bad = write_zindi(tmp_path / "bad", n_train=4, n_test=6)
+    (bad / "test_data" / "ID_TE0001.npy").unlink()
+    np.save(bad / "test_data" / "ID_TE0004.npy", np.zeros((64, 64, 3)))
+    out = tmp_path / "sub.csv"
+    out.write_text("ID,Target\nprevious,1\n")
+    r = run_script("infer.py", str(run), "--data", str(bad), "--out", str(out))
+    _assert_user_error(r, "2 bad patch file(s)", "ID_TE0001", "ID_TE0004", "--skip-bad")
+    assert out.read_text() == "ID,Target\nprevious,1\n"  # untouched
+    r = run_script("infer.py", str(run), "--data", str(bad), "--out", str(out), "--skip-bad")
+    assert r.returncode == 0, r.stderr
+    ids = [row[0] for row in csv.reader(open(out))][1:]
+    assert len(ids) == 4 and "ID_TE0001" not in ids and "skipped" in r.stderr and "ID_TE0004" in r.stderr
+
+
+def test_infer_refuses_data_with_other_bands(trained_run, tmp_path):
+    run, _ = trained_run
+    rgb = write_zindi(tmp_path / "rgb", n_train=2, n_test=2, channels=3, bands=["red", "green", "blue"])
+    r = run_script("infer.py", str(run), "--data", str(rgb))
+    _assert_user_error(r, "trained on bands", "bands.txt", "Fix:")
+
+
+def test_infer_refuses_a_corrupt_checkpoint(trained_run, tmp_path):
+    import shutil
+
+    run, data = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ck = copy / "fold1" / "test_efficientnet.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    r = run_script("infer.py", str(copy), "--data", str(data))
+    _assert_user_error(r, "cannot read checkpoint", "test_efficientnet.pt")
+
+
+def test_train_refuses_to_overwrite_a_run(trained_run, tmp_path):
+    run, data = trained_run
+    before = (run / "calibration.json").read_text()
+    r = run_script("train.py", "--data", str(data), "--out", str(run), "--preset", "tiny")
+    _assert_user_error(r, "already holds a run", "--resume")
+    assert (run / "calibration.json").read_text() == before
+
+
+def test_explicit_gpu_request_on_cpu_host_fails_clearly(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("host has a GPU")
+    d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--device", "cuda")
+    _assert_user_error(r, "no CUDA GPU")
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--precision", "fp16")
+    _assert_user_error(r, "fp16 needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_data, tmp_path_factory):
+    from landslide import train
+    from landslide.config import make_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    run = tmp_path_factory.mktemp("rel") / "run"
+    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run),
+                                         "cache_dir": str(tmp_path_factory.mktemp("c"))}))
+    return run, synth_data
+
+
+# ---------------------------------------------------------------- interruption and resume
+RESUME_ARGS = ["--preset", "tiny", "--epochs", "4", "--max-steps", "4", "--patience", "10", "--only-folds", "0",
+               "--deterministic"]
+
+
+def _train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, "train.py", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
+            *RESUME_ARGS, *extra]
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return [{k: v for k, v in r.items() if k not in ("epoch_s", "samples_per_s")} for r in rows]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(synth_data, tmp_path):
+    cache = tmp_path / "cache"
+    ref = tmp_path / "ref"
+    r = subprocess.run(_train_cmd(synth_data, ref, cache), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+    run = tmp_path / "killed"
+    state = run / "fold0" / "test_efficientnet.state.pt"
+    p = subprocess.Popen(_train_cmd(synth_data, run, cache), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if state.exists():
+            time.sleep(0.3)  # into the second epoch
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "training finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    # Whatever is visible is whole: every checkpoint/state loads, every CSV parses.
+    for f in run.rglob("*.pt"):
+        torch.load(f, weights_only=False)
+    for f in run.rglob("*.csv"):
+        list(csv.reader(open(f)))
+    assert not (run / "calibration.json").exists()
+
+    r = subprocess.run(_train_cmd(synth_data, run, cache, "--resume"), cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "resuming after epoch" in r.stderr
+    assert not list(run.rglob(".*.tmp"))
+    assert _metrics(run) == _metrics(ref)
+    a = torch.load(run / "fold0" / "test_efficientnet.pt", weights_only=False)["state_dict"]
+    b = torch.load(ref / "fold0" / "test_efficientnet.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_different_config_is_refused(trained_run):
+    run, data = trained_run
+    r = run_script("train.py", "--data", str(data), "--out", str(run), "--preset", "tiny", "--lr", "0.5", "--resume")
+    _assert_user_error(r, "--resume with a different config", "lr")
+
+
+# ---------------------------------------------------------------- property-based
+_settings = settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@_settings
+@given(st.binary(max_size=300))
+def test_csv_reader_never_crashes_on_arbitrary_bytes(tmp_path, blob):
+    p = tmp_path / "Train.csv"
+    p.write_bytes(blob)
+    try:
+        t = read_csv(p, labelled=True)
+    except LandslideError:
+        return
+    assert len(t.ids) == len(set(t.ids)) == len(t.labels) and set(t.labels.tolist()) <= {0, 1}
+
+
+@_settings
+@given(st.lists(st.tuples(st.text(alphabet="ABCDEFGHIJ0123456789_", min_size=1, max_size=8),
+                          st.sampled_from(["0", "1"])), min_size=1, max_size=20, unique_by=lambda r: r[0]),
+       st.booleans(), st.booleans())
+def test_csv_reader_round_trips_valid_tables(tmp_path, rows, crlf, bom):
+    nl = "\r\n" if crlf else "\n"
+    text = nl.join(["ID,label", *[f"{i},{lab}" for i, lab in rows]]) + nl
+    p = tmp_path / "Train.csv"
+    p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    t = read_csv(p, labelled=True)
+    assert t.ids == [i for i, _ in rows] and t.labels.tolist() == [int(lab) for _, lab in rows]
+
+
+_dtypes = st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(), hnp.floating_dtypes(),
+                    hnp.complex_number_dtypes(), hnp.boolean_dtypes())
+
+
+@_settings
+@given(hnp.arrays(_dtypes, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=70)))
+def test_loader_loads_or_raises_own_error(tmp_path, arr):
+    p = tmp_path / "ID_P.npy"
+    np.save(p, arr)
+    try:
+        out = load_patch(p, "ID_P", 12)
+    except LandslideError as e:
+        assert "ID_P" in str(e)
+        return
+    assert out.shape == (64, 64, 12) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@_settings
+@given(st.integers(0, 3000), st.integers(0, 255))
+def test_loader_on_corrupted_bytes(tmp_path, cut, fill):
+    p = tmp_path / "ID_C.npy"
+    np.save(p, np.ones((64, 64, 12), np.float32))
+    raw = bytearray(p.read_bytes())
+    raw[min(cut, len(raw) - 1)] = fill
+    p.write_bytes(bytes(raw[: max(cut, 10)] if fill % 2 else raw))
+    try:
+        out = load_patch(p, "ID_C", 12)
+    except LandslideError:
+        return
+    assert out.shape == (64, 64, 12)

@@ -179,7 +179,9 @@ class FoldTrainer:
                                                         state["best_epoch"], state["bad"], state["rows"])
             log.info("fold %d %s: resuming after epoch %d", self.fold, self.arch, state["epoch"])
 
-        for epoch in range(start_epoch, cfg.epochs):
+        # A run killed after its early stop (but before its OOF pass) must not train on.
+        end_epoch = cfg.epochs if bad < cfg.patience else start_epoch
+        for epoch in range(start_epoch, end_epoch):
             es = epoch_seed(cfg.seed, self.fold, self.arch_i, epoch)
             gen.manual_seed(es)
             torch.manual_seed(es)  # dropout

@@ -4,7 +4,8 @@ Parameters are drawn per sample in one shot (:meth:`TorchAugment.sample`) and ap
 (:func:`apply`), so the DALI backend and the tests can apply the very same parameters. All geometric
 ops (h/v flip, rot90, shift-scale-rotate) compose into one 2x3 affine matrix per sample and a single
 ``grid_sample``; at pixel centres bilinear sampling is exact, so pure flips and rot90 are lossless.
-Borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value).
+Geometry borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value);
+blur borders reflect (reflect-101, as cv2's default and DALI's ``gaussian_blur``).
 """
 from __future__ import annotations
 
@@ -127,8 +128,9 @@ def apply(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) 
         kern = gaussian_kernels(p.blur_sigma).repeat_interleave(c, 0)  # (B*C, k)
         pad = BLUR_K // 2
         y = x.reshape(1, b * c, h, w)
-        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="replicate"), kern.view(b * c, 1, 1, BLUR_K), groups=b * c)
-        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="replicate"), kern.view(b * c, 1, BLUR_K, 1), groups=b * c)
+        # Reflect-101 borders (torch's "reflect"): what the seed's cv2 GaussianBlur and DALI's gaussian_blur use.
+        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kern.view(b * c, 1, 1, BLUR_K), groups=b * c)
+        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kern.view(b * c, 1, BLUR_K, 1), groups=b * c)
         x = torch.where((p.blur_sigma > 0).view(b, 1, 1, 1), y.view(b, c, h, w), x)
     if noise is not None:
         x = x + p.noise_std.view(b, 1, 1, 1).float() * noise.float()

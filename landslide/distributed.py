@@ -15,6 +15,7 @@ Either way the run folder is the single-process one. NCCL on GPUs, gloo on CPUs.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,8 @@ def init(device: str, fold_parallel: bool) -> tuple[DistEnv, str]:
         device = f"cuda:{local}"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    if rank != 0:  # one log, rank 0's: the other ranks report only warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
     return DistEnv(rank, world, local, fold_parallel), device
 
 

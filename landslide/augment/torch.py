@@ -4,8 +4,7 @@ Parameters are drawn per sample in one shot (:meth:`TorchAugment.sample`) and ap
 (:func:`apply`), so the DALI backend and the tests can apply the very same parameters. All geometric
 ops (h/v flip, rot90, shift-scale-rotate) compose into one 2x3 affine matrix per sample and a single
 ``grid_sample``; at pixel centres bilinear sampling is exact, so pure flips and rot90 are lossless.
-Geometry borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value);
-blur borders reflect (reflect-101, as cv2's default and DALI's ``gaussian_blur``).
+Borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value).
 """
 from __future__ import annotations
 
@@ -124,7 +123,9 @@ def apply(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) 
     x = x.float()
     grid = F.affine_grid(p.theta.float(), [b, c, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if bool((p.blur_sigma > 0).any()):
+    # Skipping an all-unblurred batch needs its flags on the host: free on the CPU, a sync on a GPU,
+    # where the blur is cheap enough to always run (sigma 0 is an exact identity kernel).
+    if x.device.type != "cpu" or bool((p.blur_sigma > 0).any()):
         kern = gaussian_kernels(p.blur_sigma).repeat_interleave(c, 0)  # (B*C, k)
         pad = BLUR_K // 2
         y = x.reshape(1, b * c, h, w)

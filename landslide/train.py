@@ -2,11 +2,15 @@
 
 Per (fold, architecture) the whole training fold lives on the device, standardised once; each step
 gathers a class-balanced index batch (``sampler.py``), augments it on the device (``augment/``),
-mixes it (Mixup/CutMix), and runs one AMP step. Metrics are accumulated on the device so the step
-never waits for the host. After every epoch the fold's state is written atomically
-(``fold<k>/<arch>.state.pt``): killed at any moment, ``--resume`` continues from the last finished
-epoch, and because every epoch's randomness is seeded from (seed, fold, arch, epoch) a resumed run
-on the CPU ends with the same weights as an uninterrupted one.
+mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a replayed CUDA graph with
+``--cuda-graphs``). Metrics are accumulated on the device so the step never waits for the host; on a
+GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
+the ranks (``--fold-parallel``); either way rank 0 writes one run folder (``distributed.py``).
+
+After every epoch the fold's state is written atomically (``fold<k>/<arch>.state.pt``): killed at
+any moment, ``--resume`` continues from the last finished epoch, and because every epoch's randomness
+is seeded from (seed, fold, arch, epoch) a resumed run on the CPU ends with the same weights as an
+uninterrupted one.
 """
 from __future__ import annotations
 

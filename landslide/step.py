@@ -80,6 +80,11 @@ class TrainStep:
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Warm up, capture, restore the state after the first warm-up step; returns that step's loss."""
+        # A resumed optimizer's lr tensor was loaded with map_location="cpu"; the graph must read (and
+        # the scheduler fill) one tensor on the device.
+        for group in self.opt.param_groups:
+            if torch.is_tensor(group["lr"]) and group["lr"].device != x.device:
+                group["lr"] = group["lr"].to(x.device)
         # Static buffers keep the layout of the first batch (channels-last when that is on).
         self.sx, self.sy, self.sc = x.clone(), y.clone(), c.clone()
         snapshot = None

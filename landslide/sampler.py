@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from landslide.errors import ConfigError, DataError
+
 
 class BalancedSampler:
     def __init__(self, labels: torch.Tensor, batch_size: int, pos_fraction: float = 0.5,
@@ -22,9 +24,13 @@ class BalancedSampler:
         self.pos = torch.nonzero(labels > 0.5).flatten()
         self.neg = torch.nonzero(labels <= 0.5).flatten()
         if len(self.pos) == 0 or len(self.neg) == 0:
-            raise ValueError("balanced sampling needs both classes in the training fold")
+            raise DataError(f"balanced sampling needs both classes in the training fold "
+                            f"({len(self.pos)} positives, {len(self.neg)} negatives)",
+                            fix="add labelled rows of the missing class, or use fewer --folds")
         if not 0.0 < pos_fraction < 1.0:
-            raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
+            raise ConfigError(f"--pos-fraction {pos_fraction} is outside (0, 1)", fix="use e.g. --pos-fraction 0.5")
+        if batch_size < 2:
+            raise ConfigError(f"--batch-size {batch_size} cannot hold both classes", fix="use --batch-size 2 or more")
         self.batch_size = batch_size
         self.n_pos = min(batch_size - 1, max(1, round(batch_size * pos_fraction)))
         self.generator = generator

@@ -2,11 +2,15 @@
 
 Per (fold, architecture) the whole training fold lives on the device, standardised once; each step
 gathers a class-balanced index batch (``sampler.py``), augments it on the device (``augment/``),
-mixes it (Mixup/CutMix), and runs one AMP step. Metrics are accumulated on the device so the step
-never waits for the host. After every epoch the fold's state is written atomically
-(``fold<k>/<arch>.state.pt``): killed at any moment, ``--resume`` continues from the last finished
-epoch, and because every epoch's randomness is seeded from (seed, fold, arch, epoch) a resumed run
-on the CPU ends with the same weights as an uninterrupted one.
+mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a replayed CUDA graph with
+``--cuda-graphs``). Metrics are accumulated on the device so the step never waits for the host; on a
+GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
+the ranks (``--fold-parallel``); either way rank 0 writes one run folder (``distributed.py``).
+
+After every epoch the fold's state is written atomically (``fold<k>/<arch>.state.pt``): killed at
+any moment, ``--resume`` continues from the last finished epoch, and because every epoch's randomness
+is seeded from (seed, fold, arch, epoch) a resumed run on the CPU ends with the same weights as an
+uninterrupted one.
 """
 from __future__ import annotations
 
@@ -31,10 +35,13 @@ from landslide.data import Split, load_split
 from landslide.device import Runtime, resolve_runtime
 from landslide.errors import ConfigError, DataError
 from landslide.io import atomic_write, read_json, write_json
+from landslide import distributed as dist_
+from landslide.distributed import DistEnv
 from landslide.losses import focal_loss
 from landslide.model import LandslideModel, LandslideNet, ModelConfig, parse_arch, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
 from landslide.sampler import BalancedSampler
+from landslide.step import TrainStep, check_cuda_graphs, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +116,10 @@ class FoldTrainer:
     """Trains one architecture on one fold; resumable from ``<run>/fold<k>/<arch>.state.pt``."""
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, split: Split, fold_of: np.ndarray, fold: int,
-                 arch_i: int, run_dir: Path, backend: str) -> None:
+                 arch_i: int, run_dir: Path, backend: str, env: DistEnv | None = None) -> None:
+        """``env``: the DDP group training this fold together (default: this process alone)."""
         self.cfg, self.rt, self.fold, self.arch_i = cfg, rt, fold, arch_i
+        self.env = env or DistEnv()
         self.arch = cfg.archs[arch_i]
         name, size = parse_arch(self.arch)
         pretrained = cfg.pretrained[arch_i] if arch_i < len(cfg.pretrained) else ""
@@ -135,6 +144,7 @@ class FoldTrainer:
             log.info("fold %d %s: finished earlier, reusing its checkpoint", self.fold, self.arch)
             return state["oof"], state["rows"]
 
+        env = self.env
         x_all = self.split.x
         y_all = torch.as_tensor(self.split.labels, dtype=torch.float32)
         mean, std = fit_stats(x_all[self.tr_idx])
@@ -143,11 +153,14 @@ class FoldTrainer:
         if rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
         # Standardise the training fold once, on the device; per-step work is then gather + augment.
+        # With AMP on a GPU the fold is stored fp16 (half the memory; 7,147x12x64x64 is ~0.7 GB):
+        # fp16 rather than bf16 because standardised values are small and fp16 keeps 3 more mantissa bits.
+        store = torch.float16 if rt.device.type == "cuda" and rt.amp_dtype is not None else torch.float32
         with torch.no_grad():
             xtr, ctr = [], []
             for s in range(0, len(self.tr_idx), 1024):
                 z, c = net.normalize(x_all[self.tr_idx[s:s + 1024]].to(rt.device))
-                xtr.append(z)
+                xtr.append(z.to(store))
                 ctr.append(c)
             xtr, ctr = torch.cat(xtr), torch.cat(ctr)
         ytr = y_all[self.tr_idx].to(rt.device)
@@ -155,18 +168,23 @@ class FoldTrainer:
         y_val = self.split.labels[self.va_idx]
 
         model = net.model
-        fused = rt.device.type == "cuda"
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        opt = make_optimizer(model, cfg.lr, cfg.weight_decay, rt, cfg.cuda_graphs)
         gen = torch.Generator(device=rt.device)
         sampler = BalancedSampler(ytr, cfg.batch_size, cfg.pos_fraction, generator=gen)
         steps = sampler.steps_per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, sampler.steps_per_epoch)
+        steps = -(-steps // env.world_size) if env.ddp else steps  # each rank takes its share of the batches
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs), eta_min=cfg.min_lr)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         mixer = Mixer(MixConfig(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob), seed=0)
         step_fn = model
+        if env.ddp:
+            step_fn = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         if rt.compile:
-            step_fn = torch.compile(model, mode=cfg.compile_mode)
+            step_fn = torch.compile(step_fn, mode=cfg.compile_mode)
+        train_step = TrainStep(step_fn, model, opt, sched, scaler, rt, cfg.focal_alpha, cfg.focal_gamma,
+                               graphs=cfg.cuda_graphs)
 
         rows: list[dict] = []
         start_epoch, best, best_epoch, bad = 0, (-1.0, 0.0), -1, 0
@@ -183,6 +201,7 @@ class FoldTrainer:
         end_epoch = cfg.epochs if bad < cfg.patience else start_epoch
         for epoch in range(start_epoch, end_epoch):
             es = epoch_seed(cfg.seed, self.fold, self.arch_i, epoch)
+            es = (es + 1_000_003 * env.rank) % (2**31 - 1) if env.ddp else es  # ranks draw different batches
             gen.manual_seed(es)
             torch.manual_seed(es)  # dropout
             mixer.rng = np.random.default_rng(es)
@@ -192,25 +211,25 @@ class FoldTrainer:
             loss_sum = torch.zeros((), device=rt.device)
             bar = tqdm(range(steps), desc=f"fold {self.fold} {self.arch} ep {epoch + 1}/{cfg.epochs}",
                        leave=False, disable=None)
+            compile_s = 0.0
             for s in bar:
                 b = idx[s]
                 xb = augment(xtr[b], gen)
                 xb, yb, cb = mixer(xb, ytr[b], ctr[b], gen)
                 if rt.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                with rt.autocast():
-                    logits = step_fn(xb, cb)
-                loss = focal_loss(logits, yb, cfg.focal_alpha, cfg.focal_gamma)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                loss_sum += loss.detach()
-                if epoch == start_epoch and s == 0 and rt.compile:
-                    log.info("compile + first step: %.1f s", time.perf_counter() - t0)
+                first = epoch == start_epoch and s == 0 and (rt.compile or cfg.cuda_graphs)
+                if first:
+                    _sync(rt)
+                    ts = time.perf_counter()
+                loss_sum += train_step(xb, yb, cb)
+                if first:  # compile / graph capture timed apart and kept out of samples/s
+                    _sync(rt)
+                    compile_s = time.perf_counter() - ts
+                    log.info("compile/capture + first step: %.1f s", compile_s)
+            loss_sum = dist_.all_mean(env, loss_sum)
             train_loss = float(loss_sum) / steps  # the one host sync of the epoch
-            train_s = time.perf_counter() - t0
+            train_s = time.perf_counter() - t0 - compile_s
             model.eval()
             p_val = predict(net, x_val, rt, cfg.eval_batch_size, tta=False)
             val_loss = float(focal_loss(torch.logit(torch.from_numpy(p_val).clamp(1e-6, 1 - 1e-6)),
@@ -220,24 +239,30 @@ class FoldTrainer:
             row = {"fold": self.fold, "arch": self.arch, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                    "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6), "val_f1": round(f1, 6),
                    "val_thr": round(thr, 6), "epoch_s": round(dt, 3),
-                   "samples_per_s": round(steps * cfg.batch_size / train_s, 1)}
+                   "samples_per_s": round(steps * cfg.batch_size * (env.world_size if env.ddp else 1) / train_s, 1)}
             rows.append(row)
             improved = (f1, -val_loss) > best
             log.info("fold %d %s epoch %d/%d: loss %.4f val_loss %.4f val_f1 %.4f%s (%.1fs, %.0f samples/s)",
                      self.fold, self.arch, epoch + 1, cfg.epochs, train_loss, val_loss, f1,
                      " *" if improved else "", dt, row["samples_per_s"])
+            if env.ddp:  # rank 0's validation decides for all, so ranks never disagree on stopping
+                improved = dist_.broadcast(env, improved)
             if improved:
                 best, best_epoch, bad = (f1, -val_loss), epoch, 0
-                self._save_checkpoint(net, epoch, f1, mean, std)
+                if env.is_main:
+                    self._save_checkpoint(net, epoch, f1, mean, std)
             else:
                 bad += 1
             stop = bad >= cfg.patience or epoch + 1 == cfg.epochs
-            self._save_state(model, opt, sched, scaler, epoch, best, best_epoch, bad, rows)
+            if env.is_main:
+                self._save_state(model, opt, sched, scaler, epoch, best, best_epoch, bad, rows)
             if stop:
                 if bad >= cfg.patience:
                     log.info("fold %d %s: early stop (no improvement for %d epochs)", self.fold, self.arch, bad)
                 break
 
+        if not env.is_main:  # DDP: rank 0 holds the checkpoint and predicts the OOF rows
+            return np.full(len(self.va_idx), np.nan), rows
         best_net, _ = load_checkpoint(self.ckpt_path, map_location=rt.device)
         if rt.channels_last:
             best_net = best_net.to(memory_format=torch.channels_last)
@@ -260,6 +285,11 @@ class FoldTrainer:
               "best_epoch": best_epoch, "bad": bad, "rows": rows, "done": oof is not None, "oof": oof}
         with atomic_write(self.state_path, "wb") as f:
             torch.save(st, f)
+
+
+def _sync(rt: Runtime) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -289,42 +319,85 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     return run
 
 
-def main(cfg: TrainConfig) -> dict:
-    """Train every fold and architecture, calibrate on OOF, write the run folder; returns calibration."""
-    from landslide import plots
-    from landslide.utils import git_commit, set_determinism
+def _start_run(cfg: TrainConfig, rt: Runtime, backend: str, env: DistEnv, split: Split,
+               fold_of: np.ndarray) -> Path:
+    """Create the run folder and write its config, contract and folds (rank 0 only)."""
+    from landslide.utils import git_commit
 
-    if not cfg.data:
-        raise ConfigError("no data given", fix="pass --data DIR (Zindi layout), e.g. make a set with python -m landslide.synth")
-    if cfg.deterministic:
-        set_determinism()
-    rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
-    backend = resolve_backend(cfg.data_backend, rt.device)
-    log.info("train: %s data_backend=%s archs=%s folds=%d", rt.describe(), backend, ",".join(cfg.archs), cfg.folds)
     run = prepare_run_dir(cfg)
-    split = load_split(cfg.data, "train", cache_dir=cfg.cache_dir or None)
-    labels = split.labels
-    assert labels is not None
-    fold_of = stratified_folds(labels, cfg.folds, cfg.seed)
     write_json(run / "config.json", {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit(),
-                                     "runtime": rt.describe(), "data_backend": backend})
+                                     "runtime": rt.describe(), "data_backend": backend,
+                                     "distributed": {"world_size": env.world_size,
+                                                     "mode": "fold-parallel" if env.fold_parallel else
+                                                     ("ddp" if env.enabled else "single")}})
     write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
     with atomic_write(run / "folds.csv") as f:
         w = csv.writer(f)
         w.writerow(["ID", "label", "fold"])
-        w.writerows(zip(split.ids, labels.tolist(), fold_of.tolist()))
+        w.writerows(zip(split.ids, split.labels.tolist(), fold_of.tolist()))
+    return run
+
+
+def main(cfg: TrainConfig) -> dict:
+    """Train every fold and architecture, calibrate on OOF, write the run folder; returns calibration.
+
+    Under ``torchrun`` every rank calls this; rank 0 writes the run-level files and returns the
+    calibration, the other ranks return ``{}`` (see ``distributed.py``).
+    """
+    if not cfg.data:
+        raise ConfigError("no data given", fix="pass --data DIR (Zindi layout), e.g. make a set with python -m landslide.synth")
+    env, device = dist_.init(cfg.device, cfg.fold_parallel)
+    try:
+        return _main(cfg, env, device)
+    finally:
+        dist_.shutdown(env)
+
+
+def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
+    from landslide import plots
+    from landslide.utils import set_determinism
+
+    if cfg.deterministic:
+        set_determinism()
+    rt = resolve_runtime(device, cfg.precision, cfg.channels_last, cfg.compile)
+    if cfg.cuda_graphs:
+        check_cuda_graphs(rt, env.ddp)
+    backend = resolve_backend(cfg.data_backend, rt.device)
+    log.info("train: %s data_backend=%s cuda_graphs=%s %s archs=%s folds=%d", rt.describe(), backend,
+             "on" if cfg.cuda_graphs else "off", env.describe(), ",".join(cfg.archs), cfg.folds)
+    # Rank 0 fills the preprocessed cache first, so the other ranks read it instead of racing to write it.
+    split = dist_.run_on_main_first(env, load_split, cfg.data, "train", cache_dir=cfg.cache_dir or None)
+    labels = split.labels
+    assert labels is not None
+    fold_of = stratified_folds(labels, cfg.folds, cfg.seed)
+    dist_.on_main(env, _start_run, cfg, rt, backend, env, split, fold_of)
+    run = Path(cfg.out)
 
     folds = cfg.only_folds or list(range(cfg.folds))
+    mine = folds[env.rank::env.world_size] if env.fold_parallel else folds
+    fold_env = env if env.ddp else DistEnv()  # fold-parallel ranks train their folds alone
+    results: list[tuple[int, int, np.ndarray, list[dict]]] = []
+    for fold in mine:
+        for ai in range(len(cfg.archs)):
+            p, r = FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend, env=fold_env).run()
+            results.append((fold, ai, p, r))
+            if env.is_main:
+                write_metrics(run / "metrics.csv", [row for *_, rs in results for row in rs])
+                log.info("fold %d %s: OOF F1 %.4f", fold, cfg.archs[ai], best_threshold(labels[fold_of == fold], p)[1])
+    if env.fold_parallel:
+        gathered = dist_.gather(env, results)
+        if not env.is_main:
+            return {}
+        results = [item for part in gathered for item in part]
+    elif not env.is_main:
+        return {}
+
     oof = np.full((len(labels), len(cfg.archs)), np.nan)
     rows: list[dict] = []
-    for fold in folds:
-        for ai in range(len(cfg.archs)):
-            p, r = FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).run()
-            oof[fold_of == fold, ai] = p
-            rows.extend(r)
-            write_metrics(run / "metrics.csv", rows)
-            f1 = best_threshold(labels[fold_of == fold], p)[1]
-            log.info("fold %d %s: OOF F1 %.4f", fold, cfg.archs[ai], f1)
+    for fold, ai, p, r in sorted(results, key=lambda t: (t[0], t[1])):
+        oof[fold_of == fold, ai] = p
+        rows.extend(r)
+    write_metrics(run / "metrics.csv", rows)
     plots.training_curves(rows, run / "plots" / "training_curves.png")
     if cfg.only_folds and sorted(cfg.only_folds) != list(range(cfg.folds)):
         log.info("trained folds %s only: calibration needs every fold's OOF predictions", folds)
@@ -343,4 +416,3 @@ def main(cfg: TrainConfig) -> dict:
     log.info("OOF F1 %.4f at threshold %.4f; weights %s; per fold %s", cal["oof_f1"], cal["threshold"],
              cal["weights"], {k: round(v, 4) for k, v in cal["per_fold_f1"].items()})
     return cal
-

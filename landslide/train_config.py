@@ -39,6 +39,8 @@ class TrainConfig:
     channels_last: str = field("auto", "auto (on for GPU) | on | off", choices=("auto", "on", "off"))
     compile: str = field("auto", "torch.compile: auto (on for GPU) | on | off", choices=("auto", "on", "off"))
     compile_mode: str = field("default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune"))
+    cuda_graphs: bool = field(False, "capture the training step as a CUDA graph and replay it (GPU, bf16/fp32)")
+    fold_parallel: bool = field(False, "under torchrun: spread folds across ranks instead of DDP within each fold")
     data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",
                               choices=("auto", "torch", "dali"))
     cache_dir: str = field("", "preprocessed-tensor cache folder (default ~/.cache/landslide or $LANDSLIDE_CACHE)")

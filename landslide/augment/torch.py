@@ -124,12 +124,15 @@ def apply(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) 
     x = x.float()
     grid = F.affine_grid(p.theta.float(), [b, c, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if bool((p.blur_sigma > 0).any()):
+    # Skipping an all-unblurred batch needs its flags on the host: free on the CPU, a sync on a GPU,
+    # where the blur is cheap enough to always run (sigma 0 is an exact identity kernel).
+    if x.device.type != "cpu" or bool((p.blur_sigma > 0).any()):
         kern = gaussian_kernels(p.blur_sigma).repeat_interleave(c, 0)  # (B*C, k)
         pad = BLUR_K // 2
         y = x.reshape(1, b * c, h, w)
-        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="replicate"), kern.view(b * c, 1, 1, BLUR_K), groups=b * c)
-        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="replicate"), kern.view(b * c, 1, BLUR_K, 1), groups=b * c)
+        # Reflect-101 borders (torch's "reflect"): what the seed's cv2 GaussianBlur and DALI's gaussian_blur use.
+        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kern.view(b * c, 1, 1, BLUR_K), groups=b * c)
+        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kern.view(b * c, 1, BLUR_K, 1), groups=b * c)
         x = torch.where((p.blur_sigma > 0).view(b, 1, 1, 1), y.view(b, c, h, w), x)
     if noise is not None:
         x = x + p.noise_std.view(b, 1, 1, 1).float() * noise.float()

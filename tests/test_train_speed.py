@@ -1,0 +1,164 @@
+"""The training step's speed features: eager/graphed TrainStep, AMP, compile, refusals, DALI in the loop."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from landslide.bands import BandLayout
+from landslide.config import make_config
+from landslide.device import resolve_runtime
+from landslide.errors import ConfigError
+from landslide.losses import focal_loss
+from landslide.model import LandslideModel, ModelConfig
+from landslide.step import TrainStep, check_cuda_graphs, make_optimizer
+from landslide.train import main
+from landslide.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _model(device: str = "cpu") -> LandslideModel:
+    torch.manual_seed(0)
+    # dropout 0: graph replay and eager draw dropout masks from different RNG offsets
+    return LandslideModel(ModelConfig(dropout=0.0), BandLayout()).to(device)
+
+
+def _batch(device: str = "cpu", b: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 12, 64, 64, generator=g)
+    y = (torch.arange(b) % 2).float()
+    return x.to(device), y.to(device), torch.rand(b, generator=g).to(device)
+
+
+def _step(model, rt, graphs=False, compiled=False):
+    opt = make_optimizer(model, 1e-3, 1e-4, rt, graphs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
+    fwd = torch.compile(model) if compiled else model
+    return TrainStep(fwd, model, opt, sched, scaler, rt, 0.25, 2.0, graphs=graphs)
+
+
+def test_eager_step_is_a_plain_adamw_step():
+    rt = resolve_runtime("cpu")
+    model, ref = _model(), _model()
+    step = _step(model, rt)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for s in range(2):
+        x, y, c = _batch(seed=s)
+        loss = step(x, y, c)
+        ref_loss = focal_loss(ref(x, c), y, 0.25, 2.0)
+        opt.zero_grad()
+        ref_loss.backward()
+        opt.step()
+        sched.step()
+        assert loss.ndim == 0 and not loss.requires_grad
+        torch.testing.assert_close(loss, ref_loss.detach())
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert step.sched.last_epoch == 2  # the step advances the schedule too
+
+
+def test_cuda_graphs_refused_on_cpu():
+    with pytest.raises(ConfigError, match="needs a CUDA GPU") as e:
+        check_cuda_graphs(resolve_runtime("cpu"), ddp=False)
+    assert "drop --cuda-graphs" in str(e.value)
+    cfg = make_config(TrainConfig, {"data": "unused", "device": "cpu", "cuda_graphs": True})
+    with pytest.raises(ConfigError, match="cuda-graphs"):
+        main(cfg)
+
+
+@pytest.mark.slow
+def test_train_with_dali_backend_on_cpu(tmp_path):
+    from landslide.synth import SynthConfig, write_dataset
+
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali not installed")
+    data = write_dataset(SynthConfig(str(tmp_path / "d"), n_train=30, n_test=4, seed=2))
+    run = tmp_path / "run"
+    cfg = make_config(TrainConfig, {"data": str(data), "out": str(run), "archs": ["test_efficientnet"],
+                                    "folds": 2, "epochs": 1, "max_steps": 2, "batch_size": 8, "eval_batch_size": 32,
+                                    "data_backend": "dali", "device": "cpu", "cache_dir": str(tmp_path / "cache")})
+    cal = main(cfg)  # the backend's parity with torch is tested in test_dali.py; here: it trains end to end
+    assert json.loads((run / "config.json").read_text())["data_backend"] == "dali"
+    assert 0 < cal["threshold"] < 1 and (run / "oof.csv").is_file()
+
+
+# ---- CUDA paths: written for the GPU machine (bench/gpu_check.sh), skipped here ----
+
+@pytest.mark.gpu
+@GPU
+def test_bf16_step_has_no_host_sync():
+    from landslide.augment.mix import Mixer, MixConfig
+    from landslide.augment.torch import AugmentConfig, TorchAugment
+
+    rt = resolve_runtime("cuda", "auto", "on", "off")
+    model = _model("cuda").to(memory_format=torch.channels_last)
+    step = _step(model, rt)
+    aug, mixer = TorchAugment(AugmentConfig()), Mixer(MixConfig(), seed=0)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x, y, c = _batch("cuda", 16)
+    x = x.half()  # the fold is stored fp16 under AMP
+    step(x.float(), y, c)  # first step: lazy optimizer state, cuDNN autotune
+    torch.cuda.synchronize()
+    total = torch.zeros((), device="cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any device->host sync below raises
+    try:
+        for _ in range(3):
+            xb = aug(x, g)
+            xb, yb, cb = mixer(xb, y, c, g)
+            total += step(xb.contiguous(memory_format=torch.channels_last), yb, cb)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert rt.precision in ("bf16", "fp16") and torch.isfinite(total)
+
+
+@pytest.mark.gpu
+@GPU
+def test_compiled_step_matches_eager():
+    rt = resolve_runtime("cuda", "fp32", "off", "on")
+    a, b = _model("cuda"), _model("cuda")
+    eager, compiled = _step(a, rt), _step(b, rt, compiled=True)
+    for s in range(2):
+        x, y, c = _batch("cuda", seed=s)
+        torch.testing.assert_close(compiled(x, y, c), eager(x, y, c), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@GPU
+def test_cuda_graph_step_matches_eager():
+    rt = resolve_runtime("cuda", "fp32", "off", "off")
+    a = _model("cuda")
+    b = copy.deepcopy(a)
+    eager, graphed = _step(a, rt), _step(b, rt, graphs=True)
+    for s in range(4):  # step 0 captures (warm-up stands for it), steps 1-3 replay
+        x, y, c = _batch("cuda", seed=s)
+        torch.testing.assert_close(graphed(x, y, c), eager(x, y, c), atol=1e-4, rtol=1e-4)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+    assert graphed.opt.param_groups[0]["lr"].item() == pytest.approx(eager.opt.param_groups[0]["lr"])
+    with pytest.raises(ConfigError, match="fp16"):
+        check_cuda_graphs(resolve_runtime("cuda", "fp16"), ddp=False)
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("extra", [["--data-backend", "dali"], ["--cuda-graphs", "--data-backend", "torch"],
+                                   ["--precision", "fp16", "--compile", "on"]])
+def test_gpu_training_end_to_end(tmp_path, extra):
+    from landslide.synth import SynthConfig, write_dataset
+
+    data = write_dataset(SynthConfig(str(tmp_path / "d"), n_train=40, n_test=4, seed=2))
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", "--data", str(data), "--out", str(run), "--preset", "tiny",
+                        "--device", "cuda", "--cache-dir", str(tmp_path / "cache"), *extra],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "calibration.json").is_file()

@@ -145,7 +145,8 @@ def iter_batches(data: Path, split: str, ids: list[str], layout: BandLayout, bat
     chunks = iter([ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as files, \
             ThreadPoolExecutor(max_workers=1) as reader:
-        pending = deque(reader.submit(read, c) for c, _ in zip(chunks, range(ahead)))
+        # range first: zip stops on it without pulling (and dropping) one more chunk.
+        pending = deque(reader.submit(read, c) for _, c in zip(range(ahead), chunks))
         while pending:
             batch = pending.popleft().result()
             nxt = next(chunks, None)

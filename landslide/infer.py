@@ -26,7 +26,7 @@ from landslide.config import field
 from landslide.contract import check_data
 from landslide.data import SPLITS, load_patch, patch_dir, read_csv
 from landslide.errors import BadFilesError, ConfigError, DataError
-from landslide.io import atomic_write
+from landslide.io import atomic_write, read_json
 from landslide.runtime import Runner
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ class InferConfig:
                            choices=("fp32", "bf16", "fp16"))
     compile: str = field("off", "torch backend: torch.compile on|off", choices=("auto", "on", "off"))
     provider: str = field("auto", "onnxruntime provider: auto (CUDA EP on a GPU host, else CPU) | cpu | cuda | tensorrt",
-                          choices=("auto", "cpu", "cuda", "tensorrt"))
+                          choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
+                                   "TensorrtExecutionProvider"))
+    engine_dir: str = field("engines", "where export.py put engines: a run folder finds its .engine/.pt2 here")
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -93,11 +95,44 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             raise ConfigError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
         return "onnxruntime", graph, "asked for"
     if cfg.backend in ("aoti", "tensorrt"):
-        raise ConfigError(f"--backend {cfg.backend} needs the engine file, not a run folder", file=path,
-                          fix=f"python export.py {path} --engine {cfg.backend}, then pass the printed engine path")
+        engine = find_engine(path, Path(cfg.engine_dir), cfg.backend)
+        if engine is None:
+            raise ConfigError(f"no {cfg.backend} engine built from this run in {cfg.engine_dir}/", file=path,
+                              fix=f"python export.py {path} --engine {cfg.backend} --engine-dir {cfg.engine_dir}")
+        return cfg.backend, engine, f"built from this run, found in {cfg.engine_dir}/"
+    if _gpu_tensorrt() and (engine := find_engine(path, Path(cfg.engine_dir), "tensorrt")) is not None:
+        return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
     if graph.is_file():
         return "onnxruntime", graph, f"the run has an exported graph ({graph.name})"
     return "torch", path, f"the run has no export/ folder (python export.py {path} makes one)"
+
+
+def _gpu_tensorrt() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
+    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now."""
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import run_hash, sidecar_path
+
+    suffix = {"aoti": ".pt2", "tensorrt": ".engine"}[backend]
+    found = [p for p in engine_dir.glob(f"*{suffix}") if sidecar_path(p).is_file()]
+    if not found:
+        return None
+    want, sha = str(run.resolve()), run_hash(read_run(run))
+    ok = []
+    for p in found:
+        side = read_json(sidecar_path(p))
+        if side.get("source_run") == want and side.get("source_hash") == sha:
+            ok.append(p)
+    return max(ok, key=lambda p: p.stat().st_mtime) if ok else None
 
 
 def make_runner(cfg: InferConfig) -> Runner:

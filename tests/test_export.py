@@ -161,6 +161,13 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     assert np.abs(got - ref).max() <= 1e-5
     with pytest.raises(ContractError, match="profile"):
         runner.predict(x[:1].repeat(17, 0))
+    # A run folder finds the package built from it in the engine folder.
+    from landslide.config import make_config
+    from landslide.infer import InferConfig, make_runner
+
+    found = make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti",
+                                                  "engine_dir": str(tmp_path / "engines")}))
+    assert found.name == "aoti" and found.path == path
     # Built again with the same key: reused, not recompiled (same bytes).
     sha = file_sha256(path)
     assert build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref) == path
@@ -191,3 +198,18 @@ def test_tensorrt_engine(exported, reference, tmp_path):
     sidecar_path(path).write_text(json.dumps(side))
     with pytest.raises(ContractError, match="Some Other GPU"):
         TensorRTRunner(path)
+
+
+def test_tensorrt_export_without_tensorrt_fails_fast(exported):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    run, _ = exported
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "export.py", str(run), "--engine", "tensorrt", "--out", str(run / "x")],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "pip install tensorrt" in p.stderr
+    assert not (run / "x").exists()  # nothing exported before the check

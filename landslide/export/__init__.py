@@ -72,6 +72,11 @@ def main(cfg) -> dict:
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise ConfigError(f"batch profile {cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch} is not ordered",
                           fix="use --min-batch <= --opt-batch <= --max-batch, all >= 1")
+    if cfg.engine == "tensorrt":  # fail before minutes of ONNX export, not after
+        from landslide.export.tensorrt import gpu_name, import_trt
+
+        import_trt()
+        gpu_name()
     fused, info = build_ensemble(cfg.run)
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
     sha = run_hash(info)
@@ -82,7 +87,7 @@ def main(cfg) -> dict:
         for p in ox.export_folds(fused, info, x, out):
             arch_k = p.stem.split("_", 1)
             write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=sha,
-                          extra={"fold": int(arch_k[0][4:]),
+                          extra={"fold": int(arch_k[0][4:]), "arch": arch_k[1],
                                  "input": {"name": ox.INPUT, "shape": ["batch", info.layout.n_channels, 64, 64],
                                            "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
                                  "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})

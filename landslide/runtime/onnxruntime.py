@@ -54,6 +54,8 @@ class OnnxRunner(Runner):
         self.sidecar = side
         self.contract = side["contract"]
         self.threshold = float(side["threshold"])
+        # ONNX Runtime's own names (CPUExecutionProvider, ...) are accepted as well as the short ones.
+        provider = {v: k for k, v in PROVIDERS.items()}.get(provider, provider)
         self.provider = auto_provider() if provider == "auto" else provider
         if self.provider not in PROVIDERS:
             raise ConfigError(f"onnxruntime provider {provider!r} unknown", fix=f"use auto or one of {list(PROVIDERS)}")

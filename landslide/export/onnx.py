@@ -26,7 +26,6 @@ from torch import nn
 
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.errors import VerificationError
-from landslide.io import atomic_write
 from landslide.model import LandslideNet
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_n
                           dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
     onnx.checker.check_model(str(tmp), full_check=True)
+    # The old sidecar describes the old file: drop it, so an unverified new file has no contract.
+    path.with_name(path.name + ".json").unlink(missing_ok=True)
     tmp.replace(path)
     return path
 
@@ -151,14 +152,3 @@ def export_fp16(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.ndar
     export_onnx(half_ensemble(fused, info), torch.from_numpy(x[:2]), path)
     require(compare(path.name, ort_run(path, x), ref, info.threshold, FP16_TOL, FP16_AGREEMENT), path)
     return path
-
-
-def graph_sha(path: Path) -> str:
-    from landslide.contract import file_sha256
-
-    return file_sha256(path)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_write(path, "wb") as f:
-        f.write(data)

@@ -48,3 +48,7 @@ class ContractError(LandslideError):
 
 class ConfigError(LandslideError):
     """A flag or config file is invalid, or asks for something this host cannot do."""
+
+
+class VerificationError(LandslideError):
+    """An exported artefact does not reproduce the torch reference within tolerance."""

@@ -1,9 +1,20 @@
-"""Score a test set with a trained run (or exported engine): ``submission.csv`` as ``ID,Target``."""
+"""Score a test set with a trained run or an exported artefact: ``submission.csv`` as ``ID,Target``.
+
+``RUN`` is a run folder (torch, or its ``export/`` ONNX graphs) or an artefact file whose suffix
+picks the backend: ``.onnx`` onnxruntime, ``.pt2`` AOTInductor, ``.engine`` TensorRT. ``auto`` picks
+the best this host can run for what was given, and says which in one log line. Patches are read by a
+reader thread one batch ahead of the runner, so file I/O overlaps compute; bad files are collected
+and all named at once (no submission is written unless ``--skip-bad``).
+"""
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,21 +24,22 @@ from tqdm import tqdm
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data
-from landslide.data import SPLITS, load_patches, read_csv
-from landslide.errors import ConfigError
-from landslide.io import atomic_write
+from landslide.data import SPLITS, load_patch, patch_dir, read_csv
+from landslide.errors import BadFilesError, ConfigError, DataError
+from landslide.io import atomic_write, read_json
 from landslide.runtime import Runner
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "torch")
+SUFFIX_BACKEND = {".onnx": "onnxruntime", ".pt2": "aoti", ".engine": "tensorrt"}
 
 
 @dataclass
 class InferConfig:
-    run: str = field("", "run folder written by train.py")
+    run: str = field("", "run folder written by train.py, or an artefact (.onnx, .pt2, .engine) from export.py")
     data: str = field("", "Zindi-layout folder with Test.csv and test_data/")
-    out: str = field("", "submission path (default: RUN/submission.csv)")
+    out: str = field("", "submission path (default: RUN/submission.csv, or beside the artefact)")
     split: str = field("test", "which CSV to score", choices=("test", "train"))
     backend: str = field("auto", "inference backend", choices=BACKENDS)
     batch_size: int = field(64, "patches per runner call")
@@ -35,8 +47,13 @@ class InferConfig:
     shard: str = field("", "score slice i of n of the IDs, as i/n (0-based)")
     skip_bad: bool = field(False, "score the readable patches and list the bad ones, instead of failing")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = field("fp32", "torch backend: fp32 | bf16 | fp16", choices=("fp32", "bf16", "fp16"))
+    precision: str = field("fp32", "torch: fp32|bf16|fp16; onnxruntime on a run folder: fp16 uses fused_fp16.onnx",
+                           choices=("fp32", "bf16", "fp16"))
     compile: str = field("off", "torch backend: torch.compile on|off", choices=("auto", "on", "off"))
+    provider: str = field("auto", "onnxruntime provider: auto (CUDA EP on a GPU host, else CPU) | cpu | cuda | tensorrt",
+                          choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
+                                   "TensorrtExecutionProvider"))
+    engine_dir: str = field("engines", "where export.py put engines: a run folder finds its .engine/.pt2 here")
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -56,19 +73,163 @@ def shard_ids(ids: list[str], shard: str) -> list[str]:
     return ids[i * len(ids) // n:(i + 1) * len(ids) // n]
 
 
+def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
+    """(backend, path to load, why) for ``cfg.run`` and ``cfg.backend``."""
+    path = Path(cfg.run)
+    if path.is_file():
+        backend = SUFFIX_BACKEND.get(path.suffix)
+        if backend is None:
+            raise ConfigError(f"cannot tell the backend of {path.name}", file=path,
+                              fix="pass a run folder or a .onnx / .pt2 / .engine file from export.py")
+        if cfg.backend not in ("auto", backend):
+            raise ConfigError(f"--backend {cfg.backend} cannot run a {path.suffix} file", file=path,
+                              fix=f"use --backend {backend} (or auto)")
+        return backend, path, f"the artefact is a {path.suffix} file"
+    if not path.is_dir():
+        raise ConfigError("run folder or artefact not found", file=path, fix="pass RUN_DIR or an exported file")
+    graph = path / "export" / ("fused_fp16.onnx" if cfg.precision == "fp16" else "fused.onnx")
+    if cfg.backend == "torch":
+        return "torch", path, "asked for"
+    if cfg.backend == "onnxruntime":
+        if not graph.is_file():
+            raise ConfigError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
+        return "onnxruntime", graph, "asked for"
+    if cfg.backend in ("aoti", "tensorrt"):
+        engine = find_engine(path, Path(cfg.engine_dir), cfg.backend)
+        if engine is None:
+            raise ConfigError(f"no {cfg.backend} engine built from this run in {cfg.engine_dir}/", file=path,
+                              fix=f"python export.py {path} --engine {cfg.backend} --engine-dir {cfg.engine_dir}")
+        return cfg.backend, engine, f"built from this run, found in {cfg.engine_dir}/"
+    if _gpu_tensorrt() and (engine := find_engine(path, Path(cfg.engine_dir), "tensorrt")) is not None:
+        return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
+    if graph.is_file():
+        return "onnxruntime", graph, f"the run has an exported graph ({graph.name})"
+    return "torch", path, f"the run has no export/ folder (python export.py {path} makes one)"
+
+
+def _gpu_tensorrt() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
+    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now."""
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import run_hash, sidecar_path
+
+    suffix = {"aoti": ".pt2", "tensorrt": ".engine"}[backend]
+    found = [p for p in engine_dir.glob(f"*{suffix}") if sidecar_path(p).is_file()]
+    if not found:
+        return None
+    want, sha = str(run.resolve()), run_hash(read_run(run))
+    ok = []
+    for p in found:
+        side = read_json(sidecar_path(p))
+        if side.get("source_run") == want and side.get("source_hash") == sha:
+            ok.append(p)
+    return max(ok, key=lambda p: p.stat().st_mtime) if ok else None
+
+
 def make_runner(cfg: InferConfig) -> Runner:
-    if cfg.backend in ("auto", "torch"):
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend {cfg.backend!r} unknown", fix=f"use one of {BACKENDS}")
+    backend, path, why = resolve_artefact(cfg)
+    if backend == "torch":
         from landslide.runtime.torch import TorchRunner
 
-        return TorchRunner(cfg.run, cfg.device, cfg.precision, cfg.compile)
-    raise ConfigError(f"backend {cfg.backend!r} unknown", fix=f"use one of {BACKENDS}")
+        runner: Runner = TorchRunner(path, cfg.device, cfg.precision, cfg.compile)
+    elif backend == "onnxruntime":
+        from landslide.runtime.onnxruntime import OnnxRunner
+
+        runner = OnnxRunner(path, cfg.provider)
+    elif backend == "aoti":
+        from landslide.runtime.aoti import AotiRunner
+
+        runner = AotiRunner(path)
+    else:
+        from landslide.runtime.tensorrt import TensorRTRunner
+
+        runner = TensorRTRunner(path)
+    log.info("backend %s -> %s (%s)", cfg.backend, runner.describe(), why)
+    return runner
+
+
+def iter_batches(data: Path, split: str, ids: list[str], layout: BandLayout, batch_size: int,
+                 ahead: int = 2) -> Iterator[tuple[np.ndarray | None, list[str], list[DataError]]]:
+    """Yield ``(x (b, 64, 64, C) float32 | None, ids, bad files)`` per batch, read ``ahead`` batches early."""
+    folder = patch_dir(data, split)
+
+    def one(id_: str) -> np.ndarray | DataError:
+        try:
+            return load_patch(folder / f"{id_}.npy", id_, layout.n_channels)
+        except DataError as e:
+            return e
+
+    def read(chunk: list[str]):
+        # np.load releases the GIL while reading, so the file pool overlaps the I/O of one batch.
+        res = list(files.map(one, chunk))
+        keep = [i for i, r in enumerate(res) if not isinstance(r, DataError)]
+        x = np.stack([res[i] for i in keep]) if keep else None
+        return x, [chunk[i] for i in keep], [r for r in res if isinstance(r, DataError)]
+
+    chunks = iter([ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as files, \
+            ThreadPoolExecutor(max_workers=1) as reader:
+        # range first: zip stops on it without pulling (and dropping) one more chunk.
+        pending = deque(reader.submit(read, c) for _, c in zip(range(ahead), chunks))
+        while pending:
+            batch = pending.popleft().result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(reader.submit(read, nxt))
+            yield batch
 
 
 def run_batches(runner: Runner, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities ``(N,)`` for patches already in memory, ``(N, 64, 64, C)`` (used by bench/infer.py)."""
     out = np.empty(len(x), dtype=np.float32)
     for s in tqdm(range(0, len(x), batch_size), desc="infer", leave=False, disable=None):
         out[s:s + batch_size] = runner.predict(x[s:s + batch_size])
     return out
+
+
+@dataclass
+class Scored:
+    ids: list[str]
+    probs: np.ndarray           # (N,) float32
+    skipped: list[DataError]
+    compute_s: float
+    total_s: float
+
+
+def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool) -> Scored:
+    """Run ``runner`` over the patches of ``ids``; every bad file is named at once (unless ``skip_bad``)."""
+    layout = BandLayout.from_dir(data)
+    out_ids: list[str] = []
+    probs: list[np.ndarray] = []
+    bad: list[DataError] = []
+    compute = 0.0
+    t0 = time.perf_counter()
+    n_batches = (len(ids) + batch_size - 1) // batch_size
+    for x, ok, errs in tqdm(iter_batches(data, split, ids, layout, batch_size), total=n_batches, desc="infer",
+                            leave=False, disable=None):
+        bad += errs
+        if x is None or (bad and not skip_bad):
+            continue  # once a file is bad no submission will be written; keep reading to name them all
+        t = time.perf_counter()
+        probs.append(runner.predict(x))
+        compute += time.perf_counter() - t
+        out_ids += ok
+    if bad and not skip_bad:
+        raise BadFilesError(bad, fix="fix or remove these files (inference: --skip-bad scores the rest)")
+    if not out_ids:
+        raise DataError("no readable patches", file=patch_dir(data, split), fix="check the folder and the CSV IDs")
+    return Scored(out_ids, np.concatenate(probs).astype(np.float32), bad, compute, time.perf_counter() - t0)
 
 
 def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: float, with_probs: bool) -> None:
@@ -85,7 +246,7 @@ def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: f
 
 def main(cfg: InferConfig) -> dict:
     if not cfg.run or not cfg.data:
-        raise ConfigError("infer needs a run folder and --data", fix="python infer.py RUN_DIR --data DIR")
+        raise ConfigError("infer needs a run folder (or artefact) and --data", fix="python infer.py RUN_DIR --data DIR")
     data = Path(cfg.data)
     layout = BandLayout.from_dir(data)
     table = read_csv(data / SPLITS[cfg.split][0], labelled=False)
@@ -93,17 +254,16 @@ def main(cfg: InferConfig) -> dict:
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")
-    # Every file is validated before any compute: a bad file costs one message, not a half-scored set.
-    x, ok_ids, skipped = load_patches(data, cfg.split, ids, layout, skip_bad=cfg.skip_bad)
-    for e in skipped:
+    r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad)
+    for e in r.skipped:
         log.warning("skipped: %s", e.format())
-    t0 = time.perf_counter()
-    probs = run_batches(runner, x, cfg.batch_size)
-    dt = time.perf_counter() - t0
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "submission.csv"
-    write_submission(out, ok_ids, probs, runner.threshold, cfg.probs)
-    log.info("wrote %s: %d patches, %d positive at threshold %.4f, %.1f patches/s (%.2f s)", out, len(ok_ids),
-             int((probs >= runner.threshold).sum()), runner.threshold, len(ok_ids) / dt, dt)
-    if skipped:
-        log.warning("%d bad patch file(s) skipped (listed above)", len(skipped))
-    return {"out": str(out), "n": len(ok_ids), "skipped": [e.id for e in skipped], "seconds": dt}
+    run = Path(cfg.run)
+    out = Path(cfg.out) if cfg.out else (run if run.is_dir() else run.parent) / "submission.csv"
+    write_submission(out, r.ids, r.probs, runner.threshold, cfg.probs)
+    log.info("wrote %s: %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
+             "%.1f patches/s compute (%.2f s)", out, len(r.ids), int((r.probs >= runner.threshold).sum()),
+             runner.threshold, len(r.ids) / r.total_s, r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
+    if r.skipped:
+        log.warning("%d bad patch file(s) skipped (listed above)", len(r.skipped))
+    return {"out": str(out), "n": len(r.ids), "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
+            "compute_seconds": r.compute_s, "backend": runner.name}

@@ -1,0 +1,115 @@
+"""``export.py``: a trained run -> verified ONNX graphs (+ a TensorRT engine or an AOTInductor package).
+
+Outputs (default ``RUN_DIR/export/``): ``fold<k>_<arch>.onnx`` per fold, ``fused.onnx`` (the whole
+ensemble on raw NHWC patches), ``fused_fp16.onnx``; each with a ``<file>.json`` sidecar. Engines
+(``--engine tensorrt|aoti``) go to ``--engine-dir`` (default ``engines/``, see engines/README.md).
+Every artefact is checked against the torch ensemble before its sidecar is written; past tolerance
+the script exits non-zero and the artefact has no sidecar, so no loader will accept it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from landslide.config import field
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("none", "tensorrt", "aoti")
+
+
+@dataclass
+class ExportConfig:
+    run: str = field("", "run folder written by train.py")
+    out: str = field("", "folder for the ONNX graphs (default RUN/export)")
+    data: str = field("", "Zindi-layout folder whose patches verify the exports (default: synthetic patches)")
+    n_verify: int = field(256, "patches used to verify each artefact")
+    engine: str = field("none", "also build an engine", choices=ENGINES)
+    engine_dir: str = field("engines", "where built engines (.engine, .pt2) and the timing cache go")
+    min_batch: int = field(1, "engine optimisation profile: smallest batch")
+    opt_batch: int = field(64, "engine optimisation profile: batch tuned for")
+    max_batch: int = field(256, "engine optimisation profile: largest batch")
+    folds_onnx: bool = field(True, "also export one ONNX per fold")
+    fp16: bool = field(True, "also export the FP16 fused graph (what TensorRT 11 builds from)")
+    rebuild: bool = field(False, "rebuild an engine even when a matching one is cached")
+
+
+def reference_inputs(info, data: str, n: int, seed: int = 0) -> np.ndarray:
+    """``(n, 64, 64, C)`` float32 raw patches in the run's band order: from ``data`` or synthetic."""
+    from landslide.bands import ALL_BANDS, BandLayout
+    from landslide.contract import check_data
+    from landslide.data import SPLITS, load_patches, read_csv
+
+    if data:
+        d = Path(data)
+        layout = BandLayout.from_dir(d)
+        check_data(info.contract, layout, artefact=info.run_dir, data_dir=d)
+        split = "test" if (d / SPLITS["test"][0]).is_file() else "train"
+        ids = read_csv(d / SPLITS[split][0], labelled=False).ids[:n]
+        x, _, _ = load_patches(d, split, ids, layout)
+        log.info("verification inputs: %d %s patches from %s", len(x), split, d)
+        return x
+    from landslide.synth import generate
+
+    labels = (np.arange(n) % 4 == 0).astype(np.int64)  # 25 % positives, both classes present
+    x = generate(n, labels, seed)
+    idx = [ALL_BANDS.index(b) for b in info.layout.names]
+    log.info("verification inputs: %d synthetic patches (pass --data DIR to verify on real ones)", n)
+    return np.ascontiguousarray(x[..., idx], dtype=np.float32)
+
+
+def main(cfg) -> dict:
+    from landslide.ensemble import build_ensemble
+    from landslide.errors import ConfigError
+    from landslide.export import onnx as ox
+    from landslide.export.sidecar import run_hash, write_sidecar
+
+    if not cfg.run:
+        raise ConfigError("export needs a run folder", fix="python export.py RUN_DIR")
+    if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
+        raise ConfigError(f"batch profile {cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch} is not ordered",
+                          fix="use --min-batch <= --opt-batch <= --max-batch, all >= 1")
+    if cfg.engine == "tensorrt":  # fail before minutes of ONNX export, not after
+        from landslide.export.tensorrt import gpu_name, import_trt
+
+        import_trt()
+        gpu_name()
+    fused, info = build_ensemble(cfg.run)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
+    sha = run_hash(info)
+    x = reference_inputs(info, cfg.data, cfg.n_verify)
+    ref = ox.torch_run(fused, x)
+    made: dict[str, str] = {}
+    if cfg.folds_onnx:
+        for p in ox.export_folds(fused, info, x, out):
+            arch_k = p.stem.split("_", 1)
+            write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=sha,
+                          extra={"fold": int(arch_k[0][4:]), "arch": arch_k[1],
+                                 "input": {"name": ox.INPUT, "shape": ["batch", info.layout.n_channels, 64, 64],
+                                           "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
+                                 "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})
+            made[p.stem] = str(p)
+    p = ox.export_fused(fused, info, x, ref, out / "fused.onnx")
+    write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha=sha)
+    made["fused"] = str(p)
+    if cfg.fp16 or cfg.engine == "tensorrt":
+        p = ox.export_fp16(fused, info, x, ref, out / "fused_fp16.onnx")
+        write_sidecar(p, kind="onnx-fused", info=info, precision="fp16", run_sha=sha,
+                      extra={"note": "FP16 models, FP32 input/output, normalisation and averaging"})
+        made["fused_fp16"] = str(p)
+    profile = (cfg.min_batch, cfg.opt_batch, cfg.max_batch)
+    if cfg.engine == "tensorrt":
+        from landslide.export.tensorrt import build_engine
+
+        made["engine"] = str(build_engine(out, Path(cfg.engine_dir), profile, x, ref, rebuild=cfg.rebuild))
+    elif cfg.engine == "aoti":
+        from landslide.export.aoti import build_package
+
+        made["engine"] = str(build_package(fused, info, sha, Path(cfg.engine_dir), profile, x, ref,
+                                           rebuild=cfg.rebuild))
+    for k, v in made.items():
+        log.info("exported %s: %s", k, v)
+    return made

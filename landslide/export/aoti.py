@@ -1,0 +1,76 @@
+"""AOTInductor: the fused ensemble through ``torch.export`` + Inductor into one ``.pt2`` package.
+
+The package is compiled C++/Triton for one torch version and one device type, so it is cached in
+the engine folder under a key of (run hash, torch version, device, batch profile), with a sidecar;
+``landslide.runtime.aoti`` refuses a package whose key parts disagree with the host.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landslide.contract import stable_hash
+from landslide.ensemble import FusedEnsemble, RunInfo
+from landslide.export.onnx import compare, require
+from landslide.export.sidecar import read_sidecar, write_sidecar
+
+log = logging.getLogger(__name__)
+
+FP32_TOL = 1e-5
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def package_key(run_sha: str, device: torch.device, profile: tuple[int, int, int]) -> dict:
+    return {"run": run_sha, "torch": torch.__version__, "device": device_name(device), "profile": list(profile)}
+
+
+@torch.inference_mode()
+def run_package(fn, x: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    return np.concatenate([fn(torch.from_numpy(x[s:s + batch_size]).to(device)).float().cpu().numpy()
+                           for s in range(0, len(x), batch_size)])
+
+
+def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir: Path,
+                  profile: tuple[int, int, int], x: np.ndarray, ref: np.ndarray, *, rebuild: bool = False) -> Path:
+    """Compile (or reuse) ``engine_dir/fused-<key>.pt2``; verify it against ``ref``; write its sidecar."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    key = package_key(run_sha, device, profile)
+    path = engine_dir / f"fused-{stable_hash(key)}.pt2"
+    if path.is_file() and not rebuild:
+        read_sidecar(path, kind="aoti")
+        log.info("aoti: reusing %s (same run, torch, device and profile; --rebuild to force)", path)
+        fn = torch._inductor.aoti_load_package(str(path))
+        require(compare(path.name, run_package(fn, x, device, profile[2]), ref, info.threshold, FP32_TOL), path)
+        return path
+    module = fused.to(device).eval()
+    lo, hi = profile[0], profile[2]
+    example = torch.from_numpy(x[:max(2, min(profile[1], len(x)))]).to(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode(False), torch.no_grad():
+        ep = torch.export.export(module, (example,),
+                                 dynamic_shapes=({0: torch.export.Dim("batch", min=lo, max=hi)},))
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=engine_dir, prefix=".aoti-"))
+    try:
+        # The package path must end in .pt2, so it is built in a temp folder and moved into place.
+        built = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp / path.name))
+        dt = time.perf_counter() - t0
+        log.info("aoti: compiled %s on %s in %.1f s", path.name, device_name(device), dt)
+        fn = torch._inductor.aoti_load_package(built)
+        require(compare(path.name, run_package(fn, x, device, hi), ref, info.threshold, FP32_TOL), path)
+        Path(built).replace(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_sidecar(path, kind="aoti", info=info, precision="fp32", run_sha=run_sha,
+                  extra={"device": device.type, "device_name": device_name(device), "profile": list(profile),
+                         "cache_key": key, "compile_s": round(dt, 1)})
+    return path

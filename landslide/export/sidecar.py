@@ -1,0 +1,104 @@
+"""The JSON sidecar every exported artefact carries (``<file>.json``), and the loader's checks.
+
+The sidecar holds the data contract (bands, input shape/layout, preprocess version), the calibrated
+threshold and weights, archs and folds, precision, library versions, a hash of the run it was built
+from and the artefact's own sha256. A loader refuses an artefact whose bytes, preprocessing or
+libraries disagree with its sidecar, naming the file and the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from landslide.contract import file_sha256, stable_hash
+from landslide.errors import ContractError
+from landslide.io import read_json, write_json
+from landslide.preprocess import PREPROCESS_VERSION
+
+SIDECAR_FORMAT = "landslide-artefact/1"
+REBUILD = "re-export it: python export.py RUN_DIR"
+
+
+def sidecar_path(artefact: str | Path) -> Path:
+    p = Path(artefact)
+    return p.with_name(p.name + ".json")
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of the libraries an artefact depends on (import names in ``extra`` are added when present)."""
+    import importlib
+
+    import numpy
+    import torch
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in extra:
+        try:
+            v[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
+    return v
+
+
+def run_hash(info: Any) -> str:
+    """Hash of what a run's ensemble is: every checkpoint's bytes plus the calibration."""
+    files = {f"fold{k}/{a}": file_sha256(info.run_dir / f"fold{k}" / f"{a.replace('@', '_')}.pt")
+             for a in info.archs for k in info.folds}
+    return stable_hash({"checkpoints": files, "calibration": info.calibration})
+
+
+def write_sidecar(artefact: str | Path, *, kind: str, info: Any, precision: str, run_sha: str,
+                  extra: dict[str, Any] | None = None, libs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write ``<artefact>.json`` for a finished artefact file; returns the sidecar."""
+    artefact = Path(artefact)
+    side = {
+        "format": SIDECAR_FORMAT,
+        "kind": kind,
+        "file": artefact.name,
+        "sha256": file_sha256(artefact),
+        "contract": {**{k: v for k, v in info.contract.items()}, "preprocess_version": PREPROCESS_VERSION},
+        "threshold": info.threshold,
+        "weights": dict(zip(info.archs, info.weights)),
+        "archs": info.archs,
+        "folds": info.folds,
+        "precision": precision,
+        "input": {"name": "patches", "shape": ["batch", *info.contract["input_shape"]], "dtype": "float32",
+                  "layout": "NHWC"},
+        "output": {"name": "prob", "shape": ["batch"], "dtype": "float32"},
+        "source_run": str(Path(info.run_dir).resolve()),
+        "source_hash": run_sha,
+        "versions": library_versions("onnx", "onnxruntime", *libs),
+        **(extra or {}),
+    }
+    write_json(sidecar_path(artefact), side)
+    return side
+
+
+def read_sidecar(artefact: str | Path, kind: str | None = None, check_hash: bool = True) -> dict[str, Any]:
+    """Read and check an artefact's sidecar: present, right format/kind, bytes and preprocessing unchanged."""
+    artefact = Path(artefact)
+    side_p = sidecar_path(artefact)
+    if not artefact.is_file():
+        raise ContractError("artefact not found", file=artefact, fix=REBUILD)
+    if not side_p.is_file():
+        raise ContractError("sidecar missing: the artefact's contract is unknown", file=side_p,
+                            fix=f"keep <file>.json beside the artefact, or {REBUILD}")
+    try:
+        side = read_json(side_p)
+    except ValueError as e:
+        raise ContractError(f"sidecar is not valid JSON ({e})", file=side_p, fix=REBUILD) from None
+    if side.get("format") != SIDECAR_FORMAT:
+        raise ContractError(f"sidecar format {side.get('format')!r}, expected {SIDECAR_FORMAT!r}", file=side_p,
+                            fix=REBUILD)
+    if kind is not None and not str(side.get("kind", "")).startswith(kind):
+        raise ContractError(f"artefact is a {side.get('kind')!r}, not a {kind!r}", file=artefact,
+                            fix="pick the backend that matches the file (or --backend auto)")
+    if check_hash and file_sha256(artefact) != side.get("sha256"):
+        raise ContractError("artefact bytes do not match the sha256 in its sidecar (modified or replaced)",
+                            file=artefact, fix=REBUILD)
+    pv = side.get("contract", {}).get("preprocess_version")
+    if pv != PREPROCESS_VERSION:
+        raise ContractError(f"artefact made with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
+                            file=artefact, fix=REBUILD)
+    return side

@@ -1,0 +1,132 @@
+"""TensorRT engines from the fused ONNX graph (GPU hosts; nothing here is imported on a CPU path).
+
+- TensorRT 10: the FP32 graph with ``BuilderFlag.FP16`` (TensorRT picks FP16 kernels where it may).
+- TensorRT 11: precision flags are gone and networks are strongly typed (the graph's types are the
+  engine's types), so the engine is built from ``fused_fp16.onnx`` (FP16 models, FP32 I/O).
+- One optimisation profile on the batch axis (``--min/--opt/--max-batch``).
+- A timing cache per (TensorRT version, GPU) in the engine folder makes rebuilds fast.
+- Engines are cached as ``engines/fused-<key>.engine`` with key = hash(graph sha256, TensorRT
+  version, GPU name, profile) and a JSON sidecar; the runner refuses one whose key parts differ.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from landslide.contract import file_sha256, stable_hash
+from landslide.errors import ConfigError, ContractError
+from landslide.io import atomic_write
+from landslide.export.sidecar import read_sidecar, write_sidecar
+
+log = logging.getLogger(__name__)
+
+FP16_TOL = 1e-2
+FP16_AGREEMENT = 0.995
+INSTALL = "pip install tensorrt (matching your CUDA driver), on a machine with an NVIDIA GPU"
+
+
+def import_trt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise ConfigError("TensorRT is not installed", fix=INSTALL) from None
+    return trt
+
+
+def trt_major(trt) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
+def gpu_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("TensorRT needs a CUDA GPU and this host has none",
+                          fix="build engines on the GPU machine that will run them (or use --engine aoti)")
+    return torch.cuda.get_device_name(0)
+
+
+def source_graph(export_dir: Path, trt) -> Path:
+    """TensorRT 11 builds from the FP16 graph (strong typing); 10 from FP32 with the FP16 flag."""
+    return export_dir / ("fused_fp16.onnx" if trt_major(trt) >= 11 else "fused.onnx")
+
+
+def engine_key(graph: Path, trt, profile: tuple[int, int, int]) -> dict:
+    return {"graph_sha256": file_sha256(graph), "tensorrt": trt.__version__, "gpu": gpu_name(),
+            "profile": list(profile)}
+
+
+def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, int], x: np.ndarray,
+                 ref: np.ndarray, *, rebuild: bool = False) -> Path:
+    """Build (or reuse) the engine for ``export_dir``'s fused graph; verify it; write its sidecar."""
+    from landslide.export.onnx import compare, require
+
+    trt = import_trt()
+    graph = source_graph(export_dir, trt)
+    gside = read_sidecar(graph, kind="onnx-fused")
+    key = engine_key(graph, trt, profile)
+    path = engine_dir / f"fused-{stable_hash(key)}.engine"
+    if path.is_file() and not rebuild:
+        log.info("tensorrt: reusing %s (same graph, TensorRT, GPU and profile; --rebuild to force)", path)
+    else:
+        t0 = time.perf_counter()
+        plan = _build(trt, graph, engine_dir, profile)
+        with atomic_write(path, "wb") as f:
+            f.write(plan)
+        log.info("tensorrt %s: built %s from %s in %.1f s", trt.__version__, path.name, graph.name,
+                 time.perf_counter() - t0)
+    from landslide.ensemble import read_run
+
+    info = read_run(gside["source_run"])
+    write_sidecar(path, kind="tensorrt", info=info, precision="fp16", run_sha=gside["source_hash"],
+                  libs=("tensorrt",),
+                  extra={"graph": graph.name, "cache_key": key, "gpu": key["gpu"], "profile": list(profile),
+                         "build": "BuilderFlag.FP16 on the FP32 graph" if trt_major(trt) < 11
+                         else "strongly typed from the FP16 graph"})
+    from landslide.runtime.tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(path)
+    got = np.concatenate([runner.predict(x[s:s + profile[2]]) for s in range(0, len(x), profile[2])])
+    try:
+        require(compare(path.name, got, ref, float(gside["threshold"]), FP16_TOL, FP16_AGREEMENT), path)
+    except Exception:
+        path.with_name(path.name + ".json").unlink(missing_ok=True)  # an unverified engine gets no contract
+        raise
+    return path
+
+
+def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = trt_major(trt) >= 11
+    flags = 0
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(graph.read_bytes()):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ContractError(f"TensorRT cannot parse the graph: {errs}", file=graph,
+                            fix="re-export with this landslide version (python export.py RUN_DIR)")
+    config = builder.create_builder_config()
+    if not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+    name = network.get_input(0).name
+    c, (h, w) = network.get_input(0).shape[3], (64, 64)
+    prof = builder.create_optimization_profile()
+    prof.set_shape(name, *[(b, h, w, c) for b in profile])
+    config.add_optimization_profile(prof)
+    cache_path = engine_dir / f"timing-{trt.__version__}-{stable_hash(gpu_name())}.cache"
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ContractError("TensorRT failed to build the engine (see the TensorRT log above)", file=graph,
+                            fix="check the profile (--min/--opt/--max-batch) fits GPU memory")
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache_path, "wb") as f:
+        f.write(memoryview(config.get_timing_cache().serialize()))
+    return bytes(memoryview(plan))

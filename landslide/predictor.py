@@ -1,0 +1,56 @@
+"""``landslide.Predictor``: what ``infer.py`` does, in-process.
+
+    from landslide import Predictor
+    p = Predictor("runs/demo")                  # or runs/demo/export/fused.onnx, engines/fused-*.pt2, ...
+    probs = p.predict(patches)                  # (B, 64, 64, C) or (64, 64, C) float32 raw -> (B,) / ()
+    ids, probs = p.predict_dir("data/synth")    # Test.csv + test_data/, the same numbers as infer.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landslide.errors import DataError
+
+
+class Predictor:
+    def __init__(self, path: str | Path, backend: str = "auto", batch_size: int = 64, **options: Any) -> None:
+        from landslide.config import make_config
+        from landslide.infer import InferConfig, make_runner
+
+        self.cfg = make_config(InferConfig, {"run": str(path), "backend": backend, "batch_size": batch_size,
+                                             **options})
+        self.runner = make_runner(self.cfg)
+        self.threshold = self.runner.threshold
+        self.contract = self.runner.contract
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw patches ``(B, 64, 64, C)`` (or one ``(64, 64, C)``) -> probabilities ``(B,)`` (or a scalar)."""
+        x = np.asarray(x, dtype=np.float32)
+        single = x.ndim == 3
+        x = x[None] if single else x
+        want = tuple(self.contract["input_shape"])
+        if x.ndim != 4 or x.shape[1:] != want:
+            raise DataError(f"patch array of shape {x.shape[1:] if x.ndim == 4 else x.shape}, expected {want}",
+                            fix=f"pass (B, {', '.join(map(str, want))}) raw patches in bands {self.contract['bands']}")
+        bs = self.cfg.batch_size
+        out = np.concatenate([self.runner.predict(x[s:s + bs]) for s in range(0, len(x), bs)])
+        return out[0] if single else out
+
+    def predict_dir(self, data_dir: str | Path, split: str = "test", skip_bad: bool = False) -> tuple[list[str], np.ndarray]:
+        """Score a Zindi-layout folder's split: ``(ids, probs (N,))`` in CSV order (bad files: see infer)."""
+        from landslide.bands import BandLayout
+        from landslide.contract import check_data
+        from landslide.data import SPLITS, read_csv
+        from landslide.infer import score
+
+        data = Path(data_dir)
+        check_data(self.contract, BandLayout.from_dir(data), artefact=self.cfg.run, data_dir=data)
+        ids = read_csv(data / SPLITS[split][0], labelled=False).ids
+        r = score(self.runner, data, split, ids, self.cfg.batch_size, skip_bad)
+        return r.ids, r.probs
+
+    def describe(self) -> str:
+        return self.runner.describe()

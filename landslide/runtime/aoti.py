@@ -1,0 +1,54 @@
+"""The AOTInductor runner: a ``.pt2`` package from ``export.py --engine aoti``.
+
+A package is compiled code for one torch version and one device type: both are checked against
+its sidecar before loading, so a stale package is refused with the command that rebuilds it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landslide.errors import ContractError
+from landslide.export.sidecar import read_sidecar
+from landslide.runtime import Runner
+
+REBUILD = "rebuild it: python export.py RUN_DIR --engine aoti --rebuild"
+
+
+class AotiRunner(Runner):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        side = read_sidecar(self.path, kind="aoti")
+        built_with = side["versions"].get("torch")
+        if built_with != torch.__version__:
+            raise ContractError(f"package compiled with torch {built_with}, this is torch {torch.__version__}",
+                                file=self.path, fix=REBUILD)
+        self.device = torch.device(side["device"])
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ContractError("package compiled for CUDA, this host has no GPU", file=self.path, fix=REBUILD)
+            if torch.cuda.get_device_name(0) != side["device_name"]:
+                raise ContractError(f"package compiled for {side['device_name']}, this GPU is "
+                                    f"{torch.cuda.get_device_name(0)}", file=self.path, fix=REBUILD)
+        self.sidecar = side
+        self.contract = side["contract"]
+        self.threshold = float(side["threshold"])
+        self.min_batch, _, self.max_batch = side["profile"]
+        self.fn = torch._inductor.aoti_load_package(str(self.path))
+        self.name = "aoti"
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if not self.min_batch <= len(x) <= self.max_batch:
+            raise ContractError(f"batch of {len(x)} outside the package's profile "
+                                f"[{self.min_batch}, {self.max_batch}]", file=self.path,
+                                fix="pass --batch-size within it, or rebuild with --min-batch/--max-batch")
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":
+            xt = xt.pin_memory().to(self.device, non_blocking=True)
+        return self.fn(xt).float().cpu().numpy()
+
+    def describe(self) -> str:
+        return f"aoti ({self.path.name}, device={self.sidecar['device_name']}, precision=fp32)"

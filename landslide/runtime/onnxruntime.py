@@ -1,0 +1,104 @@
+"""The ONNX Runtime runner: a fused graph from ``export.py`` on an explicitly chosen provider.
+
+Providers are named, never guessed: ``cpu``, ``cuda`` (CUDA EP) or ``tensorrt`` (TensorRT EP, CUDA EP
+behind it for unsupported nodes). ONNX Runtime silently drops a provider it cannot load and runs on
+the CPU, so after the session is created the providers it actually uses are checked, and a missing
+one is an error that names the package to install.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from landslide.errors import ConfigError
+from landslide.export.sidecar import read_sidecar
+from landslide.runtime import Runner
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "cpu": "CPUExecutionProvider"}
+INSTALL = {"tensorrt": "pip install onnxruntime-gpu tensorrt (and a CUDA GPU)",
+           "cuda": "pip install onnxruntime-gpu (instead of onnxruntime; needs a CUDA GPU)", "cpu": "pip install onnxruntime"}
+
+
+def import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("onnxruntime is not installed", fix=INSTALL["cpu"]) from None
+    return ort
+
+
+def auto_provider() -> str:
+    """CUDA EP when this host has a GPU and an ORT build with it, else CPU (TensorRT EP only on request)."""
+    ort = import_ort()
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    return "cuda" if gpu and PROVIDERS["cuda"] in ort.get_available_providers() else "cpu"
+
+
+class OnnxRunner(Runner):
+    """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` probabilities through a fused ONNX graph."""
+
+    def __init__(self, path: str | Path, provider: str = "auto", device_id: int = 0, threads: int = 0) -> None:
+        ort = import_ort()
+        self.path = Path(path)
+        side = read_sidecar(self.path, kind="onnx-fused")
+        self.sidecar = side
+        self.contract = side["contract"]
+        self.threshold = float(side["threshold"])
+        # ONNX Runtime's own names (CPUExecutionProvider, ...) are accepted as well as the short ones.
+        provider = {v: k for k, v in PROVIDERS.items()}.get(provider, provider)
+        self.provider = auto_provider() if provider == "auto" else provider
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"onnxruntime provider {provider!r} unknown", fix=f"use auto or one of {list(PROVIDERS)}")
+        want = PROVIDERS[self.provider]
+        if want not in ort.get_available_providers():
+            raise ConfigError(f"{want} asked for, but this onnxruntime build offers only "
+                              f"{ort.get_available_providers()}", fix=INSTALL[self.provider])
+        chain = {"tensorrt": ["tensorrt", "cuda"], "cuda": ["cuda"], "cpu": []}[self.provider]
+        providers = [(PROVIDERS[p], {"device_id": device_id}) for p in chain] + ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        used = self.session.get_providers()
+        missing = [PROVIDERS[p] for p in chain if PROVIDERS[p] not in used]
+        if missing:
+            raise ConfigError(f"onnxruntime could not start {missing} (session runs on {used}); refusing to "
+                              "fall back silently", file=self.path, fix=INSTALL[self.provider])
+        self.providers_used = used
+        self.input_name = self.session.get_inputs()[0].name
+        self.gpu = self.provider != "cpu"
+        self.name = f"onnxruntime-{self.provider}"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not self.gpu:
+            return self.session.run(None, {self.input_name: x})[0]
+        return self._predict_cuda(x)
+
+    def _predict_cuda(self, x: np.ndarray) -> np.ndarray:
+        """Pinned host buffer -> async copy to the GPU -> IO binding (no ORT-side host copies)."""
+        import torch
+
+        xt = torch.from_numpy(x).pin_memory().to("cuda", non_blocking=True)
+        out = torch.empty(len(x), dtype=torch.float32, device="cuda")
+        b = self.session.io_binding()
+        b.bind_input(self.input_name, "cuda", 0, np.float32, tuple(xt.shape), xt.data_ptr())
+        b.bind_output(self.session.get_outputs()[0].name, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream().synchronize()  # the copy must land before ORT's stream reads it
+        self.session.run_with_iobinding(b)
+        return out.cpu().numpy()
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.path.name}, precision={self.sidecar['precision']}, "
+                f"providers used={self.providers_used})")

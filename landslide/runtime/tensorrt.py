@@ -1,0 +1,72 @@
+"""The TensorRT runner: a cached engine, torch CUDA tensors as I/O buffers, one CUDA stream.
+
+Input goes pinned host -> device asynchronously on the runner's stream; ``set_tensor_address`` binds
+the torch buffers and ``execute_async_v3`` runs on the same stream, so copy and compute are ordered
+without a host sync until the result is read back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from landslide.errors import ContractError
+from landslide.export.sidecar import read_sidecar
+from landslide.export.tensorrt import gpu_name, import_trt
+from landslide.runtime import Runner
+
+REBUILD = "rebuild it on this machine: python export.py RUN_DIR --engine tensorrt --rebuild"
+
+
+class TensorRTRunner(Runner):
+    def __init__(self, path: str | Path) -> None:
+        import torch
+
+        trt = import_trt()
+        self.path = Path(path)
+        side = read_sidecar(self.path, kind="tensorrt")
+        # Engines are specific to the TensorRT version and the GPU model they were built on.
+        if side["versions"].get("tensorrt") != trt.__version__:
+            raise ContractError(f"engine built with TensorRT {side['versions'].get('tensorrt')}, this is "
+                                f"{trt.__version__}", file=self.path, fix=REBUILD)
+        if side["gpu"] != gpu_name():
+            raise ContractError(f"engine built for {side['gpu']}, this GPU is {gpu_name()}", file=self.path,
+                                fix=REBUILD)
+        self.sidecar = side
+        self.contract = side["contract"]
+        self.threshold = float(side["threshold"])
+        self.min_batch, _, self.max_batch = side["profile"]
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ContractError("TensorRT could not deserialize the engine", file=self.path, fix=REBUILD)
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.stream = torch.cuda.Stream()
+        self.name = "tensorrt"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        if not self.min_batch <= len(x) <= self.max_batch:
+            raise ContractError(f"batch of {len(x)} outside the engine's profile [{self.min_batch}, "
+                                f"{self.max_batch}]", file=self.path,
+                                fix="pass --batch-size within it, or rebuild with --min-batch/--max-batch")
+        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).pin_memory()
+        with torch.cuda.stream(self.stream):
+            xt = host.to("cuda", non_blocking=True)
+            out = torch.empty(len(x), dtype=torch.float32, device="cuda")
+            self.context.set_input_shape(self.input, tuple(xt.shape))
+            self.context.set_tensor_address(self.input, xt.data_ptr())
+            self.context.set_tensor_address(self.output, out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise ContractError("TensorRT execution failed", file=self.path, fix=REBUILD)
+            res = out.to("cpu", non_blocking=True)
+        self.stream.synchronize()
+        return res.numpy()
+
+    def describe(self) -> str:
+        return (f"tensorrt ({self.path.name}, TensorRT {self.sidecar['versions'].get('tensorrt')}, "
+                f"gpu={self.sidecar['gpu']}, precision=fp16, profile={self.sidecar['profile']})")

@@ -1,0 +1,41 @@
+"""A tiny trained + exported run shared by test_export.py and test_runtime.py (built once per session).
+
+Not a conftest: main's conftest.py is owned elsewhere; both test files call these helpers, which
+reuse the folders under pytest's session base temp once they exist.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# One arch with an upsampled optical input (@80) exercises the interpolate path of every exporter.
+ARCHS = ["test_efficientnet@80"]
+
+
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, data folder): synthetic data, 2 folds x 1 epoch of the tiny preset."""
+    from landslide import train
+    from landslide.config import make_config
+    from landslide.synth import SynthConfig, write_dataset
+    from landslide.train_config import PRESETS, TrainConfig
+
+    base = tmp_path_factory.getbasetemp() / "export_run"
+    data, run = base / "data", base / "run"
+    if not (run / "calibration.json").is_file():
+        write_dataset(SynthConfig(str(data), n_train=40, n_test=24, seed=0))
+        train.main(make_config(TrainConfig, {**PRESETS["tiny"], "archs": ARCHS, "epochs": 1, "max_steps": 2,
+                                             "data": str(data), "out": str(run), "cache_dir": str(base / "cache")}))
+    return run, data
+
+
+def exported_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny run with ``export/`` written by ``export.main`` (verified on the data's test patches)."""
+    from landslide.config import make_config
+    from landslide.export import ExportConfig, main
+
+    run, data = tiny_run(tmp_path_factory)
+    if not (run / "export" / "fused_fp16.onnx.json").is_file():
+        main(make_config(ExportConfig, {"run": str(run), "data": str(data), "n_verify": 24}))
+    return run, data

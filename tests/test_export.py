@@ -1,0 +1,215 @@
+"""Export: per-fold and fused ONNX round-trips, FP16 parity, verification failure, sidecar refusals, AOTI, TensorRT."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export_helpers import exported_run
+from landslide.contract import file_sha256
+from landslide.ensemble import build_ensemble
+from landslide.errors import ContractError, VerificationError
+from landslide.export import reference_inputs
+from landslide.export import onnx as ox
+from landslide.export.sidecar import read_sidecar, sidecar_path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return exported_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(exported):
+    run, data = exported
+    fused, info = build_ensemble(run)
+    x = reference_inputs(info, str(data), 24)
+    return fused, info, x, ox.torch_run(fused, x)
+
+
+def test_every_artefact_has_a_checked_sidecar(exported):
+    run, _ = exported
+    files = sorted((run / "export").glob("*.onnx"))
+    assert [f.name for f in files] == ["fold0_test_efficientnet_80.onnx", "fold1_test_efficientnet_80.onnx",
+                                       "fused.onnx", "fused_fp16.onnx"]
+    for f in files:
+        side = read_sidecar(f)
+        assert side["sha256"] == file_sha256(f)
+        assert side["contract"]["bands"] == json.loads((run / "contract.json").read_text())["bands"]
+        assert side["threshold"] == json.loads((run / "calibration.json").read_text())["threshold"]
+        assert side["archs"] == ["test_efficientnet@80"] and side["folds"] == [0, 1]
+        assert len(side["source_hash"]) == 16 and "onnxruntime" in side["versions"]
+    assert read_sidecar(run / "export" / "fused_fp16.onnx")["precision"] == "fp16"
+
+
+def test_per_fold_onnx_round_trip(exported, reference):
+    run, _ = exported
+    fused, info, x, _ = reference
+    xp = fused.preprocess(torch.from_numpy(x)).contiguous().numpy()
+    for k, net in zip(info.folds, fused.archs[0]):
+        ref = ox.torch_run(net, xp)
+        got = ox.ort_run(run / "export" / f"fold{k}_test_efficientnet_80.onnx", xp)
+        assert got.shape == ref.shape == (len(x),)
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_fused_onnx_matches_torch_ensemble(exported, reference):
+    from landslide.runtime.onnxruntime import OnnxRunner
+
+    run, _ = exported
+    _, info, x, ref = reference
+    runner = OnnxRunner(run / "export" / "fused.onnx", "cpu")
+    got = np.concatenate([runner.predict(x[:5]), runner.predict(x[5:])])  # two batch sizes: dynamic axis
+    assert np.abs(got - ref).max() <= 1e-5
+    assert runner.threshold == info.threshold
+
+
+def test_fp16_graph_parity(exported, reference):
+    import onnx
+
+    from landslide.runtime.onnxruntime import OnnxRunner
+
+    run, _ = exported
+    _, info, x, ref = reference
+    path = run / "export" / "fused_fp16.onnx"
+    model = onnx.load(str(path))
+    f16 = onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert sum(t.data_type == f16 for t in model.graph.initializer) > 10  # the models really are FP16
+    got = OnnxRunner(path, "cpu").predict(x)
+    assert np.abs(got - ref).max() <= 1e-2
+    assert ((got >= info.threshold) == (ref >= info.threshold)).mean() >= 0.995
+
+
+def test_verification_refuses_past_tolerance(exported, reference, tmp_path, monkeypatch):
+    fused, info, x, ref = reference
+    with pytest.raises(VerificationError, match="FAILED"):
+        ox.require(ox.compare("x", ref + 2e-5, ref, info.threshold, ox.FP32_TOL), tmp_path / "x.onnx")
+    # A broken exporter (here: ORT answers shifted by 1e-3) makes the export fail, without a sidecar.
+    real = ox.ort_run
+    monkeypatch.setattr(ox, "ort_run", lambda p, a, batch_size=64: real(p, a, batch_size) + 1e-3)
+    with pytest.raises(VerificationError):
+        ox.export_fused(fused, info, x[:8], ref[:8], tmp_path / "fused.onnx")
+    assert not sidecar_path(tmp_path / "fused.onnx").exists()
+
+
+def _copy_artefact(src: Path, dst_dir: Path) -> Path:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst_dir / src.name)
+    shutil.copy(sidecar_path(src), sidecar_path(dst_dir / src.name))
+    return dst_dir / src.name
+
+
+def test_tampered_artefact_refused(exported, tmp_path):
+    from landslide.runtime.onnxruntime import OnnxRunner
+
+    run, _ = exported
+    path = _copy_artefact(run / "export" / "fused.onnx", tmp_path)
+    with open(path, "r+b") as f:  # flip one byte near the end (inside the weights)
+        f.seek(-100, 2)
+        b = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ContractError, match="sha256") as e:
+        OnnxRunner(path, "cpu")
+    assert "export.py" in str(e.value) and str(path) in str(e.value)
+    sidecar_path(path).unlink()
+    with pytest.raises(ContractError, match="sidecar missing"):
+        OnnxRunner(path, "cpu")
+
+
+def test_wrong_bands_refused(exported, tmp_path):
+    from landslide.config import make_config
+    from landslide.infer import InferConfig, main
+
+    run, data = exported
+    other = tmp_path / "d"
+    shutil.copytree(data, other)
+    (other / "bands.txt").write_text("\n".join(["red", "green", "blue", "nir"]) + "\n")
+    with pytest.raises(ContractError, match="bands") as e:
+        main(make_config(InferConfig, {"run": str(run / "export" / "fused.onnx"), "data": str(other)}))
+    assert "bands.txt" in str(e.value)
+
+
+def test_stale_preprocess_version_refused(exported, tmp_path):
+    run, _ = exported
+    path = _copy_artefact(run / "export" / "fused.onnx", tmp_path)
+    side = json.loads(sidecar_path(path).read_text())
+    side["contract"]["preprocess_version"] = 0
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ContractError, match="preprocessing v0"):
+        read_sidecar(path)
+
+
+@pytest.mark.slow
+def test_aoti_build_and_run(exported, reference, tmp_path):
+    from landslide.export.aoti import build_package
+    from landslide.export.sidecar import run_hash
+    from landslide.runtime.aoti import AotiRunner
+
+    run, _ = exported
+    fused, info, x, ref = reference
+    path = build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref)
+    assert path.suffix == ".pt2" and read_sidecar(path, kind="aoti")["device"] == "cpu"
+    runner = AotiRunner(path)
+    got = np.concatenate([runner.predict(x[s:s + 16]) for s in range(0, len(x), 16)])
+    assert np.abs(got - ref).max() <= 1e-5
+    with pytest.raises(ContractError, match="profile"):
+        runner.predict(x[:1].repeat(17, 0))
+    # A run folder finds the package built from it in the engine folder.
+    from landslide.config import make_config
+    from landslide.infer import InferConfig, make_runner
+
+    found = make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti",
+                                                  "engine_dir": str(tmp_path / "engines")}))
+    assert found.name == "aoti" and found.path == path
+    # Built again with the same key: reused, not recompiled (same bytes).
+    sha = file_sha256(path)
+    assert build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref) == path
+    assert file_sha256(path) == sha
+    side = json.loads(sidecar_path(path).read_text())
+    side["versions"]["torch"] = "0.0.1"
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ContractError, match="torch 0.0.1") as e:
+        AotiRunner(path)
+    assert "--engine aoti --rebuild" in str(e.value)
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine(exported, reference, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU hosts only: pip install tensorrt)")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from landslide.export.tensorrt import build_engine
+    from landslide.runtime.tensorrt import TensorRTRunner
+
+    run, _ = exported
+    _, info, x, ref = reference
+    path = build_engine(run / "export", tmp_path / "engines", (1, 8, 16), x, ref)
+    got = np.concatenate([TensorRTRunner(path).predict(x[s:s + 16]) for s in range(0, len(x), 16)])
+    assert np.abs(got - ref).max() <= 1e-2
+    side = json.loads(sidecar_path(path).read_text())
+    side["gpu"] = "Some Other GPU"
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ContractError, match="Some Other GPU"):
+        TensorRTRunner(path)
+
+
+def test_tensorrt_export_without_tensorrt_fails_fast(exported):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    run, _ = exported
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "export.py", str(run), "--engine", "tensorrt", "--out", str(run / "x")],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "pip install tensorrt" in p.stderr
+    assert not (run / "x").exists()  # nothing exported before the check

@@ -1,0 +1,133 @@
+"""Runners and infer: provider checks, backend resolution, sharding, bad files, the Predictor API."""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export_helpers import exported_run
+from landslide.config import make_config
+from landslide.errors import BadFilesError, ConfigError
+from landslide.infer import InferConfig, main as infer_main, make_runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return exported_run(tmp_path_factory)
+
+
+def _probs(path: Path) -> dict[str, float]:
+    with open(path) as f:
+        return {r["ID"]: float(r["prob"]) for r in csv.DictReader(f)}
+
+
+def _infer(run, data, out: Path, **kw) -> dict[str, float]:
+    infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out), "probs": True, **kw}))
+    return _probs(out.with_name(out.stem + "_probs.csv"))
+
+
+def test_ort_cuda_provider_refused_on_cpu_host(exported):
+    import onnxruntime as ort
+
+    from landslide.runtime.onnxruntime import OnnxRunner
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this host's onnxruntime has the CUDA EP")
+    run, _ = exported
+    with pytest.raises(ConfigError, match="CUDAExecutionProvider") as e:
+        OnnxRunner(run / "export" / "fused.onnx", "cuda")
+    assert "pip install onnxruntime-gpu" in str(e.value)
+    with pytest.raises(ConfigError, match="TensorrtExecutionProvider"):
+        OnnxRunner(run / "export" / "fused.onnx", "tensorrt")
+
+
+def test_ort_reports_providers_used(exported):
+    from landslide.runtime.onnxruntime import OnnxRunner
+
+    run, _ = exported
+    r = OnnxRunner(run / "export" / "fused.onnx", "cpu")
+    assert r.providers_used == ["CPUExecutionProvider"]
+    assert "providers used=['CPUExecutionProvider']" in r.describe()
+
+
+def test_backend_resolution(exported, tmp_path):
+    run, _ = exported
+    cfg = lambda **kw: make_config(InferConfig, {"run": str(run), **kw})  # noqa: E731
+    assert make_runner(cfg()).name == "onnxruntime-cpu"           # auto: the run's export/ graph
+    assert make_runner(cfg(backend="torch")).name == "torch-fused"
+    fp16 = make_runner(cfg(backend="onnxruntime", precision="fp16"))
+    assert fp16.sidecar["precision"] == "fp16"
+    graph = str(run / "export" / "fused.onnx")
+    assert make_runner(make_config(InferConfig, {"run": graph})).name == "onnxruntime-cpu"
+    with pytest.raises(ConfigError, match="--backend aoti cannot run a .onnx"):
+        make_runner(make_config(InferConfig, {"run": graph, "backend": "aoti"}))
+    with pytest.raises(ConfigError, match="--engine tensorrt"):
+        make_runner(cfg(backend="tensorrt"))
+    bare = tmp_path / "bare"  # a run without export/: auto is the torch reference
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("export"))
+    assert make_runner(make_config(InferConfig, {"run": str(bare)})).name == "torch-fused"
+    with pytest.raises(ConfigError, match="python export.py"):
+        make_runner(make_config(InferConfig, {"run": str(bare), "backend": "onnxruntime"}))
+
+
+def test_sharded_inference_equals_unsharded(exported, tmp_path):
+    run, data = exported
+    whole = _infer(run, data, tmp_path / "all.csv", batch_size=5)
+    parts = {}
+    for i in (0, 1):
+        parts.update(_infer(run, data, tmp_path / f"s{i}.csv", shard=f"{i}/2", batch_size=5))
+    assert list(parts) == list(whole)  # same IDs, same order once concatenated
+    assert parts == whole
+
+
+def test_onnx_infer_matches_torch_infer(exported, tmp_path):
+    run, data = exported
+    onnx = _infer(run, data, tmp_path / "o.csv", backend="onnxruntime")
+    ref = _infer(run, data, tmp_path / "t.csv", backend="torch")
+    assert list(onnx) == list(ref)
+    assert max(abs(onnx[k] - ref[k]) for k in ref) <= 2e-6  # the CSV keeps 6 decimals
+
+
+def test_bad_files_named_or_skipped(exported, tmp_path):
+    run, data = exported
+    d = tmp_path / "d"
+    shutil.copytree(data, d)
+    victims = sorted((d / "test_data").glob("*.npy"))[:2]
+    victims[0].write_bytes(b"not a npy")
+    victims[1].unlink()
+    with pytest.raises(BadFilesError) as e:
+        _infer(run, d, tmp_path / "x.csv", batch_size=4)
+    assert all(v.stem in str(e.value) for v in victims)
+    assert not (tmp_path / "x.csv").exists()
+    got = _infer(run, d, tmp_path / "y.csv", batch_size=4, skip_bad=True)
+    full = _infer(run, data, tmp_path / "z.csv", batch_size=4)
+    assert set(full) - set(got) == {v.stem for v in victims}
+    assert all(got[k] == full[k] for k in got)
+
+
+def test_predictor_matches_infer(exported, tmp_path):
+    from landslide import Predictor
+
+    run, data = exported
+    ref = _infer(run, data, tmp_path / "p.csv")
+    p = Predictor(run)
+    ids, probs = p.predict_dir(data)
+    assert ids == list(ref)
+    assert np.abs(probs - np.array(list(ref.values()))).max() <= 1e-6
+    x = np.load(data / "test_data" / f"{ids[0]}.npy")
+    assert abs(float(p.predict(x)) - probs[0]) <= 1e-6          # one patch -> a scalar
+    assert p.predict(np.stack([x, x])).shape == (2,)
+    with pytest.raises(Exception, match="expected"):
+        p.predict(x[:32])
+
+
+def test_import_landslide_is_light():
+    code = "import sys, landslide; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -162,7 +162,8 @@ def record(bench: str, name: str, env: dict[str, Any], config: dict[str, Any],
         raise ValueError("a result has metrics or a skip reason, exactly one of them")
     rec: dict[str, Any] = {"schema": SCHEMA, "bench": bench, "name": name,
                            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                           "env": env, "config": config}
+                           "env": env, "config": config,
+                           "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     if skipped is not None:
         rec["skipped"] = skipped
     else:

@@ -102,6 +102,21 @@ def spread(s: dict[str, float], digits: int = 0) -> str:
 
 # ------------------------------------------------------------------------------------------ environment
 
+def command_line(module: str) -> str:
+    """How this result was produced, as a user would type it: ``python -m bench.x --flags``."""
+    import shlex
+    import sys
+
+    return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
+
+
+def set_threads(n: int) -> None:
+    """``n > 0``: torch's intra-op threads. On a loaded shared host, OpenMP threads that wait on each
+    other at every barrier can make 2 threads several times slower than 1; the count is recorded."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def device_name(device: torch.device | str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -244,7 +259,8 @@ def plot_bars(labels: Sequence[str], stats: Sequence[dict[str, float]], path: st
     for i, m in enumerate(med):
         ax.text(i, m, f"{m:,.0f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right", fontsize=8)
-    ax.set(ylabel=ylabel, title=title)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -261,7 +277,8 @@ def plot_throughput(series: dict[str, list[tuple[int, dict[str, float]]]], path:
         b = [p[0] for p in pts]
         ax.plot(b, [p[1]["median"] for p in pts], marker="o", label=name)
         ax.fill_between(b, [p[1]["min"] for p in pts], [p[1]["max"] for p in pts], alpha=0.2)
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=ylabel, title=title)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=ylabel)
+    ax.set_title(title, fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -276,7 +293,8 @@ def plot_latency(dists: dict[str, np.ndarray], path: str | Path, *, title: str) 
     ax.boxplot([np.asarray(dists[n]) * 1e3 for n in names], whis=(5, 95), showfliers=True,
                flierprops={"markersize": 2})
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=7)
-    ax.set(yscale="log", ylabel="ms per call", title=title)
+    ax.set(yscale="log", ylabel="ms per call")
+    ax.set_title(title, fontsize=8)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

@@ -39,6 +39,7 @@ class DataBenchConfig:
     warmup: int = field(5, "untimed batches first (the baseline adds its prefetch depth)")
     seed: int = field(0, "seed for data, sampling and augmentation")
     out_dir: str = field("", "where results go (default bench/results)")
+    threads: int = field(0, "torch intra-op CPU threads (0 = torch's default); recorded in env.torch_threads")
 
 
 def backend_names() -> list[str]:
@@ -97,6 +98,7 @@ def bench_baseline(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: 
 def main(cfg: DataBenchConfig) -> list[dict]:
     from landslide.device import resolve_device
 
+    common.set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     n = cfg.n or (2048 if cfg.quick else 8192)
     windows = cfg.windows or (5 if cfg.quick else 10)
@@ -136,11 +138,11 @@ def main(cfg: DataBenchConfig) -> list[dict]:
         bars.append((name, tp))
 
     out = common.RESULTS_DIR if not cfg.out_dir else cfg.out_dir
-    slug = env["device_slug"]
+    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
     title = f"augmentation, batch {cfg.batch_size} x {cfg.channels}x64x64 fp32 — {env['device_name']}"
     table = common.format_table(rows, ["pipeline", "samples/s median (min-max)", "ms/batch p50", "ms/batch p95",
                                        "x per-sample"])
-    head = (f"# bench.data — {title}\n\n`python -m bench.data{' --quick' if cfg.quick else ''}`; "
+    head = (f"# bench.data — {title}\n\n`{common.command_line('bench.data')}`; "
             f"{windows} windows x {iters} batches; torch threads {env['torch_threads']}, "
             f"baseline workers {cfg.workers}, load avg {env['loadavg_1m']} at start\n\n")
     print(head + table)

@@ -57,12 +57,13 @@ class InferBenchConfig:
     batch_sizes: list[int] = field([], "batch sizes to time (default 1,8,64,256; --quick 1,8,32)")
     compile: str = field("auto", "include torch.compile'd fused: auto (on, except --quick on a CPU) | on | off",
                          choices=("auto", "on", "off"))
-    n_test: int = field(0, "patches to score for the test-set wall time (0 = 64 quick, 5398 full)")
+    n_test: int = field(0, "patches to score for the test-set wall time (0 = 32 quick, 5398 full)")
     budget_s: float = field(0.0, "seconds of timed calls per runner and batch size, at least 2 calls "
-                                 "(0 = 2 quick, 15 full)")
+                                 "(0 = 1.5 quick, 15 full)")
     testset_budget_s: float = field(120.0, "skip the test-set pass of a runner whose estimated time exceeds this")
     seed: int = field(0, "seed for the synthetic patches")
     out_dir: str = field("", "where results go (default bench/results)")
+    threads: int = field(0, "torch intra-op CPU threads (0 = torch's default); recorded in env.torch_threads")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -199,10 +200,11 @@ def main(cfg: InferBenchConfig) -> list[dict]:
     from landslide.infer import run_batches
     from landslide.synth import band_stats
 
+    common.set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     compile_on = cfg.compile == "on" or (cfg.compile == "auto" and not (cfg.quick and device.type == "cpu"))
-    n_test = cfg.n_test or (64 if cfg.quick else 5398)
-    budget = cfg.budget_s or (2.0 if cfg.quick else 15.0)
+    n_test = cfg.n_test or (32 if cfg.quick else 5398)
+    budget = cfg.budget_s or (1.5 if cfg.quick else 15.0)
     cfg = dataclasses.replace(cfg, folds=cfg.folds or (2 if cfg.quick else 5),
                               batch_sizes=cfg.batch_sizes or ([1, 8, 32] if cfg.quick else [1, 8, 64, 256]))
     env = common.environment(device)
@@ -261,16 +263,14 @@ def main(cfg: InferBenchConfig) -> list[dict]:
             x = pool[:bs]
             t_first = time.perf_counter()
             try:
-                runner.predict(x)  # first call: compilation / engine warm-up, reported apart
+                runner.predict(x)  # the warm-up call (compilation, engine set-up): timed, reported apart
                 common.sync(device)
                 first_s = time.perf_counter() - t_first
-                t_w = time.perf_counter()
-                runner.predict(x)  # one untimed warm-up call, which also sizes the timed part to the budget
-                common.sync(device)
-                n_calls = int(np.clip(budget / max(time.perf_counter() - t_w, 1e-6), 2, 250))
+                # sized by the warm-up call; it over-estimates a call when it compiled, so >= 2 calls always run
+                n_calls = int(np.clip(budget / max(first_s, 1e-6), 2, 250))
                 windows = min(5, n_calls)
                 t = common.measure(lambda: runner.predict(x), warmup=0, iters=n_calls // windows, windows=windows,
-                                   items=bs, device=device, budget_s=budget)
+                                   items=bs, device=device)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch
                 why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 emit(common.record("infer", label, env, {**rconf, "batch_size": bs}, skipped=why))
@@ -318,9 +318,9 @@ def main(cfg: InferBenchConfig) -> list[dict]:
         mine = tp_by.get((r["runner"], r["batch"]))
         if base and mine:
             r["x looped"] = f"{mine / base:.2f}x"
-    slug = env["device_slug"]
+    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
     title = f"{','.join(info.archs)} x {len(info.folds)} folds x 4 views, {cfg.precision} — {env['device_name']}"
-    head = (f"# bench.infer — {title}\n\nFLOPs per patch (fused ensemble, FlopCounterMode): "
+    head = (f"# bench.infer — {title}\n\n`{common.command_line('bench.infer')}`; FLOPs per patch (fused ensemble, FlopCounterMode): "
             f"{flops / 1e9:.3f} GFLOP; peak {peak / 1e12:.3f} TFLOP/s ({peak_src}); "
             f"torch threads {env['torch_threads']}; load avg {env['loadavg_1m']} at start. "
             f"Test set: {n_test} patches scored from memory (file reading excluded).\n\n"

@@ -58,6 +58,7 @@ class TrainBenchConfig:
     steps: int = field(0, "timed steps per window (0 = 3 quick, 20 full)")
     seed: int = field(0, "seed")
     out_dir: str = field("", "where results go (default bench/results)")
+    threads: int = field(0, "torch intra-op CPU threads (0 = torch's default); recorded in env.torch_threads")
 
 
 @dataclass
@@ -104,6 +105,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     from landslide.preprocess import cloud_score
     from landslide.sampler import BalancedSampler
 
+    common.set_threads(cfg.threads)
     rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     backend = resolve_backend(cfg.data_backend, rt.device)
     dev = rt.device
@@ -150,7 +152,6 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     y[:2] = torch.tensor([0.0, 1.0])  # both classes, whatever the draw
     opt_idx = torch.as_tensor(layout.optical_idx, device=dev)
 
-
     # --- the device pipeline (what landslide.train runs)
     xd, yd = x.to(dev), y.to(dev)
     cd = cloud_score(xd, opt_idx)
@@ -166,8 +167,9 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         return mixer(augment(xd[b], gen), yd[b], cd[b], gen)
 
     results = {f"device ({backend})": time_steps(device_data, compute, dev, cfg.warmup, windows, steps)}
+    compiled = {f"device ({backend})": rt.compile}
 
-    # --- the conventional pipeline, same model and runtime
+    # --- the conventional pipeline: same model, same runtime unless --baseline-* say otherwise
     if cfg.baseline_loader:
         from bench.persample import endless, make_loader
 
@@ -190,8 +192,9 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
             base_compute, _ = make_compute(brt)
         conf["baseline_runtime"] = brt.describe()
         # first step + warm-up also start the workers and fill their prefetch queue
-        results[f"DataLoader ({cfg.workers} workers, per-sample CPU aug)"] = time_steps(
-            loader_data, base_compute, dev, cfg.warmup + 2 * cfg.workers, windows, steps)
+        name = f"DataLoader ({cfg.workers} workers, per-sample CPU aug)"
+        results[name] = time_steps(loader_data, base_compute, dev, cfg.warmup + 2 * cfg.workers, windows, steps)
+        compiled[name] = brt.compile
         del it, loader
 
     records, rows, dists = [], [], {}
@@ -201,7 +204,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         tp, step_lat = tps[name], common.latency_stats((st.data + st.compute).reshape(-1))
         dl, cl = common.latency_stats(st.data), common.latency_stats(st.compute)
         m = {"images_per_s": tp, "step": step_lat, "data": dl, "compute": cl, "first_step_s": st.first_s,
-             "compile_s": st.first_s if rt.compile and name == base_name else None,
+             "compile_s": st.first_s if compiled[name] else None,
              "data_fraction": float(st.data.sum() / (st.data.sum() + st.compute.sum())), "params": n_params}
         if name != base_name:
             m["device_pipeline_speedup"] = tps[base_name]["median"] / tp["median"]
@@ -215,10 +218,10 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
                   f"{short} step": (st.data + st.compute).reshape(-1)}
 
     out = cfg.out_dir or common.RESULTS_DIR
-    slug = env["device_slug"]
+    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
     what = (f"{cfg.model}@{cfg.img_size or 64} batch {cfg.batch_size} {rt.precision} channels_last="
             f"{'on' if rt.channels_last else 'off'} compile={'on' if rt.compile else 'off'}")
-    head = (f"# bench.train — {what} — {env['device_name']}\n\n"
+    head = (f"# bench.train — {what} — {env['device_name']}\n\n`{common.command_line('bench.train')}`; "
             f"{windows} windows x {steps} steps after {cfg.warmup} warm-up; torch threads {env['torch_threads']}; "
             f"load avg {env['loadavg_1m']} at start; {n_params / 1e6:.2f} M parameters\n\n")
     table = common.format_table(rows, ["pipeline", "images/s median (min-max)", "ms/step p50", "ms/step p95",

@@ -148,6 +148,18 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", "unknown"))
 
 
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from ``git_commit`` (results from uncommitted code say so)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def environment(device: torch.device | str) -> dict[str, Any]:
     """What a number depends on: device, cores/threads, versions, and how busy the host was."""
     from landslide.utils import git_commit
@@ -158,7 +170,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__, "timm": _version("timm"),
         "numpy": np.__version__, "onnxruntime": _version("onnxruntime"), "dali": _version("nvidia.dali"),
-        "tensorrt": None, "git_commit": git_commit(),
+        "tensorrt": None, "git_commit": git_commit(), "git_dirty": _git_dirty(),
         "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if dev.type == "cuda":

@@ -153,7 +153,8 @@ def _git_dirty() -> bool | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                              ":(top,exclude)bench/results"], capture_output=True,
                              text=True, timeout=5, cwd=Path(__file__).parent)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,0 +1,159 @@
+"""Augmentation throughput: every batched backend vs the conventional per-sample DataLoader.
+
+    python -m bench.data --quick            # < 3 min on a 2-core CPU
+    python -m bench.data --device cuda      # on a GPU machine (DALI when installed)
+
+Each batched backend (``landslide.augment.BACKENDS``, whichever build here) is timed on what a
+training step asks of it: gather a class-balanced index batch from the device-resident set, then
+augment it — ``batch`` x (C, 64, 64) float32. The baseline, in the same process on the same data, is
+``torch.utils.data.DataLoader`` (``--workers`` processes, shuffled) whose Dataset augments one
+sample at a time with NumPy (``bench/persample.py``; why NumPy and not albumentations: see there),
+collated and, on a GPU, copied to the device. Throughput is samples/s over each timing window;
+the table quotes the median over windows with the min-max spread, and the ratio to the baseline.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from bench import common
+from landslide.config import field, parse_config
+
+log = logging.getLogger("bench.data")
+
+
+@dataclass
+class DataBenchConfig:
+    quick: bool = field(False, "short run (< 3 min on a 2-core CPU)")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N (the batched backends' device)")
+    batch_size: int = field(64, "samples per batch")
+    n: int = field(0, "samples in the pool (0 = 2048 quick, 8192 full)")
+    channels: int = field(12, "bands per patch")
+    workers: int = field(2, "baseline DataLoader worker processes")
+    windows: int = field(0, "timing windows per backend (0 = 5 quick, 10 full)")
+    iters: int = field(0, "batches per window (0 = 10 quick, 40 full)")
+    warmup: int = field(5, "untimed batches first (the baseline adds its prefetch depth)")
+    seed: int = field(0, "seed for data, sampling and augmentation")
+    out_dir: str = field("", "where results go (default bench/results)")
+    threads: int = field(0, "torch intra-op CPU threads (0 = torch's default); recorded in env.torch_threads")
+
+
+def backend_names() -> list[str]:
+    """Every concrete augmentation backend the package declares (``auto`` is a chooser, not one)."""
+    from landslide.augment import BACKENDS
+
+    return [b for b in BACKENDS if b != "auto"]
+
+
+def bench_backend(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchConfig, windows: int,
+                  iters: int) -> tuple[common.Timing | None, str | None]:
+    """(timing, None) or (None, why it cannot run here)."""
+    from landslide.augment import build_augment, resolve_backend
+    from landslide.augment.torch import AugmentConfig
+    from landslide.sampler import BalancedSampler
+
+    try:
+        resolved = resolve_backend(name, x.device)
+        aug = build_augment(resolved, AugmentConfig(), x.device, cfg.batch_size, cfg.seed)
+    except Exception as e:  # noqa: BLE001 - any failure to build is reported as the skip reason
+        return None, f"{type(e).__name__}: {e}"
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    idx = BalancedSampler(y, cfg.batch_size, generator=gen).epoch(windows * iters + cfg.warmup)
+    step = iter(range(len(idx)))
+
+    def one_batch():
+        return aug(x[idx[next(step)]], gen)
+
+    try:
+        return common.measure(one_batch, warmup=cfg.warmup, iters=iters, windows=windows, items=cfg.batch_size,
+                              device=x.device), None
+    except Exception as e:  # noqa: BLE001 - e.g. DALI built but cannot run on this host
+        return None, f"{type(e).__name__} while running: {e}"
+
+
+def bench_baseline(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: DataBenchConfig, windows: int,
+                   iters: int) -> common.Timing:
+    from bench.persample import endless, make_loader
+    from landslide.augment.torch import AugmentConfig
+
+    cuda = device.type == "cuda"
+    loader = make_loader(x_hwc, y, AugmentConfig(), cfg.batch_size, cfg.workers, cfg.seed, pin_memory=cuda)
+    it = endless(loader)
+
+    def one_batch():
+        xb, yb = next(it)
+        return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+    # Warm-up covers worker start-up and fills the prefetch queue (2 batches per worker by default).
+    t = common.measure(one_batch, warmup=cfg.warmup + 2 * cfg.workers, iters=iters, windows=windows,
+                       items=cfg.batch_size, device=device)
+    del it, loader  # stops the worker processes
+    return t
+
+
+def main(cfg: DataBenchConfig) -> list[dict]:
+    from landslide.device import resolve_device
+
+    common.set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    n = cfg.n or (2048 if cfg.quick else 8192)
+    windows = cfg.windows or (5 if cfg.quick else 10)
+    iters = cfg.iters or (10 if cfg.quick else 40)
+    env = common.environment(device)
+    conf = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir",)} | {"n": n, "windows": windows,
+                                                                             "iters": iters, "shape": [cfg.channels, 64, 64],
+                                                                             "dtype": "float32"}
+    log.info("bench.data: %s (%s), %d threads, batch %d, pool %d", device, env["device_name"], env["torch_threads"],
+             cfg.batch_size, n)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(n, cfg.channels, 64, 64, generator=g)  # standardised patches, as training holds them
+    y = (torch.rand(n, generator=g) < 0.176).float()
+    x_dev, y_dev = x.to(device), y.to(device)
+
+    records, rows, bars = [], [], []
+    base = bench_baseline(x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy(), device, cfg, windows, iters)
+    base_tp = common.throughput_stats(base)
+    timings = {"per-sample DataLoader": base}
+    for name in backend_names():
+        t, why = bench_backend(name, x_dev, y_dev, cfg, windows, iters)
+        if t is None:
+            log.warning("backend %s skipped: %s", name, why)
+            records.append(common.record("data", name, env, {**conf, "backend": name}, skipped=why))
+            rows.append({"pipeline": f"{name} (batched, gather+augment)", "samples/s median (min-max)": f"skipped: {why}"})
+            continue
+        timings[name] = t
+    for name, t in timings.items():
+        tp, lat = common.throughput_stats(t), common.latency_stats(t.flat)
+        ratio = tp["median"] / base_tp["median"]
+        label = name if name == "per-sample DataLoader" else f"{name} (batched, gather+augment)"
+        extra = {"workers": cfg.workers, "impl": "numpy, one sample at a time"} if t is base else {"backend": name}
+        records.append(common.record("data", name, env, {**conf, **extra},
+                                     metrics={"samples_per_s": tp, "batch_latency": lat, "ratio_vs_per_sample": ratio}))
+        rows.append({"pipeline": label, "samples/s median (min-max)": common.spread(tp),
+                     "ms/batch p50": lat["p50_ms"], "ms/batch p95": lat["p95_ms"], "x per-sample": f"{ratio:.1f}x"})
+        bars.append((name, tp))
+
+    out = common.RESULTS_DIR if not cfg.out_dir else cfg.out_dir
+    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
+    title = f"augmentation, batch {cfg.batch_size} x {cfg.channels}x64x64 fp32 — {env['device_name']}"
+    table = common.format_table(rows, ["pipeline", "samples/s median (min-max)", "ms/batch p50", "ms/batch p95",
+                                       "x per-sample"])
+    head = (f"# bench.data — {title}\n\n`{common.command_line('bench.data')}`; "
+            f"{windows} windows x {iters} batches; torch threads {env['torch_threads']}, "
+            f"baseline workers {cfg.workers}, load avg {env['loadavg_1m']} at start\n\n")
+    print(head + table)
+    common.append_jsonl(common.results_path(env, out), records)
+    common.write_text(f"{out}/{slug}-data.md", head + table + "\n")
+    common.plot_bars([b[0] for b in bars], [b[1] for b in bars], f"{out}/{slug}-data.png",
+                     ylabel="samples/s (median, min-max)", title=title)
+    return records
+
+
+if __name__ == "__main__":
+    from landslide.utils import run_script
+
+    sys.exit(run_script(lambda argv: main(parse_config(DataBenchConfig, argv, __doc__.split("\n")[0]))))

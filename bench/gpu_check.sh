@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (H100/H200): the GPU-marked tests and every GPU benchmark, < 9 minutes.
+#
+#     bench/gpu_check.sh OUTDIR
+#
+# Writes at most 8 files into OUTDIR: summary.md (every table + environment + step exit codes),
+# results.jsonl (one JSON line per result), pytest.txt, and up to 5 PNGs. Each step has its own
+# `timeout`, capped by what is left of the overall budget, so a hang costs one step, not the check.
+# Python: $PYTHON, else .venv/bin/python when present, else python3.
+set -u
+OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+START=$SECONDS
+TOTAL=${GPU_CHECK_BUDGET_S:-530}   # leaves ~50 s of the 9 minutes for start-up and copying
+LOG=$TMP/log.txt
+STEPS=$TMP/steps.md
+
+step() {  # step NAME MAX_SECONDS CMD... : run with timeout min(MAX, time left), record the exit code
+  local name=$1 max=$2; shift 2
+  local left=$((TOTAL - (SECONDS - START)))
+  local t=$(( max < left ? max : left ))
+  if [ "$t" -lt 10 ]; then echo "| $name | skipped: out of time | 0 |" >>"$STEPS"; return; fi
+  local t0=$SECONDS
+  echo "=== $name (timeout ${t}s): $*" >>"$LOG"
+  timeout --kill-after=10 "$t" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  local note=$rc; [ $rc -eq 124 ] && note="124 (timed out after ${t}s)"
+  echo "| $name | $note | $((SECONDS - t0)) |" >>"$STEPS"
+}
+
+echo "| step | exit code | seconds |" >"$STEPS"
+echo "|---|---|---|" >>"$STEPS"
+step pytest-gpu 120 bash -c "$PY -m pytest -m gpu -q -rs -p no:cacheprovider >'$OUT/pytest.txt' 2>&1"
+step bench.data 60 $PY -m bench.data --device cuda --windows 5 --iters 20 --n 8192 --out-dir "$TMP"
+# The seed's recipe arch at its size: the device pipeline (compile, bf16, channels-last) vs the
+# conventional one (DataLoader, per-sample CPU aug, eager fp32) in one run: the issue's >= 1.3x target.
+step bench.train-b5 170 $PY -m bench.train --device cuda --model efficientnet_b5 --img-size 384 --batch-size 16 \
+  --windows 3 --steps 10 --baseline-loader --baseline-precision fp32 --baseline-compile off \
+  --baseline-channels-last off --out-dir "$TMP"
+# The real ensemble shape (2 archs x 5 folds x 4 views), random weights: speed does not depend on them.
+step bench.infer 200 $PY -m bench.infer --device cuda --precision bf16 \
+  --archs tf_efficientnetv2_l@224,efficientnet_b5@384 --folds 5 --batch-sizes 1,8,64,256 \
+  --budget-s 4 --testset-budget-s 40 --out-dir "$TMP"
+
+{
+  echo "# GPU check — $(date -u +%FT%TZ)"
+  echo
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | sed 's/^/    /'
+  echo
+  echo "## Steps (total $((SECONDS - START)) s)"
+  echo
+  cat "$STEPS"
+  for f in "$TMP"/*-data.md "$TMP"/*-train.md "$TMP"/*-infer.md; do
+    [ -f "$f" ] && { echo; sed 's/^# /## /' "$f"; }
+  done
+  echo
+  echo "## Log (last 80 lines)"
+  echo
+  echo '```'
+  tail -n 80 "$LOG"
+  echo '```'
+} >"$OUT/summary.md"
+cat "$TMP"/*.jsonl >"$OUT/results.jsonl" 2>/dev/null || : >"$OUT/results.jsonl"
+n=0
+for f in "$TMP"/*-data.png "$TMP"/*-train.png "$TMP"/*-infer-throughput.png "$TMP"/*-infer-latency.png; do
+  [ -f "$f" ] && [ $n -lt 5 ] && { cp "$f" "$OUT/${f##*/}"; n=$((n + 1)); }
+done
+cat "$OUT/summary.md"

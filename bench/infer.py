@@ -1,0 +1,342 @@
+"""Inference: latency p50/p95/p99 and throughput per runner and batch size, test-set wall time, FLOPs.
+
+    python -m bench.infer --quick                       # CPU, a cached tiny 5-fold run, < 3 min
+    python -m bench.infer --run runs/full --n-test 5398 # an existing run folder, the Zindi test-set size
+
+Runners: torch fused (eager, and ``torch.compile``d), the torch looped baseline (a Python loop over
+folds and TTA views), and every other name in ``landslide.infer.BACKENDS`` (ONNX Runtime once per
+available provider when the config takes a ``provider``, AOTInductor, TensorRT, ...), each built by
+``make_runner``. A runner the host cannot build is recorded as ``skipped: <reason>``; when one needs
+exported artefacts, ``landslide.export`` is asked for them first if it exists.
+
+Every runner gets the same raw ``(B, 64, 64, C)`` float32 patches and is timed per call (device
+synchronised; warm-up and compilation excluded, compile time reported apart). ``--n-test`` patches are
+then scored from memory with ``run_batches`` (file reading excluded) for the test-set wall time.
+FLOPs per patch are counted on the fused module (``FlopCounterMode``: every fold x 4 views) and turned
+into a fraction of the device's peak: on a CPU the peak is a large fp32 matmul measured in the same
+run; on a GPU a table of datasheet peaks by device name (dense, no sparsity), else the measured matmul.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import common
+from landslide.config import field, parse_config
+
+log = logging.getLogger("bench.infer")
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "bench"
+
+# Dense datasheet peaks, TFLOP/s (NVIDIA H100 / H200 product briefs; tensor-core figures without sparsity).
+GPU_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0},
+    "H100 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0},
+    "H100": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},   # SXM5 (e.g. "H100 80GB HBM3")
+    "H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},   # SXM
+}
+
+
+@dataclass
+class InferBenchConfig:
+    quick: bool = field(False, "short run (< 3 min on a 2-core CPU)")
+    run: str = field("", "run folder from train.py (default: train a tiny cached run under .cache/bench)")
+    archs: list[str] = field(["test_efficientnet"], "archs of the run trained when --run is not given")
+    folds: int = field(0, "folds of the run trained when --run is not given (0 = 5; --quick 2)")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = field("fp32", "fp32 | bf16 | fp16 (runners that take one)", choices=("fp32", "bf16", "fp16"))
+    batch_sizes: list[int] = field([], "batch sizes to time (default 1,8,64,256; --quick 1,8,32)")
+    compile: str = field("auto", "include torch.compile'd fused: auto (on, except --quick on a CPU) | on | off",
+                         choices=("auto", "on", "off"))
+    n_test: int = field(0, "patches to score for the test-set wall time (0 = 32 quick, 5398 full)")
+    budget_s: float = field(0.0, "seconds of timed calls per runner and batch size, at least 2 calls "
+                                 "(0 = 1.5 quick, 15 full)")
+    testset_budget_s: float = field(120.0, "skip the test-set pass of a runner whose estimated time exceeds this")
+    seed: int = field(0, "seed for the synthetic patches")
+    out_dir: str = field("", "where results go (default bench/results)")
+    threads: int = field(0, "torch intra-op CPU threads (0 = torch's default); recorded in env.torch_threads")
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def ensure_run(cfg: InferBenchConfig) -> Path:
+    """``--run`` as given, or a tiny run trained once on synthetic data and cached under ``.cache/bench``."""
+    from landslide import synth
+    from landslide import train as train_mod
+    from landslide.config import make_config
+    from landslide.ensemble import read_run
+    from landslide.train_config import PRESETS, TrainConfig
+
+    if cfg.run:
+        return Path(cfg.run)
+    tag = f"{'-'.join(a.replace('@', '_') for a in cfg.archs)}-f{cfg.folds}"
+    run, data = CACHE / f"run-{tag}", CACHE / "synth"
+    try:
+        read_run(run)
+        train_mod.load_checkpoint(next(run.glob("fold0/*.pt")))  # still loadable by this code
+        return run
+    except Exception:  # noqa: BLE001 - anything stale or half-written is rebuilt
+        shutil.rmtree(run, ignore_errors=True)
+    if not (data / "Train.csv").is_file():
+        synth.write_dataset(synth.SynthConfig(str(data), n_train=20 * cfg.folds, n_test=8, seed=0))
+    log.info("training a throwaway %d-fold run of %s for the benchmark (weights do not matter for speed)",
+             cfg.folds, ",".join(cfg.archs))
+    train_mod.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(data), "out": str(run), "archs": cfg.archs,
+                                             "folds": cfg.folds, "epochs": 1, "max_steps": 1, "batch_size": 8,
+                                             "eval_batch_size": 16, "compile": "off", "cache_dir": str(CACHE / "cache")}))
+    return run
+
+
+# ------------------------------------------------------------------------------------------ runners
+
+def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list[tuple[str, Callable | str]]:
+    """(label, factory or skip reason) for every runner to try, discovered from what the package declares."""
+    from landslide.infer import BACKENDS, InferConfig, make_runner
+    from landslide.runtime.torch import TorchRunner
+
+    out: list[tuple[str, Callable | str]] = [
+        ("torch-fused", lambda: TorchRunner(run, cfg.device, cfg.precision, "off")),
+        ("torch-looped", lambda: TorchRunner(run, cfg.device, cfg.precision, "off", looped=True)),
+    ]
+    fields = {f.name for f in dataclasses.fields(InferConfig)}
+    for backend in BACKENDS:
+        if backend in ("auto", "torch"):
+            continue
+        base = {"run": str(run), "backend": backend, "device": cfg.device}
+        if "precision" in fields:
+            base["precision"] = cfg.precision
+        providers = [None]
+        if "provider" in fields and backend.startswith("onnx"):
+            try:
+                import onnxruntime as ort
+
+                providers = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+            except ImportError as e:
+                out.append((backend, f"onnxruntime not importable: {e}"))
+                continue
+        for prov in providers:
+            values = base | ({"provider": prov} if prov else {})
+            label = backend + (f"-{prov.removesuffix('ExecutionProvider')}" if prov else "")
+            out.append((label, lambda v=values: _make_with_export(make_runner, InferConfig, v)))
+    # last: compilation can take minutes, and a time limit should cut it, not the others
+    out.append(("torch-fused-compiled", (lambda: TorchRunner(run, cfg.device, cfg.precision, "on")) if compile_on else
+                "compile off (--quick on a CPU: minutes of compilation; pass --compile on)"))
+    return out
+
+
+def _make_with_export(make_runner, infer_cls, values: dict):
+    """``make_runner``; if it fails and ``landslide.export`` exists, export for the backend and try once more."""
+    from landslide.config import make_config
+
+    cfg = make_config(infer_cls, {k: v for k, v in values.items()
+                                  if k in {f.name for f in dataclasses.fields(infer_cls)}})
+    try:
+        return make_runner(cfg)
+    except Exception as first:  # noqa: BLE001
+        try:
+            import landslide.export as ex
+        except ImportError:
+            raise RuntimeError(f"{type(first).__name__}: {first} (and no landslide.export to make artefacts)") from None
+        export_cls = getattr(ex, "ExportConfig", None)
+        if export_cls is None or not hasattr(ex, "main"):
+            raise RuntimeError(f"{type(first).__name__}: {first} (landslide.export has no ExportConfig/main)") from None
+        names = {f.name for f in dataclasses.fields(export_cls)}
+        ev = {k: v for k, v in values.items() if k in names}
+        for key in ("backend", "format", "target"):
+            if key in names:
+                ev[key] = values["backend"]
+        log.info("exporting for %s: landslide.export.main(%s)", values["backend"], ev)
+        ex.main(make_config(export_cls, ev))
+        return make_runner(cfg)
+
+
+# ----------------------------------------------------------------------------------------- FLOPs, peak
+
+def flops_per_patch(module: torch.nn.Module, device: torch.device, channels: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(2, 64, 64, channels, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        module(x)
+    return fc.get_total_flops() / 2
+
+
+def measured_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large square matmul (median of 5), the practical ceiling on this device."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = common.measure(lambda: a @ b, warmup=2, iters=5, device=device)
+    return 2 * n**3 / float(np.median(t.flat))
+
+
+def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
+    """(peak FLOP/s, where it comes from) for the fraction-of-peak column."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        key = precision if precision != "fp32" else ("tf32" if torch.backends.cudnn.allow_tf32 else "fp32")
+        for model in sorted(GPU_PEAKS_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
+            if model in name:
+                return GPU_PEAKS_TFLOPS[model][key] * 1e12, f"datasheet {model} {key} dense"
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        return measured_matmul_peak(device, dt), f"measured {precision} matmul (no datasheet entry for {name})"
+    return measured_matmul_peak(device), "measured fp32 2048^3 matmul, this run (CPU estimate)"
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+def main(cfg: InferBenchConfig) -> list[dict]:
+    from landslide.device import resolve_device
+    from landslide.ensemble import read_run
+    from landslide.infer import run_batches
+    from landslide.synth import band_stats
+
+    common.set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    compile_on = cfg.compile == "on" or (cfg.compile == "auto" and not (cfg.quick and device.type == "cpu"))
+    n_test = cfg.n_test or (32 if cfg.quick else 5398)
+    budget = cfg.budget_s or (1.5 if cfg.quick else 15.0)
+    cfg = dataclasses.replace(cfg, folds=cfg.folds or (2 if cfg.quick else 5),
+                              batch_sizes=cfg.batch_sizes or ([1, 8, 32] if cfg.quick else [1, 8, 64, 256]))
+    env = common.environment(device)
+    out = Path(cfg.out_dir or common.RESULTS_DIR)
+    jsonl = common.results_path(env, out)
+    run = ensure_run(cfg)
+    info = read_run(run)
+    n_models = len(info.archs) * len(info.folds)
+    conf = {**{k: v for k, v in asdict(cfg).items() if k != "out_dir"}, "run": str(run), "archs": info.archs,
+            "folds": len(info.folds), "n_test": n_test, "budget_s": budget, "tta_views": 4}
+    log.info("bench.infer: %s (%s); ensemble %s x %d folds x 4 views", device, env["device_name"],
+             ",".join(info.archs), len(info.folds))
+
+    stats = band_stats()
+    mean = np.array([stats[b]["mean"] for b in info.layout.names], dtype=np.float32)
+    std = np.array([stats[b]["std"] for b in info.layout.names], dtype=np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    pool = (mean + std * rng.standard_normal((max(cfg.batch_sizes), 64, 64, len(mean)), dtype=np.float32))
+    test_x = pool[rng.integers(0, len(pool), n_test)]
+
+    peak, peak_src = device_peak(device, cfg.precision)
+    flops = None
+    records: list[dict] = []
+    rows: list[dict] = []
+    series: dict[str, list] = {}
+    lat1: dict[str, np.ndarray] = {}
+    tp_by: dict[tuple[str, int], float] = {}
+
+    def emit(rec: dict) -> None:
+        records.append(rec)
+        common.append_jsonl(jsonl, [rec])  # as we go: a killed run keeps what it measured
+
+    for label, factory in runner_factories(cfg, run, compile_on):
+        rconf = {**conf, "runner": label}
+        if isinstance(factory, str):
+            emit(common.record("infer", label, env, rconf, skipped=factory))
+            rows.append({"runner": label, "batch": "-", "p50 ms": f"skipped: {factory}"})
+            continue
+        t0 = time.perf_counter()
+        try:
+            runner = factory()
+        except Exception as e:  # noqa: BLE001 - the reason is the result
+            why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            log.warning("runner %s skipped: %s", label, why)
+            emit(common.record("infer", label, env, rconf, skipped=why))
+            rows.append({"runner": label, "batch": "-", "p50 ms": f"skipped: {why}"})
+            continue
+        build_s = time.perf_counter() - t0
+        if flops is None and hasattr(runner, "module") and not getattr(runner.module, "__class__").__name__.startswith("Looped"):
+            flops = flops_per_patch(runner.module, device, len(mean))
+            emit(common.record("infer", "flops", env, conf, metrics={
+                "flops_per_patch": flops, "models": n_models, "forwards_per_patch": 4 * n_models,
+                "peak_flops": peak, "peak_source": peak_src}))
+        series[label] = []
+        for bs in cfg.batch_sizes:
+            x = pool[:bs]
+            t_first = time.perf_counter()
+            try:
+                runner.predict(x)  # the warm-up call (compilation, engine set-up): timed, reported apart
+                common.sync(device)
+                first_s = time.perf_counter() - t_first
+                # sized by the warm-up call; it over-estimates a call when it compiled, so >= 2 calls always run
+                n_calls = int(np.clip(budget / max(first_s, 1e-6), 2, 250))
+                windows = min(5, n_calls)
+                t = common.measure(lambda: runner.predict(x), warmup=0, iters=n_calls // windows, windows=windows,
+                                   items=bs, device=device)
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch
+                why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                emit(common.record("infer", label, env, {**rconf, "batch_size": bs}, skipped=why))
+                rows.append({"runner": label, "batch": bs, "p50 ms": f"skipped: {why}"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            lat, tp = common.latency_stats(t.flat), common.throughput_stats(t)
+            frac = flops * tp["median"] / peak if flops else None
+            tp_by[(label, bs)] = tp["median"]
+            series[label].append((bs, tp))
+            if bs == 1:
+                lat1[label] = t.flat
+            m = {"latency": lat, "patches_per_s": tp, "first_call_s": first_s, "build_s": build_s,
+                 "fraction_of_peak": frac}
+            emit(common.record("infer", label, env, {**rconf, "batch_size": bs}, metrics=m))
+            rows.append({"runner": label, "batch": bs, "p50 ms": lat["p50_ms"], "p95 ms": lat["p95_ms"],
+                         "p99 ms": lat["p99_ms"], "patches/s median (min-max)": common.spread(tp, 1),
+                         "% peak": f"{100 * frac:.2f}" if frac is not None else "", "first call s": round(first_s, 2)})
+        # test-set wall time at the largest batch size that ran
+        done = [bs for bs, _ in series[label]]
+        if done:
+            bs = max(done)
+            est = n_test / tp_by[(label, bs)]
+            if est > cfg.testset_budget_s:
+                why = f"estimated {est:.0f} s > --testset-budget-s {cfg.testset_budget_s:.0f}"
+                emit(common.record("infer", f"{label} test set", env, {**rconf, "batch_size": bs}, skipped=why))
+                rows.append({"runner": label, "batch": f"test set ({n_test})", "p50 ms": f"skipped: {why}"})
+            else:
+                common.sync(device)
+                t0 = time.perf_counter()
+                run_batches(runner, test_x, bs)
+                common.sync(device)
+                wall = time.perf_counter() - t0
+                emit(common.record("infer", f"{label} test set", env, {**rconf, "batch_size": bs},
+                                   metrics={"n": n_test, "wall_s": wall, "patches_per_s": n_test / wall}))
+                rows.append({"runner": label, "batch": f"test set {n_test} @ {bs}", "p50 ms": f"{wall:.2f} s wall",
+                             "patches/s median (min-max)": f"{n_test / wall:.1f}"})
+        del runner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for r in rows:  # speed-up of each runner over the looped baseline at the same batch
+        base = tp_by.get(("torch-looped", r["batch"]))
+        mine = tp_by.get((r["runner"], r["batch"]))
+        if base and mine:
+            r["x looped"] = f"{mine / base:.2f}x"
+    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
+    title = f"{','.join(info.archs)} x {len(info.folds)} folds x 4 views, {cfg.precision} — {env['device_name']}"
+    head = (f"# bench.infer — {title}\n\n`{common.command_line('bench.infer')}`; FLOPs per patch (fused ensemble, FlopCounterMode): "
+            f"{flops / 1e9:.3f} GFLOP; peak {peak / 1e12:.3f} TFLOP/s ({peak_src}); "
+            f"torch threads {env['torch_threads']}; load avg {env['loadavg_1m']} at start. "
+            f"Test set: {n_test} patches scored from memory (file reading excluded).\n\n"
+            if flops else f"# bench.infer — {title}\n\n")
+    table = common.format_table(rows, ["runner", "batch", "p50 ms", "p95 ms", "p99 ms", "patches/s median (min-max)",
+                                       "x looped", "% peak", "first call s"])
+    print(head + table)
+    common.write_text(out / f"{slug}-infer.md", head + table + "\n")
+    common.plot_throughput(series, out / f"{slug}-infer-throughput.png", ylabel="patches/s (median, min-max band)",
+                           title=f"inference throughput — {title}")
+    if lat1:
+        common.plot_latency(lat1, out / f"{slug}-infer-latency.png", title=f"latency at batch 1 — {title}")
+    return records
+
+
+if __name__ == "__main__":
+    from landslide.utils import run_script
+
+    sys.exit(run_script(lambda argv: main(parse_config(InferBenchConfig, argv, __doc__.split("\n")[0]))))

@@ -1,0 +1,91 @@
+"""The benchmark harness on trivial callables: statistics, the JSON line schema, plots. No timing assertions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench import common
+from bench.persample import augment_one
+from landslide.augment.torch import AugmentConfig
+
+
+def test_latency_percentiles_on_known_data():
+    s = common.latency_stats(np.arange(1, 101) / 1e3)  # 1..100 ms
+    assert s["n"] == 100
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p95_ms"] == pytest.approx(95.05)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert (s["min_ms"], s["max_ms"], s["mean_ms"]) == pytest.approx((1.0, 100.0, 50.5))
+    with pytest.raises(ValueError):
+        common.latency_stats([])
+
+
+def test_throughput_is_median_over_windows_with_spread():
+    t = common.Timing(np.array([[0.1, 0.1], [0.2, 0.2], [0.05, 0.05]]), items=10)  # 100, 50, 200 items/s
+    s = common.throughput_stats(t)
+    assert (s["median"], s["min"], s["max"], s["windows"]) == (100.0, 50.0, 200.0, 3)
+    assert common.spread(s) == "100 (50-200)"
+
+
+def test_measure_excludes_warmup_and_respects_shape():
+    calls = []
+    t = common.measure(lambda: calls.append(1), warmup=3, iters=4, windows=2, items=8, device="cpu")
+    assert len(calls) == 3 + 8
+    assert t.seconds.shape == (2, 4) and t.items == 8 and (t.flat >= 0).all()
+    t = common.measure(lambda: None, warmup=0, iters=2, windows=50, budget_s=0.0)
+    assert t.seconds.shape == (1, 2)  # the budget stops after the first whole window
+
+
+def test_json_line_schema_and_append(tmp_path):
+    env = common.environment("cpu")
+    assert env["device_slug"] == f"cpu-{env['cpu_count']}core"
+    for key in ("device_name", "torch", "timm", "onnxruntime", "dali", "torch_threads", "git_commit"):
+        assert key in env
+    ok = common.record("data", "torch", env, {"batch_size": 64}, metrics={"samples_per_s": {"median": np.float32(1.5)}})
+    skip = common.record("infer", "tensorrt", env, {}, skipped="no GPU")
+    with pytest.raises(ValueError):
+        common.record("x", "y", env, {})
+    path = common.append_jsonl(common.results_path(env, tmp_path), [ok])
+    common.append_jsonl(path, [skip])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    recs = [json.loads(line) for line in lines]
+    assert recs == common.read_jsonl(path)
+    for r in recs:
+        assert r["schema"] == common.SCHEMA
+        assert {"bench", "name", "time", "env", "config"} <= set(r)
+        assert ("metrics" in r) != ("skipped" in r)
+    assert recs[0]["metrics"]["samples_per_s"]["median"] == 1.5
+    assert recs[1]["skipped"] == "no GPU"
+
+
+def test_table_and_plots_written(tmp_path):
+    table = common.format_table([{"a": 1.23456, "b": "x"}, {"a": 1234.5}], ["a", "b"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| a") and len(lines) == 4 and "1.23" in lines[2] and "1234" in lines[3]
+    tp = {"median": 10.0, "min": 8.0, "max": 12.0}
+    for p in (common.plot_bars(["a", "b"], [tp, tp], tmp_path / "bars.png", ylabel="y", title="t"),
+              common.plot_throughput({"r": [(1, tp), (8, tp)]}, tmp_path / "tp.png", ylabel="y", title="t"),
+              common.plot_latency({"r": np.array([0.001, 0.002, 0.003])}, tmp_path / "lat.png", title="t")):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_per_sample_baseline_keeps_shape_and_dtype():
+    x = np.random.default_rng(0).standard_normal((64, 64, 12), dtype=np.float32)
+    cfg = AugmentConfig(p_hflip=1, p_vflip=1, p_rot90=1, p_ssr=1, p_dropout=1, p_noise=1, p_blur=1)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        y = augment_one(x, cfg, rng)
+        assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+    # identity config: untouched
+    off = AugmentConfig(p_hflip=0, p_vflip=0, p_rot90=0, p_ssr=0, p_dropout=0, p_noise=0, p_blur=0)
+    assert np.array_equal(augment_one(x, off, rng), x)
+
+
+def test_sync_is_a_noop_on_cpu():
+    common.sync(torch.device("cpu"))
+    common.sync(None)

@@ -3,8 +3,9 @@
 ``RUN`` is a run folder (torch, or its ``export/`` ONNX graphs) or an artefact file whose suffix
 picks the backend: ``.onnx`` onnxruntime, ``.pt2`` AOTInductor, ``.engine`` TensorRT. ``auto`` picks
 the best this host can run for what was given, and says which in one log line. Patches are read by a
-reader thread one batch ahead of the runner, so file I/O overlaps compute; bad files are collected
-and all named at once (no submission is written unless ``--skip-bad``).
+reader thread one batch ahead of the runner, so file I/O overlaps compute. Every file's .npy header
+is checked before any compute (missing, truncated, wrong shape or dtype); bad files are all named at
+once, and no submission is written unless ``--skip-bad``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data
-from landslide.data import SPLITS, load_patch, patch_dir, read_csv
+from landslide.data import PATCH_HW, SPLITS, load_patch, patch_dir, read_csv
 from landslide.errors import BadFilesError, ConfigError, DataError
 from landslide.io import atomic_write, read_json
 from landslide.runtime import Runner
@@ -198,6 +199,43 @@ def run_batches(runner: Runner, x: np.ndarray, batch_size: int) -> np.ndarray:
     return out
 
 
+def _header_ok(path: Path, n_channels: int) -> bool:
+    """Cheap check from the .npy header (~128 bytes): real dtype, (64, 64, C) shape, file not truncated."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                return False
+            shape, _, dtype = read[version](f)
+            start = f.tell()
+    except (OSError, ValueError):
+        return False
+    return (dtype.kind in "biuf" and tuple(shape) == (*PATCH_HW, n_channels)
+            and path.stat().st_size >= start + int(np.prod(shape)) * dtype.itemsize)
+
+
+def prescan(data: Path, split: str, ids: list[str], n_channels: int) -> list[DataError]:
+    """Every file whose header is wrong, with :func:`load_patch`'s message, before any compute.
+
+    Only what the values themselves show (NaN/Inf) is left to the streaming reader.
+    """
+    folder = patch_dir(data, split)
+
+    def one(id_: str) -> DataError | None:
+        path = folder / f"{id_}.npy"
+        if _header_ok(path, n_channels):
+            return None
+        try:
+            load_patch(path, id_, n_channels)  # the full check names the problem
+        except DataError as e:
+            return e
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        return [e for e in pool.map(one, ids) if e is not None]
+
+
 @dataclass
 class Scored:
     ids: list[str]
@@ -210,9 +248,13 @@ class Scored:
 def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool) -> Scored:
     """Run ``runner`` over the patches of ``ids``; every bad file is named at once (unless ``skip_bad``)."""
     layout = BandLayout.from_dir(data)
+    bad = prescan(data, split, ids, layout.n_channels)
+    if bad and not skip_bad:
+        raise BadFilesError(bad, fix="fix or remove these files (inference: --skip-bad scores the rest)")
+    skip = {e.id for e in bad}
+    ids = [i for i in ids if i not in skip]
     out_ids: list[str] = []
     probs: list[np.ndarray] = []
-    bad: list[DataError] = []
     compute = 0.0
     t0 = time.perf_counter()
     n_batches = (len(ids) + batch_size - 1) // batch_size

@@ -131,3 +131,29 @@ def test_predictor_matches_infer(exported, tmp_path):
 def test_import_landslide_is_light():
     code = "import sys, landslide; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_bad_headers_fail_before_any_compute(exported, tmp_path):
+    from landslide.infer import score
+    from landslide.runtime import Runner
+
+    class Boom(Runner):
+        def predict(self, x):
+            raise AssertionError("compute ran before the bad files were reported")
+
+    _, data = exported
+    d = tmp_path / "d"
+    shutil.copytree(data, d)
+    files = sorted((d / "test_data").glob("*.npy"))
+    np.save(files[-1], np.zeros((64, 64, 3)))                 # last file: wrong channel count
+    files[-2].write_bytes(files[-2].read_bytes()[:-8])         # truncated
+    ids = [f.stem for f in files]
+    with pytest.raises(BadFilesError) as e:
+        score(Boom(), d, "test", ids, 4, skip_bad=False)
+    assert files[-1].stem in str(e.value) and files[-2].stem in str(e.value)
+    # NaN is only visible in the values: found while streaming, still named, still no submission.
+    x = np.load(files[0])
+    x[0, 0, 0] = np.nan
+    np.save(files[0], x)
+    with pytest.raises(BadFilesError, match="NaN"):
+        score(Boom(), d, "test", ids[:4], 4, skip_bad=False)

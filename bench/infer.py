@@ -92,7 +92,8 @@ def ensure_run(cfg: InferBenchConfig) -> Path:
              cfg.folds, ",".join(cfg.archs))
     train_mod.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(data), "out": str(run), "archs": cfg.archs,
                                              "folds": cfg.folds, "epochs": 1, "max_steps": 1, "batch_size": 8,
-                                             "eval_batch_size": 16, "compile": "off", "cache_dir": str(CACHE / "cache")}))
+                                             "eval_batch_size": 16, "compile": "off", "data_backend": "torch",
+                                             "cache_dir": str(CACHE / "cache")}))
     return run
 
 

@@ -238,6 +238,31 @@ def main(cfg: InferBenchConfig) -> list[dict]:
         records.append(rec)
         common.append_jsonl(jsonl, [rec])  # as we go: a killed run keeps what it measured
 
+    def report(final: bool) -> None:
+        """Table + plots so far: rewritten after every runner, so a run cut by a time limit keeps them."""
+        for r in rows:  # speed-up of each runner over the looped baseline at the same batch
+            base = tp_by.get(("torch-looped", r["batch"]))
+            mine = tp_by.get((r["runner"], r["batch"]))
+            if base and mine:
+                r["x looped"] = f"{mine / base:.2f}x"
+        slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
+        title = f"{','.join(info.archs)} x {len(info.folds)} folds x 4 views, {cfg.precision} — {env['device_name']}"
+        head = (f"# bench.infer — {title}\n\n`{common.command_line('bench.infer')}`; "
+                f"FLOPs per patch (fused ensemble, FlopCounterMode): "
+                f"{flops / 1e9:.3f} GFLOP; peak {peak / 1e12:.3f} TFLOP/s ({peak_src}); "
+                f"torch threads {env['torch_threads']}; load avg {env['loadavg_1m']} at start. "
+                f"Test set: {n_test} patches scored from memory (file reading excluded).\n\n"
+                if flops else f"# bench.infer — {title}\n\n")
+        table = common.format_table(rows, ["runner", "batch", "p50 ms", "p95 ms", "p99 ms", "patches/s median (min-max)",
+                                           "x looped", "% peak", "first call s"])
+        if final:
+            print(head + table)
+        common.write_text(out / f"{slug}-infer.md", head + table + "\n")
+        common.plot_throughput(series, out / f"{slug}-infer-throughput.png", ylabel="patches/s (median, min-max band)",
+                               title=f"inference throughput — {title}")
+        if lat1:
+            common.plot_latency(lat1, out / f"{slug}-infer-latency.png", title=f"latency at batch 1 — {title}")
+
     for label, factory in runner_factories(cfg, run, compile_on):
         rconf = {**conf, "runner": label}
         if isinstance(factory, str):
@@ -318,27 +343,9 @@ def main(cfg: InferBenchConfig) -> list[dict]:
         del runner
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        report(final=False)
 
-    for r in rows:  # speed-up of each runner over the looped baseline at the same batch
-        base = tp_by.get(("torch-looped", r["batch"]))
-        mine = tp_by.get((r["runner"], r["batch"]))
-        if base and mine:
-            r["x looped"] = f"{mine / base:.2f}x"
-    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
-    title = f"{','.join(info.archs)} x {len(info.folds)} folds x 4 views, {cfg.precision} — {env['device_name']}"
-    head = (f"# bench.infer — {title}\n\n`{common.command_line('bench.infer')}`; FLOPs per patch (fused ensemble, FlopCounterMode): "
-            f"{flops / 1e9:.3f} GFLOP; peak {peak / 1e12:.3f} TFLOP/s ({peak_src}); "
-            f"torch threads {env['torch_threads']}; load avg {env['loadavg_1m']} at start. "
-            f"Test set: {n_test} patches scored from memory (file reading excluded).\n\n"
-            if flops else f"# bench.infer — {title}\n\n")
-    table = common.format_table(rows, ["runner", "batch", "p50 ms", "p95 ms", "p99 ms", "patches/s median (min-max)",
-                                       "x looped", "% peak", "first call s"])
-    print(head + table)
-    common.write_text(out / f"{slug}-infer.md", head + table + "\n")
-    common.plot_throughput(series, out / f"{slug}-infer-throughput.png", ylabel="patches/s (median, min-max band)",
-                           title=f"inference throughput — {title}")
-    if lat1:
-        common.plot_latency(lat1, out / f"{slug}-infer-latency.png", title=f"latency at batch 1 — {title}")
+    report(final=True)
     return records
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from landslide.io import atomic_write
+from landslide.plots import _plt, _save  # Agg backend, atomic PNG writes: the run folders' plots do the same
 
 SCHEMA = "landslide-bench/1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -244,23 +245,6 @@ def _cell(v: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- plots
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    _plt().close(fig)
-    return path
-
-
 def plot_bars(labels: Sequence[str], stats: Sequence[dict[str, float]], path: str | Path, *, ylabel: str,
               title: str) -> Path:
     """One bar per label at the median, whiskers at min and max (from :func:`throughput_stats`)."""
@@ -275,7 +259,8 @@ def plot_bars(labels: Sequence[str], stats: Sequence[dict[str, float]], path: st
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    _save(fig, Path(path))
+    return Path(path)
 
 
 def plot_throughput(series: dict[str, list[tuple[int, dict[str, float]]]], path: str | Path, *, ylabel: str,
@@ -295,7 +280,8 @@ def plot_throughput(series: dict[str, list[tuple[int, dict[str, float]]]], path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    _save(fig, Path(path))
+    return Path(path)
 
 
 def plot_latency(dists: dict[str, np.ndarray], path: str | Path, *, title: str) -> Path:
@@ -310,7 +296,8 @@ def plot_latency(dists: dict[str, np.ndarray], path: str | Path, *, title: str) 
     ax.set_title(title, fontsize=8)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    _save(fig, Path(path))
+    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -7,7 +7,7 @@ Runners: torch fused (eager, and ``torch.compile``d), the torch looped baseline 
 folds and TTA views), and every other name in ``landslide.infer.BACKENDS`` (ONNX Runtime once per
 available provider when the config takes a ``provider``, AOTInductor, TensorRT, ...), each built by
 ``make_runner``. A runner the host cannot build is recorded as ``skipped: <reason>``; when one needs
-exported artefacts, ``landslide.export`` is asked for them first if it exists.
+exported artefacts, ``landslide.export`` builds them first (once per run folder).
 
 Every runner gets the same raw ``(B, 64, 64, C)`` float32 patches and is timed per call (device
 synchronised; warm-up and compilation excluded, compile time reported apart). ``--n-test`` patches are
@@ -135,28 +135,21 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
 
 
 def _make_with_export(make_runner, infer_cls, values: dict):
-    """``make_runner``; if it fails and ``landslide.export`` exists, export for the backend and try once more."""
+    """``make_runner``; when the run folder lacks the backend's artefact, export it once, then retry."""
     from landslide.config import make_config
+    from landslide.errors import LandslideError
+    from landslide.export import ExportConfig
+    from landslide.export import main as export_main
 
     cfg = make_config(infer_cls, {k: v for k, v in values.items()
                                   if k in {f.name for f in dataclasses.fields(infer_cls)}})
     try:
         return make_runner(cfg)
-    except Exception as first:  # noqa: BLE001
-        try:
-            import landslide.export as ex
-        except ImportError:
-            raise RuntimeError(f"{type(first).__name__}: {first} (and no landslide.export to make artefacts)") from None
-        export_cls = getattr(ex, "ExportConfig", None)
-        if export_cls is None or not hasattr(ex, "main"):
-            raise RuntimeError(f"{type(first).__name__}: {first} (landslide.export has no ExportConfig/main)") from None
-        names = {f.name for f in dataclasses.fields(export_cls)}
-        ev = {k: v for k, v in values.items() if k in names}
-        for key in ("backend", "format", "target"):
-            if key in names:
-                ev[key] = values["backend"]
-        log.info("exporting for %s: landslide.export.main(%s)", values["backend"], ev)
-        ex.main(make_config(export_cls, ev))
+    except LandslideError as first:
+        # ONNX Runtime runs the exported graphs; aoti/tensorrt need their engine built as well.
+        engine = {"onnxruntime": "none"}.get(values["backend"], values["backend"])
+        log.info("%s: %s -> exporting (engine=%s) and retrying", values["backend"], first.problem, engine)
+        export_main(make_config(ExportConfig, {"run": values["run"], "engine": engine}))
         return make_runner(cfg)
 
 

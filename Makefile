@@ -19,6 +19,7 @@ demo: venv
 	$(PY) -m landslide.demo
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean-demo:

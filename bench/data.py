@@ -85,7 +85,7 @@ def bench_baseline(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: 
     it = endless(loader)
 
     def one_batch():
-        xb, yb = next(it)
+        xb, yb = next(it)  # noqa: F821 - ruff misreads the later `del it`
         return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
     # Warm-up covers worker start-up and fills the prefetch queue (2 batches per worker by default).

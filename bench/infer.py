@@ -293,8 +293,8 @@ def main(cfg: InferBenchConfig) -> list[dict]:
                     per_call = time.perf_counter() - t_w
                 n_calls = int(np.clip(budget / max(per_call, 1e-6), 2, 250))  # >= 2 timed calls always
                 windows = min(5, n_calls)
-                t = common.measure(lambda: runner.predict(x), warmup=0, iters=n_calls // windows, windows=windows,
-                                   items=bs, device=device)
+                t = common.measure(lambda: runner.predict(x),  # noqa: F821 (ruff misreads the later `del runner`)
+                                   warmup=0, iters=n_calls // windows, windows=windows, items=bs, device=device)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch
                 why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 emit(common.record("infer", label, env, {**rconf, "batch_size": bs}, skipped=why))

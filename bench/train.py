@@ -227,7 +227,8 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     table = common.format_table(rows, ["pipeline", "images/s median (min-max)", "ms/step p50", "ms/step p95",
                                        "data ms p50", "compute ms p50", "first step s"])
     if len(results) > 1:
-        table += f"\n\ndevice pipeline / conventional pipeline: {records[0]['metrics']['images_per_s']['median'] / tps[list(results)[1]]['median']:.2f}x images/s"
+        ratio = records[0]["metrics"]["images_per_s"]["median"] / tps[list(results)[1]]["median"]
+        table += f"\n\ndevice pipeline / conventional pipeline: {ratio:.2f}x images/s"
         table += f" (conventional pipeline's runtime: {conf['baseline_runtime']})"
     if rt.compile:
         table += f"\n\ncompile + first step: {results[base_name].first_s:.1f} s (excluded from the step times)"

@@ -22,9 +22,8 @@ def _labels(path: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from landslide import baseline
+    from landslide import baseline, synth
     from landslide import infer as infer_mod
-    from landslide import synth
     from landslide import train as train_mod
     from landslide.calibrate import f1_at
     from landslide.config import make_config

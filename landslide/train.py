@@ -24,24 +24,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from landslide import distributed as dist_
 from landslide.augment import build_augment, resolve_backend
-from landslide.augment.mix import Mixer, MixConfig
+from landslide.augment.mix import MixConfig, Mixer
 from landslide.augment.torch import AugmentConfig
 from landslide.bands import BandLayout
 from landslide.calibrate import best_threshold, calibrate
-from landslide.train_config import TrainConfig
 from landslide.contract import CHECKPOINT_FORMAT, data_contract, versions
 from landslide.data import Split, load_split
 from landslide.device import Runtime, resolve_runtime
+from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
 from landslide.io import atomic_write, read_json, write_json
-from landslide import distributed as dist_
-from landslide.distributed import DistEnv
 from landslide.losses import focal_loss
 from landslide.model import LandslideModel, LandslideNet, ModelConfig, parse_arch, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
 from landslide.sampler import BalancedSampler
 from landslide.step import TrainStep, check_cuda_graphs, make_optimizer
+from landslide.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from landslide.augment import resolve_backend
-from landslide.augment.mix import Mixer, MixConfig
+from landslide.augment.mix import MixConfig, Mixer
 from landslide.augment.torch import AugmentConfig, AugmentParams, TorchAugment, apply, geometric_theta
 from landslide.errors import ConfigError
 

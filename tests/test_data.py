@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_zindi
 from landslide.bands import BandLayout
 from landslide.data import load_patch, load_patches, load_split, patch_dir, read_csv
 from landslide.errors import BadFilesError, DataError
+
+from conftest import write_zindi
 
 
 def test_crlf_and_bom_are_accepted(tmp_path):

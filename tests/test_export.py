@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from export_helpers import exported_run
 from landslide.contract import file_sha256
 from landslide.ensemble import build_ensemble
 from landslide.errors import ContractError, VerificationError
-from landslide.export import reference_inputs
 from landslide.export import onnx as ox
+from landslide.export import reference_inputs
 from landslide.export.sidecar import read_sidecar, sidecar_path
+
+from export_helpers import exported_run
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import ROOT, run_script, write_zindi
 from landslide.data import load_patch, read_csv
 from landslide.errors import LandslideError
+
+from conftest import ROOT, run_script, write_zindi
 
 HYPOTHESIS_EXAMPLES = 200
 

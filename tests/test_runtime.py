@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export_helpers import exported_run
 from landslide.config import make_config
 from landslide.errors import BadFilesError, ConfigError
-from landslide.infer import InferConfig, main as infer_main, make_runner
+from landslide.infer import InferConfig, make_runner
+from landslide.infer import main as infer_main
+
+from export_helpers import exported_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

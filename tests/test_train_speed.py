@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +95,7 @@ def test_train_with_dali_backend_on_cpu(tmp_path):
 @pytest.mark.gpu
 @GPU
 def test_bf16_step_has_no_host_sync():
-    from landslide.augment.mix import Mixer, MixConfig
+    from landslide.augment.mix import MixConfig, Mixer
     from landslide.augment.torch import AugmentConfig, TorchAugment
 
     rt = resolve_runtime("cuda", "auto", "on", "off")

@@ -18,8 +18,8 @@ import numpy as np
 
 from landslide.contract import file_sha256, stable_hash
 from landslide.errors import ConfigError, ContractError
-from landslide.io import atomic_write
 from landslide.export.sidecar import read_sidecar, write_sidecar
+from landslide.io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -124,6 +124,14 @@ def load_patch(path: Path, id_: str, n_channels: int) -> np.ndarray:
     return out
 
 
+def try_load_patch(folder: Path, id_: str, n_channels: int) -> np.ndarray | DataError:
+    """:func:`load_patch` of ``folder/<id_>.npy`` that returns the error instead of raising (for batch checks)."""
+    try:
+        return load_patch(folder / f"{id_}.npy", id_, n_channels)
+    except DataError as e:
+        return e
+
+
 def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout, *,
                  skip_bad: bool = False) -> tuple[np.ndarray, list[str], list[DataError]]:
     """Load every patch of ``ids`` as read, ``(N, 64, 64, C)`` float32 (channels last).
@@ -132,16 +140,9 @@ def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout,
     ``skip_bad`` the bad ones are dropped and returned as errors instead.
     """
     folder = patch_dir(data_dir, split)
-
-    def one(id_: str) -> np.ndarray | DataError:
-        try:
-            return load_patch(folder / f"{id_}.npy", id_, layout.n_channels)
-        except DataError as e:
-            return e
-
     # np.load releases the GIL while reading, so threads overlap the file I/O.
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        results = list(pool.map(one, ids))
+        results = list(pool.map(lambda i: try_load_patch(folder, i, layout.n_channels), ids))
     errors = [r for r in results if isinstance(r, DataError)]
     if errors and not skip_bad:
         raise BadFilesError(errors, fix="fix or remove these files (inference: --skip-bad scores the rest)")

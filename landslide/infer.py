@@ -25,7 +25,7 @@ from tqdm import tqdm
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data
-from landslide.data import PATCH_HW, SPLITS, load_patch, patch_dir, read_csv
+from landslide.data import PATCH_HW, SPLITS, load_patch, patch_dir, read_csv, try_load_patch
 from landslide.errors import BadFilesError, ConfigError, DataError
 from landslide.io import atomic_write, read_json
 from landslide.runtime import Runner
@@ -166,10 +166,7 @@ def iter_batches(data: Path, split: str, ids: list[str], layout: BandLayout, bat
     folder = patch_dir(data, split)
 
     def one(id_: str) -> np.ndarray | DataError:
-        try:
-            return load_patch(folder / f"{id_}.npy", id_, layout.n_channels)
-        except DataError as e:
-            return e
+        return try_load_patch(folder, id_, layout.n_channels)
 
     def read(chunk: list[str]):
         # np.load releases the GIL while reading, so the file pool overlaps the I/O of one batch.

@@ -27,22 +27,17 @@ import torch
 
 from bench import common
 from landslide.config import field, parse_config
+from landslide.train_config import RuntimeFields
 
 log = logging.getLogger("bench.train")
 
 
 @dataclass
-class TrainBenchConfig:
+class TrainBenchConfig(RuntimeFields):
     quick: bool = field(False, "short run (< 3 min on a 2-core CPU)")
     model: str = field("test_efficientnet", "timm backbone of the optical branch")
     img_size: int = field(0, "optical branch input size (0 = native 64 px)")
     batch_size: int = field(64, "training batch size")
-    device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = field("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16",
-                           choices=("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = field("auto", "auto (on for GPU) | on | off", choices=("auto", "on", "off"))
-    compile: str = field("auto", "torch.compile: auto (on for GPU) | on | off", choices=("auto", "on", "off"))
-    compile_mode: str = field("default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune"))
     data_backend: str = field("auto", "augmentation backend: auto | torch | dali", choices=("auto", "torch", "dali"))
     baseline_loader: bool = field(False, "also run the conventional DataLoader + per-sample CPU pipeline; report the ratio")
     baseline_precision: str = field("same", "the conventional run's precision: same | fp32 | bf16 | fp16",

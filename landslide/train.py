@@ -204,7 +204,7 @@ class FoldTrainer:
             es = (es + 1_000_003 * env.rank) % (2**31 - 1) if env.ddp else es  # ranks draw different batches
             gen.manual_seed(es)
             torch.manual_seed(es)  # dropout
-            mixer.rng = np.random.default_rng(es)
+            mixer.reseed(es)
             model.train()
             t0 = time.perf_counter()
             idx = sampler.epoch(steps)
@@ -408,11 +408,10 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
         for i, id_ in enumerate(split.ids):
             w.writerow([id_, int(labels[i]), int(fold_of[i]), *[f"{v:.6f}" for v in oof[i]]])
     cal = calibrate(labels, oof, cfg.archs)
-    cal["per_fold_f1"] = {str(k): best_threshold(labels[fold_of == k], oof[fold_of == k] @ np.array(
-        [cal["weights"][a] for a in cfg.archs]))[1] for k in range(cfg.folds)}
+    ens = oof @ np.array([cal["weights"][a] for a in cfg.archs])  # the calibrated ensemble's OOF probability
+    cal["per_fold_f1"] = {str(k): best_threshold(labels[fold_of == k], ens[fold_of == k])[1] for k in range(cfg.folds)}
     write_json(run / "calibration.json", cal)
-    plots.pr_and_confusion(labels, oof @ np.array([cal["weights"][a] for a in cfg.archs]), cal["threshold"],
-                           run / "plots" / "oof_pr_confusion.png")
+    plots.pr_and_confusion(labels, ens, cal["threshold"], run / "plots" / "oof_pr_confusion.png")
     log.info("OOF F1 %.4f at threshold %.4f; weights %s; per fold %s", cal["oof_f1"], cal["threshold"],
              cal["weights"], {k: round(v, 4) for k, v in cal["per_fold_f1"].items()})
     return cal

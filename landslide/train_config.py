@@ -7,7 +7,19 @@ from landslide.config import field
 
 
 @dataclass
-class TrainConfig:
+class RuntimeFields:
+    """Where and how the step runs: shared by ``train.py`` and ``bench/train.py`` so their flags agree."""
+
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = field("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16",
+                           choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: str = field("auto", "auto (on for GPU) | on | off", choices=("auto", "on", "off"))
+    compile: str = field("auto", "torch.compile: auto (on for GPU) | on | off", choices=("auto", "on", "off"))
+    compile_mode: str = field("default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune"))
+
+
+@dataclass
+class TrainConfig(RuntimeFields):
     data: str = field("", "Zindi-layout folder with Train.csv and train_data/")
     out: str = field("runs/train", "run folder to write")
     archs: list[str] = field(["test_efficientnet"], "timm backbones as NAME[@SIZE]; SIZE upsamples the optical input")
@@ -33,12 +45,6 @@ class TrainConfig:
     patience: int = field(7, "early stopping: epochs without validation F1 improvement")
     seed: int = field(42, "seed for folds, sampling, augmentation and init")
     deterministic: bool = field(False, "deterministic algorithms (CPU runs are then bit-reproducible)")
-    device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = field("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16",
-                           choices=("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = field("auto", "auto (on for GPU) | on | off", choices=("auto", "on", "off"))
-    compile: str = field("auto", "torch.compile: auto (on for GPU) | on | off", choices=("auto", "on", "off"))
-    compile_mode: str = field("default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune"))
     cuda_graphs: bool = field(False, "capture the training step as a CUDA graph and replay it (GPU, bf16/fp32)")
     fold_parallel: bool = field(False, "under torchrun: spread folds across ranks instead of DDP within each fold")
     data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",

@@ -24,11 +24,9 @@ class Mixer:
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
 
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def load_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
+    def reseed(self, seed: int) -> None:
+        """Restart the draws from ``seed`` (training reseeds every epoch so a resumed run replays them)."""
+        self.rng = np.random.default_rng(seed)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, cloud: torch.Tensor,
                  g: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,8 +7,8 @@ Each batched backend (``landslide.augment.BACKENDS``, whichever build here) is t
 training step asks of it: gather a class-balanced index batch from the device-resident set, then
 augment it — ``batch`` x (C, 64, 64) float32. The baseline, in the same process on the same data, is
 ``torch.utils.data.DataLoader`` (``--workers`` processes, shuffled) whose Dataset augments one
-sample at a time with NumPy (``bench/persample.py``; why NumPy and not albumentations: see there),
-collated and, on a GPU, copied to the device. Throughput is samples/s over each timing window;
+sample at a time with the seed's albumentations chain (``--per-sample numpy``: the same ops in NumPy;
+``bench/persample.py``), collated and, on a GPU, copied to the device. Throughput is samples/s over each timing window;
 the table quotes the median over windows with the min-max spread, and the ratio to the baseline.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ class DataBenchConfig:
     n: int = field(0, "samples in the pool (0 = 2048 quick, 8192 full)")
     channels: int = field(12, "bands per patch")
     workers: int = field(2, "baseline DataLoader worker processes")
+    per_sample: str = field("albumentations", "the per-sample baseline: albumentations (the seed's) | numpy")
     windows: int = field(0, "timing windows per backend (0 = 5 quick, 10 full)")
     iters: int = field(0, "batches per window (0 = 10 quick, 40 full)")
     warmup: int = field(5, "untimed batches first (the baseline adds its prefetch depth)")
@@ -81,7 +82,8 @@ def bench_baseline(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: 
     from landslide.augment.torch import AugmentConfig
 
     cuda = device.type == "cuda"
-    loader = make_loader(x_hwc, y, AugmentConfig(), cfg.batch_size, cfg.workers, cfg.seed, pin_memory=cuda)
+    loader = make_loader(x_hwc, y, AugmentConfig(), cfg.batch_size, cfg.workers, cfg.seed, pin_memory=cuda,
+                         impl=cfg.per_sample)
     it = endless(loader)
 
     def one_batch():
@@ -129,8 +131,9 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     for name, t in timings.items():
         tp, lat = common.throughput_stats(t), common.latency_stats(t.flat)
         ratio = tp["median"] / base_tp["median"]
-        label = name if name == "per-sample DataLoader" else f"{name} (batched, gather+augment)"
-        extra = {"workers": cfg.workers, "impl": "numpy, one sample at a time"} if t is base else {"backend": name}
+        label = f"{name} ({cfg.per_sample})" if t is base else f"{name} (batched, gather+augment)"
+        extra = {"workers": cfg.workers, "impl": f"{cfg.per_sample}, one sample at a time"} if t is base \
+            else {"backend": name}
         records.append(common.record("data", name, env, {**conf, **extra},
                                      metrics={"samples_per_s": tp, "batch_latency": lat, "ratio_vs_per_sample": ratio}))
         rows.append({"pipeline": label, "samples/s median (min-max)": common.spread(tp),

@@ -1,23 +1,30 @@
 """The conventional data path, as the seed had it: a ``DataLoader`` whose ``Dataset`` augments one
 ``(64, 64, C)`` sample at a time on the CPU, then the default collate stacks the batch.
 
-The seed used albumentations (HorizontalFlip, VerticalFlip, RandomRotate90, ShiftScaleRotate,
-CoarseDropout, GaussNoise, GaussianBlur). albumentations pulls in OpenCV, SciPy, pydantic and albucore,
-none of which this project otherwise needs, so this baseline re-implements the same operations with
-NumPy, one sample at a time (the same per-sample structure; the work inside a sample is vectorised
-NumPy, as OpenCV's is vectorised C). Probabilities and ranges come from the same ``AugmentConfig`` as
-the batched backends. It is a stand-in: its absolute speed is compared with the issue's figure for
-the seed's albumentations pipeline (~2,800 samples/s on this CPU) in ``bench/results``.
+Two implementations of the seed's chain (HorizontalFlip, VerticalFlip, RandomRotate90,
+ShiftScaleRotate, GaussianBlur, GaussNoise, CoarseDropout), probabilities and ranges from the same
+``AugmentConfig`` as the batched backends:
+
+* ``albumentations`` (the default, what the seed ran): OpenCV per sample. albumentations clips float
+  images to [0, 1] in its noise op, so its output is not usable for training on standardised
+  patches; it is here to time the seed's pipeline, and the bench only measures speed.
+* ``numpy``: the same ops in NumPy, one sample at a time (no OpenCV). Slower than OpenCV; kept as the
+  baseline that needs nothing beyond NumPy, and because its output is correct on standardised data.
 """
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from landslide.augment.torch import BLUR_K, AugmentConfig
+from landslide.errors import ConfigError
+
+BASELINES = ("albumentations", "numpy")
 
 
 def _bilinear_affine(x: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -84,28 +91,65 @@ def augment_one(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> 
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def albumentations_chain(cfg: AugmentConfig, seed: int):
+    """The seed's albumentations ``Compose`` for ``(H, W, C)`` float32 patches: ``fn(image) -> image``."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import-time version check needs the internet
+    try:
+        import albumentations as A
+        import cv2
+    except ImportError:
+        raise ConfigError("--baseline albumentations needs albumentations (and OpenCV)",
+                          fix="pip install -r requirements.txt (pins albumentations), or use --baseline numpy") from None
+    with warnings.catch_warnings():  # ShiftScaleRotate is deprecated in favour of Affine; the seed used it
+        warnings.simplefilter("ignore")
+        chain = A.Compose([
+            A.HorizontalFlip(p=cfg.p_hflip),
+            A.VerticalFlip(p=cfg.p_vflip),
+            A.RandomRotate90(p=cfg.p_rot90),
+            A.ShiftScaleRotate(shift_limit=cfg.shift, scale_limit=cfg.scale, rotate_limit=cfg.rotate,
+                               border_mode=cv2.BORDER_REPLICATE, p=cfg.p_ssr),
+            A.GaussianBlur(blur_limit=(BLUR_K, BLUR_K), sigma_limit=(0.1, cfg.blur_sigma), p=cfg.p_blur),
+            A.GaussNoise(std_range=(0.0, cfg.noise_std), p=cfg.p_noise),
+            A.CoarseDropout(num_holes_range=(1, max(cfg.holes, 1)), hole_height_range=(1, cfg.hole_size),
+                            hole_width_range=(1, cfg.hole_size), fill=0, p=cfg.p_dropout),
+        ], seed=seed)
+    return lambda image: chain(image=image)["image"]
+
+
+def per_sample_fn(impl: str, cfg: AugmentConfig, seed: int):
+    """``fn((H, W, C) float32) -> (H, W, C) float32`` for one baseline implementation, seeded."""
+    if impl == "albumentations":
+        return albumentations_chain(cfg, seed)
+    if impl == "numpy":
+        rng = np.random.default_rng(seed)
+        return lambda image: augment_one(image, cfg, rng)
+    raise ConfigError(f"per-sample baseline {impl!r} unknown", fix=f"use one of {BASELINES}")
+
+
 class PerSampleDataset(Dataset):
     """``x (N, H, W, C)`` float32 standardised patches, ``y (N,)``; item = (augmented ``(C, H, W)`` tensor, label)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, seed: int = 0) -> None:
-        self.x, self.y, self.cfg, self.seed = x, y.astype(np.float32), cfg, seed
-        self.rng: np.random.Generator | None = None
+    def __init__(self, x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, seed: int = 0,
+                 impl: str = "albumentations") -> None:
+        self.x, self.y, self.cfg, self.seed, self.impl = x, y.astype(np.float32), cfg, seed, impl
+        per_sample_fn(impl, cfg, seed)  # fail here, in the parent, on a missing library or a bad name
+        self.fn = None
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.rng is None:  # one stream per worker process
+        if self.fn is None:  # one random stream per worker process
             wi = get_worker_info()
-            self.rng = np.random.default_rng(self.seed + (wi.id if wi else 0))
-        a = augment_one(self.x[i], self.cfg, self.rng)
+            self.fn = per_sample_fn(self.impl, self.cfg, self.seed + (wi.id if wi else 0))
+        a = np.ascontiguousarray(self.fn(self.x[i]), dtype=np.float32)
         return torch.from_numpy(a.transpose(2, 0, 1).copy()), torch.tensor(self.y[i])
 
 
 def make_loader(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, batch_size: int, workers: int = 2,
-                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+                seed: int = 0, pin_memory: bool = False, impl: str = "albumentations") -> DataLoader:
     """The conventional loader: shuffled, ``workers`` processes, default collate, persistent workers."""
-    return DataLoader(PerSampleDataset(x, y, cfg, seed), batch_size=batch_size, shuffle=True, drop_last=True,
+    return DataLoader(PerSampleDataset(x, y, cfg, seed, impl), batch_size=batch_size, shuffle=True, drop_last=True,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed))
 

@@ -11,8 +11,9 @@ clock read, between the data and the compute phase too, so the two are timed apa
 removes the little CPU/GPU overlap a real step has; totals are, if anything, slightly low).
 With ``--compile on`` the first step (compilation) is timed and reported on its own.
 ``--baseline-loader`` then feeds the same model the conventional way — DataLoader, ``--workers``
-processes, per-sample NumPy augmentation on the CPU (``bench/persample.py``), host-to-device copy,
-same Mixup/CutMix — and reports images/s of both pipelines and their ratio, measured in one run.
+processes, per-sample CPU augmentation with the seed's albumentations chain (``--per-sample``;
+``bench/persample.py``), host-to-device copy, same Mixup/CutMix — and reports images/s of both
+pipelines and their ratio, measured in one run.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class TrainBenchConfig(RuntimeFields):
     baseline_channels_last: str = field("same", "the conventional run's channels-last: same | on | off",
                                         choices=("same", "on", "off"))
     workers: int = field(2, "baseline DataLoader worker processes")
+    per_sample: str = field("albumentations", "the baseline's per-sample augmentation: albumentations (the seed's) | numpy")
     n: int = field(0, "samples in the resident training set (0 = 512 quick, 4096 full)")
     warmup: int = field(0, "untimed steps after the first (compile) step (0 = 1 quick, 3 full)")
     windows: int = field(0, "timing windows (0 = 3 quick, 5 full)")
@@ -170,7 +172,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
 
         del xd  # the baseline holds its data on the host
         loader = make_loader(x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy(), AugmentConfig(), cfg.batch_size,
-                             cfg.workers, cfg.seed, pin_memory=dev.type == "cuda")
+                             cfg.workers, cfg.seed, pin_memory=dev.type == "cuda", impl=cfg.per_sample)
         it: Iterator = endless(loader)
 
         def loader_data():
@@ -187,7 +189,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
             base_compute, _ = make_compute(brt)
         conf["baseline_runtime"] = brt.describe()
         # first step + warm-up also start the workers and fill their prefetch queue
-        name = f"DataLoader ({cfg.workers} workers, per-sample CPU aug)"
+        name = f"DataLoader ({cfg.workers} workers, per-sample {cfg.per_sample})"
         results[name] = time_steps(loader_data, base_compute, dev, cfg.warmup + 2 * cfg.workers, windows, steps)
         compiled[name] = brt.compile
         del it, loader

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -168,12 +169,13 @@ class FoldTrainer:
         y_val = self.split.labels[self.va_idx]
 
         model = net.model
-        opt = make_optimizer(model, cfg.lr, cfg.weight_decay, rt, cfg.cuda_graphs)
+        lr_mult = lr_multiplier(env.world_size if env.ddp else 1, cfg.lr_scale)
+        opt = make_optimizer(model, cfg.lr * lr_mult, cfg.weight_decay, rt, cfg.cuda_graphs)
         gen = torch.Generator(device=rt.device)
         sampler = BalancedSampler(ytr, cfg.batch_size, cfg.pos_fraction, generator=gen)
         steps = sampler.steps_per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, sampler.steps_per_epoch)
         steps = -(-steps // env.world_size) if env.ddp else steps  # each rank takes its share of the batches
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs), eta_min=cfg.min_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs), eta_min=cfg.min_lr * lr_mult)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         mixer = Mixer(MixConfig(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob), seed=0)
@@ -299,6 +301,18 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         w.writerows(sorted(rows, key=lambda r: (r["fold"], r["arch"], r["epoch"])))
 
 
+def lr_multiplier(world_size: int, rule: str) -> float:
+    """The lr factor for a global batch ``world_size`` times ``--batch-size`` (DDP keeps the per-process
+    batch, so each step sees N times the samples and an epoch has 1/N the steps)."""
+    if rule == "none" or world_size <= 1:
+        return 1.0
+    if rule == "sqrt":
+        return math.sqrt(world_size)
+    if rule == "linear":
+        return float(world_size)
+    raise ConfigError(f"--lr-scale {rule!r} unknown", fix="use sqrt, linear or none")
+
+
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     run = Path(cfg.out)
     cfg_path = run / "config.json"
@@ -329,7 +343,10 @@ def _start_run(cfg: TrainConfig, rt: Runtime, backend: str, env: DistEnv, split:
                                      "runtime": rt.describe(), "data_backend": backend,
                                      "distributed": {"world_size": env.world_size,
                                                      "mode": "fold-parallel" if env.fold_parallel else
-                                                     ("ddp" if env.enabled else "single")}})
+                                                     ("ddp" if env.enabled else "single"),
+                                                     "global_batch": cfg.batch_size * (env.world_size if env.ddp else 1),
+                                                     "lr": cfg.lr * lr_multiplier(env.world_size if env.ddp else 1,
+                                                                                  cfg.lr_scale)}})
     write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
     with atomic_write(run / "folds.csv") as f:
         w = csv.writer(f)
@@ -365,6 +382,9 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     backend = resolve_backend(cfg.data_backend, rt.device)
     log.info("train: %s data_backend=%s cuda_graphs=%s %s archs=%s folds=%d", rt.describe(), backend,
              "on" if cfg.cuda_graphs else "off", env.describe(), ",".join(cfg.archs), cfg.folds)
+    if env.ddp and env.is_main:
+        log.info("DDP: global batch %d (%d per rank), lr %.3g -> %.3g (--lr-scale %s)", cfg.batch_size * env.world_size,
+                 cfg.batch_size, cfg.lr, cfg.lr * lr_multiplier(env.world_size, cfg.lr_scale), cfg.lr_scale)
     # Rank 0 fills the preprocessed cache first, so the other ranks read it instead of racing to write it.
     split = dist_.run_on_main_first(env, load_split, cfg.data, "train", cache_dir=cfg.cache_dir or None)
     labels = split.labels

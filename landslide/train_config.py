@@ -31,10 +31,12 @@ class TrainConfig(RuntimeFields):
     only_folds: list[int] = field([], "train these folds only (default: all)")
     epochs: int = field(35, "maximum epochs per fold")
     max_steps: int = field(0, "cap on steps per epoch (0 = a full pass over the fold)")
-    batch_size: int = field(16, "training batch size")
+    batch_size: int = field(16, "training batch size per process (under torchrun the global batch is N times it)")
     eval_batch_size: int = field(256, "validation/inference batch size")
     lr: float = field(1e-4, "AdamW learning rate")
     min_lr: float = field(1e-6, "cosine schedule floor")
+    lr_scale: str = field("sqrt", "under DDP, scale --lr/--min-lr by the world size: sqrt (timm's rule for "
+                          "Adam-family optimisers) | linear | none", choices=("sqrt", "linear", "none"))
     weight_decay: float = field(1e-5, "AdamW weight decay")
     focal_alpha: float = field(0.25, "focal loss alpha (<0 disables class weighting)")
     focal_gamma: float = field(2.0, "focal loss gamma")

@@ -4,7 +4,17 @@ import torch
 
 from landslide.augment import resolve_backend
 from landslide.augment.mix import MixConfig, Mixer
-from landslide.augment.torch import AugmentConfig, AugmentParams, TorchAugment, apply, geometric_theta
+from landslide.augment.torch import (
+    AugmentConfig,
+    AugmentParams,
+    TorchAugment,
+    apply,
+    apply_batched,
+    apply_host,
+    dense_noise,
+    draw_noise,
+    geometric_theta,
+)
 from landslide.errors import ConfigError
 
 
@@ -102,3 +112,39 @@ def test_backend_resolution_on_cpu():
     assert resolve_backend("torch", cpu) == "torch"
     with pytest.raises(ConfigError):
         resolve_backend("opencv", cpu)
+
+
+@pytest.mark.parametrize("cfg", [
+    AugmentConfig(p_blur=0.5, p_noise=0.5, p_dropout=0.5),              # every op on a mix of samples
+    AugmentConfig(p_ssr=0.0, p_blur=0.0, p_noise=0.0, p_dropout=0.0),   # flips/rot90 only: all exact
+    AugmentConfig(p_ssr=1.0, p_blur=1.0, p_noise=1.0, p_dropout=1.0),   # every sample warped, blurred, noised
+])
+def test_host_path_equals_the_batched_gpu_path(cfg):
+    """The CPU path splits the batch per op; the GPU path runs every op on the whole batch. Same result."""
+    x = torch.randn(24, 12, 32, 32, generator=torch.Generator().manual_seed(0))
+    aug = TorchAugment(cfg)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        p = aug.sample(24, 32, 32, g, x.device)
+        noise = draw_noise(p, x.shape, g, x.device)
+        assert noise.shape[0] == int((p.noise_std > 0).sum())  # the CPU draws noise for noisy samples only
+        got = apply_host(x, p, noise)
+        torch.testing.assert_close(got, apply_batched(x, p, noise), atol=1e-6, rtol=0)
+        torch.testing.assert_close(got, apply_batched(x, p, dense_noise(noise, p)), atol=1e-6, rtol=0)
+
+
+def test_flip_rot90_samples_are_copied_bit_exactly_on_the_host():
+    x = torch.randn(8, 3, 16, 16)
+    for k in range(4):
+        for h in (False, True):
+            got = apply_host(x, params(8, h=h, k=k))
+            want = [torch.rot90(x.flip(3) if h else x, s, (2, 3)) for s in range(4)]
+            assert any(torch.equal(got, w) for w in want)
+
+
+def test_noise_rows_must_match_the_noisy_samples():
+    x = torch.randn(4, 2, 8, 8)
+    p = params(4, noise=0.1)
+    p.noise_std[:2] = 0
+    with pytest.raises(ValueError, match="noise has 3 rows"):
+        apply_host(x, p, torch.randn(3, 2, 8, 8))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bench import common
-from bench.persample import augment_one
+from bench.persample import BASELINES, augment_one, make_loader, per_sample_fn
 from landslide.augment.torch import AugmentConfig
+from landslide.errors import ConfigError
 
 
 def test_latency_percentiles_on_known_data():
@@ -89,3 +90,20 @@ def test_per_sample_baseline_keeps_shape_and_dtype():
 def test_sync_is_a_noop_on_cpu():
     common.sync(torch.device("cpu"))
     common.sync(None)
+
+
+@pytest.mark.parametrize("impl", BASELINES)
+def test_per_sample_loaders_batch_and_seed(impl):
+    """Both baselines (the seed's albumentations chain, its NumPy twin) yield seeded (B, C, H, W) batches."""
+    x = np.random.default_rng(0).standard_normal((16, 64, 64, 12), dtype=np.float32)
+    y = (np.arange(16) % 2).astype(np.float32)
+    batches = [next(iter(make_loader(x, y, AugmentConfig(), 8, workers=0, seed=3, impl=impl))) for _ in range(2)]
+    (xa, ya), (xb, yb) = batches
+    assert xa.shape == (8, 12, 64, 64) and xa.dtype == torch.float32 and ya.shape == (8,)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(xa, torch.from_numpy(x[:8]).permute(0, 3, 1, 2))  # something was augmented
+
+
+def test_unknown_per_sample_baseline_is_a_config_error():
+    with pytest.raises(ConfigError, match="opencv"):
+        per_sample_fn("opencv", AugmentConfig(), 0)

@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import torch
 
+from landslide.errors import ConfigError
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 # Two tiny folds, one short epoch: the point is the contract, not the model.
-FLAGS = ["--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--eval-batch-size", "32"]
+BATCH = 8
+FLAGS = ["--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--batch-size", str(BATCH), "--eval-batch-size", "32"]
 RUN_FILES = ("config.json", "contract.json", "folds.csv", "metrics.csv", "oof.csv", "calibration.json",
              "plots/training_curves.png", "plots/oof_pr_confusion.png")
 
@@ -96,7 +99,10 @@ def test_ddp_two_gloo_ranks_write_one_run_folder(data, single, tmp_path):
     r = _train("--data", str(d), "--out", str(run), "--cache-dir", str(cache), *FLAGS, nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     _same_contract(run, single)
-    assert json.loads((run / "config.json").read_text())["distributed"] == {"world_size": 2, "mode": "ddp"}
+    dist = json.loads((run / "config.json").read_text())["distributed"]
+    lr = json.loads((single / "config.json").read_text())["config"]["lr"]
+    assert dist == {"world_size": 2, "mode": "ddp", "global_batch": 2 * BATCH, "lr": pytest.approx(lr * 2 ** 0.5)}
+    assert "global batch" in r.stderr
     assert "rank 0/2 (DDP)" in r.stderr  # the start-up line, logged once (rank 1 is quiet)
     assert "rank 1/2" not in r.stderr
 
@@ -124,3 +130,12 @@ def test_an_error_on_rank0_stops_every_rank(data, single):
     # The run folder already holds a run: rank 0 refuses, and rank 1 must exit too, not hang.
     r = _train("--data", str(d), "--out", str(single), "--cache-dir", str(cache), *FLAGS, nproc=2)
     assert r.returncode != 0 and "already holds a run" in r.stderr
+
+
+def test_lr_scales_with_the_global_batch():
+    from landslide.train import lr_multiplier
+
+    assert lr_multiplier(4, "sqrt") == 2.0 and lr_multiplier(4, "linear") == 4.0 and lr_multiplier(4, "none") == 1.0
+    assert lr_multiplier(1, "linear") == 1.0  # a single process trains as configured
+    with pytest.raises(ConfigError, match="cube"):
+        lr_multiplier(2, "cube")

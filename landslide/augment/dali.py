@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from landslide.augment.torch import BLUR_K, AugmentConfig, AugmentParams, TorchAugment
+from landslide.augment.torch import BLUR_K, AugmentConfig, AugmentParams, TorchAugment, dense_noise, draw_noise
 from landslide.errors import ConfigError
 
 _MIN_SIGMA = 1e-3  # sigma for "no blur": the 5-tap kernel is then exactly [0, 0, 1, 0, 0], as in torch
@@ -128,8 +128,7 @@ class DaliAugment:
         if x.device != self.device and not (x.device.type == self.device.type == "cuda"):
             raise ValueError(f"batch on {x.device}, pipeline built for {self.device}")
         p = self.params(b, h, w, g)
-        noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        return self.apply(x, p, noise)
+        return self.apply(x, p, draw_noise(p, x.shape, g, x.device, x.dtype))
 
     def apply(self, x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Apply host-side parameters ``p`` to ``x (B, C, H, W)`` — the DALI twin of ``torch.apply``."""
@@ -142,7 +141,7 @@ class DaliAugment:
         else:
             if xf.is_cuda:  # pinned, so the copy is asynchronous: no host sync
                 std = std.pin_memory().to(xf.device, non_blocking=True)
-            field = (std.view(b, 1, 1, 1) * noise.float().permute(0, 2, 3, 1)).contiguous()
+            field = (std.view(b, 1, 1, 1) * dense_noise(noise, p).float().permute(0, 2, 3, 1)).contiguous()
         mat = theta_to_pixel_matrix(p.theta, h, w).numpy()
         sigma = p.blur_sigma.float().cpu().clamp_min(_MIN_SIGMA).numpy()
         anchor, shape = (t.numpy() for t in erase_args(p.holes))

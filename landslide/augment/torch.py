@@ -105,8 +105,32 @@ class TorchAugment:
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         p = self.sample(x.shape[0], x.shape[2], x.shape[3], g, x.device)
-        noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        return apply(x, p, noise)
+        return apply(x, p, draw_noise(p, x.shape, g, x.device, x.dtype))
+
+
+def draw_noise(p: AugmentParams, shape, g: torch.Generator | None, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unit normal noise for :func:`apply`: a field per noisy sample on the CPU, for all ``B`` elsewhere.
+
+    On the CPU the ~``p_noise`` share of samples that get noise is known to the host for free, and
+    drawing normals is the costliest op there (single-threaded), so only those rows are drawn, in
+    sample order. On a GPU the noisy samples' count would need a host sync, and the draw is cheap.
+    """
+    b, c, h, w = shape
+    rows = int((p.noise_std > 0).sum()) if torch.device(device).type == "cpu" else b
+    return torch.randn((rows, c, h, w), generator=g, device=device, dtype=dtype)
+
+
+def dense_noise(noise: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+    """``noise`` as ``(B, C, H, W)``: rows given only for the noisy samples are scattered into zeros."""
+    b = p.noise_std.shape[0]
+    if noise.shape[0] == b:
+        return noise
+    rows = torch.nonzero(p.noise_std > 0).flatten().to(noise.device)
+    if noise.shape[0] != rows.numel():
+        raise ValueError(f"noise has {noise.shape[0]} rows; expected {b} (all samples) or {rows.numel()} "
+                         "(one per sample with noise_std > 0)")
+    return torch.zeros((b, *noise.shape[1:]), dtype=noise.dtype, device=noise.device).index_copy_(0, rows, noise)
 
 
 def gaussian_kernels(sigma: torch.Tensor, k: int = BLUR_K) -> torch.Tensor:
@@ -132,26 +156,102 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def apply(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply ``p`` to ``(B, C, H, W)``: geometry, blur, noise, then coarse dropout (fill 0 = band mean)."""
+    """Apply ``p`` to ``(B, C, H, W)``: geometry, blur, noise, then coarse dropout (fill 0 = band mean).
+
+    ``noise`` is unit normal, either ``(B, C, H, W)`` or one row per sample with ``noise_std > 0``
+    (what :func:`draw_noise` gives on the CPU). A GPU batch takes the batched path, whose every op
+    covers the whole batch so nothing waits on the host; a CPU batch takes the host path, which
+    splits the batch by what each sample needs (same result, tested against the batched path).
+    """
+    if x.device.type == "cpu":
+        return apply_host(x, p, noise)
+    return apply_batched(x, p, noise)
+
+
+def apply_batched(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Whole-batch ops with no host syncs: one ``grid_sample``, blur where sigma > 0, masks for holes."""
     b, c, h, w = x.shape
     dtype = x.dtype
     x = x.float()
-    grid = F.affine_grid(p.theta.float(), [b, c, h, w], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    # On a GPU the blur runs on the whole batch (sigma 0 is an exact identity kernel): picking the
-    # blurred samples would need their flags on the host, a sync. On the CPU picking is free and
-    # blurs only the ~p_blur share of the batch, the op's main cost there.
-    on = p.blur_sigma > 0
-    if x.device.type != "cpu":
-        x = torch.where(on.view(b, 1, 1, 1), _blur(x, p.blur_sigma), x)
-    elif bool(on.any()):
-        sel = torch.nonzero(on).flatten()
-        x = x.index_copy(0, sel, _blur(x.index_select(0, sel), p.blur_sigma.index_select(0, sel)))
+    x = _warp(x, p.theta.float())
+    on = (p.blur_sigma > 0).view(b, 1, 1, 1)  # sigma 0 would be an identity kernel; the where keeps it exact
+    x = torch.where(on, _blur(x, p.blur_sigma), x)
     if noise is not None:
-        x = x + p.noise_std.view(b, 1, 1, 1).float() * noise.float()
+        x = x + p.noise_std.view(b, 1, 1, 1).float() * dense_noise(noise, p).float()
     yy = torch.arange(h, device=x.device).view(1, 1, h, 1)
     xx = torch.arange(w, device=x.device).view(1, 1, 1, w)
     hb = p.holes.view(b, -1, 4, 1, 1)
     inside = (yy >= hb[:, :, 0]) & (yy < hb[:, :, 2]) & (xx >= hb[:, :, 1]) & (xx < hb[:, :, 3])
     x = x.masked_fill(inside.any(1, keepdim=True), 0.0)
     return x.to(dtype)
+
+
+def _dihedral(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(B,)`` True where ``theta`` is a pure flip/rot90 (a signed permutation, no shift) of the pixel grid."""
+    lin, t = theta[:, :, :2], theta[:, :, 2]
+    unit = (lin == 0) | (lin.abs() == 1)
+    nz = lin != 0
+    ok = (t == 0).all(1) & unit.all((1, 2)) & (nz.sum(1) == 1).all(1) & (nz.sum(2) == 1).all(1)
+    return ok if h == w else ok & (lin[:, 0, 1] == 0)  # an axis swap maps pixel centres only when square
+
+
+def _centres(n: int, device: torch.device) -> torch.Tensor:
+    """Pixel centres in ``affine_grid``'s normalised coordinates (align_corners=False): exact in float32."""
+    return (torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1
+
+
+def _permute_pixels(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Exact flips/rot90: each output pixel copies the input pixel ``theta`` maps it to (one ``gather``)."""
+    s, c, h, w = x.shape
+    u, v = _centres(w, x.device).view(1, 1, w), _centres(h, x.device).view(1, h, 1)
+    su = theta[:, 0, 0].view(s, 1, 1) * u + theta[:, 0, 1].view(s, 1, 1) * v
+    sv = theta[:, 1, 0].view(s, 1, 1) * u + theta[:, 1, 1].view(s, 1, 1) * v
+    col = (((su + 1) * w - 1) / 2).round().long()
+    row = (((sv + 1) * h - 1) / 2).round().long()
+    index = (row * w + col).view(s, 1, h * w).expand(s, c, h * w)
+    return x.reshape(s, c, h * w).gather(2, index).view(s, c, h, w)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Bilinear affine warp, replicate border. The grid is ``affine_grid``'s (to ~5e-7) built with two
+    ``addcmul``: its batched matmul costs 2x that on a CPU."""
+    s, c, h, w = x.shape
+    u, v = _centres(w, x.device).view(1, 1, w, 1), _centres(h, x.device).view(1, h, 1, 1)
+    grid = torch.addcmul(theta[:, :, 2].view(s, 1, 1, 2), u, theta[:, :, 0].view(s, 1, 1, 2))
+    grid = grid.addcmul(v, theta[:, :, 1].view(s, 1, 1, 2))
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _rows(mask: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(mask).flatten()
+
+
+def apply_host(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The CPU path: each op touches only the samples that need it, which the host knows for free.
+
+    Flip/rot90-only samples (half the batch by default) take an exact pixel permutation instead of a
+    bilinear warp; blur and noise run on their ~10-20 % of samples; holes are slice assignments.
+    """
+    b, c, h, w = x.shape
+    dtype = x.dtype
+    x = x.float()
+    theta = p.theta.float()
+    exact = _dihedral(theta, h, w)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for sel, op in ((_rows(exact), _permute_pixels), (_rows(~exact), _warp)):
+        if len(sel) == b:
+            out = op(x, theta)
+        elif len(sel):
+            out.index_copy_(0, sel, op(x.index_select(0, sel), theta.index_select(0, sel)))
+    sel = _rows(p.blur_sigma > 0)
+    if len(sel):
+        out.index_copy_(0, sel, _blur(out.index_select(0, sel), p.blur_sigma.index_select(0, sel)))
+    sel = _rows(p.noise_std > 0)
+    if noise is not None and len(sel):
+        rows = noise if noise.shape[0] == len(sel) else dense_noise(noise, p).index_select(0, sel)
+        out.index_add_(0, sel, rows.float() * p.noise_std.index_select(0, sel).float().view(-1, 1, 1, 1))
+    for i, boxes in enumerate(p.holes.tolist()):
+        for y0, x0, y1, x1 in boxes:
+            if y1 > y0 and x1 > x0:
+                out[i, :, y0:y1, x0:x1] = 0.0
+    return out.to(dtype)

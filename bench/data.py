@@ -9,10 +9,12 @@ augment it — ``batch`` x (C, 64, 64) float32. The baseline, in the same proces
 ``torch.utils.data.DataLoader`` (``--workers`` processes, shuffled) whose Dataset augments one
 sample at a time with the seed's albumentations chain (``--per-sample numpy``: the same ops in NumPy;
 ``bench/persample.py``), collated and, on a GPU, copied to the device. Throughput is samples/s over each timing window;
-the table quotes the median over windows with the min-max spread, and the ratio to the baseline.
+the table quotes the median over windows with the min-max spread. The pipelines take turns, one
+window each per round, and "x per-sample" is the median over rounds of each round's ratio.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from dataclasses import asdict, dataclass
@@ -50,9 +52,9 @@ def backend_names() -> list[str]:
     return [b for b in BACKENDS if b != "auto"]
 
 
-def bench_backend(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchConfig, windows: int,
-                  iters: int) -> tuple[common.Timing | None, str | None]:
-    """(timing, None) or (None, why it cannot run here)."""
+def backend_batches(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchConfig, calls: int):
+    """(one_batch, None): a callable doing what a training step asks of the backend — gather a
+    class-balanced index batch from the device-resident set, then augment it; or (None, why not here)."""
     from landslide.augment import build_augment, resolve_backend
     from landslide.augment.torch import AugmentConfig
     from landslide.sampler import BalancedSampler
@@ -60,29 +62,28 @@ def bench_backend(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchCon
     try:
         resolved = resolve_backend(name, x.device)
         aug = build_augment(resolved, AugmentConfig(), x.device, cfg.batch_size, cfg.seed)
-    except Exception as e:  # noqa: BLE001 - any failure to build is reported as the skip reason
+        gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+        idx = BalancedSampler(y, cfg.batch_size, generator=gen).epoch(calls)
+        step = itertools.count()
+
+        def one_batch():
+            return aug(x[idx[next(step) % calls]], gen)
+
+        one_batch()  # e.g. DALI built but unable to run on this host
+    except Exception as e:  # noqa: BLE001 - any failure to build or run is reported as the skip reason
         return None, f"{type(e).__name__}: {e}"
-    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    idx = BalancedSampler(y, cfg.batch_size, generator=gen).epoch(windows * iters + cfg.warmup)
-    step = iter(range(len(idx)))
-
-    def one_batch():
-        return aug(x[idx[next(step)]], gen)
-
-    try:
-        return common.measure(one_batch, warmup=cfg.warmup, iters=iters, windows=windows, items=cfg.batch_size,
-                              device=x.device), None
-    except Exception as e:  # noqa: BLE001 - e.g. DALI built but cannot run on this host
-        return None, f"{type(e).__name__} while running: {e}"
+    return one_batch, None
 
 
-def bench_baseline(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: DataBenchConfig, windows: int,
-                   iters: int) -> common.Timing:
+def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: DataBenchConfig, iters: int,
+                    round_: int) -> common.Timing:
+    """One timing window of the conventional loader, started fresh: worker start-up and the prefetch
+    queue's fill are warm-up, so no batch made during another pipeline's window is counted here."""
     from bench.persample import endless, make_loader
     from landslide.augment.torch import AugmentConfig
 
     cuda = device.type == "cuda"
-    loader = make_loader(x_hwc, y, AugmentConfig(), cfg.batch_size, cfg.workers, cfg.seed, pin_memory=cuda,
+    loader = make_loader(x_hwc, y, AugmentConfig(), cfg.batch_size, cfg.workers, cfg.seed + round_, pin_memory=cuda,
                          impl=cfg.per_sample)
     it = endless(loader)
 
@@ -90,8 +91,7 @@ def bench_baseline(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: 
         xb, yb = next(it)  # noqa: F821 - ruff misreads the later `del it`
         return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
-    # Warm-up covers worker start-up and fills the prefetch queue (2 batches per worker by default).
-    t = common.measure(one_batch, warmup=cfg.warmup + 2 * cfg.workers, iters=iters, windows=windows,
+    t = common.measure(one_batch, warmup=cfg.warmup + 2 * cfg.workers, iters=iters, windows=1,
                        items=cfg.batch_size, device=device)
     del it, loader  # stops the worker processes
     return t
@@ -115,30 +115,45 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     x = torch.randn(n, cfg.channels, 64, 64, generator=g)  # standardised patches, as training holds them
     y = (torch.rand(n, generator=g) < 0.176).float()
     x_dev, y_dev = x.to(device), y.to(device)
+    x_hwc, y_np = x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy()
 
+    base_name = "per-sample DataLoader"
     records, rows, bars = [], [], []
-    base = bench_baseline(x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy(), device, cfg, windows, iters)
-    base_tp = common.throughput_stats(base)
-    timings = {"per-sample DataLoader": base}
+    fns, skipped = {}, {}
     for name in backend_names():
-        t, why = bench_backend(name, x_dev, y_dev, cfg, windows, iters)
-        if t is None:
+        fn, why = backend_batches(name, x_dev, y_dev, cfg, windows * iters + cfg.warmup)
+        if fn is None:
             log.warning("backend %s skipped: %s", name, why)
-            records.append(common.record("data", name, env, {**conf, "backend": name}, skipped=why))
-            rows.append({"pipeline": f"{name} (batched, gather+augment)", "samples/s median (min-max)": f"skipped: {why}"})
-            continue
-        timings[name] = t
+            skipped[name] = why
+        else:
+            fns[name] = fn
+    # Round-robin, one window per pipeline per round, the order rotating each round: a shared host's
+    # load changes over a run, and this way each ratio compares windows measured moments apart.
+    seconds: dict[str, list[np.ndarray]] = {base_name: [], **{k: [] for k in fns}}
+    for k, fn in fns.items():
+        common.measure(fn, warmup=cfg.warmup, iters=1, device=device)
+    for r in range(windows):
+        names = list(seconds)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = (baseline_window(x_hwc, y_np, device, cfg, iters, r) if name == base_name
+                 else common.measure(fns[name], warmup=1, iters=iters, device=device))
+            seconds[name].append(t.seconds[0])
+    timings = {k: common.Timing(np.stack(v), cfg.batch_size) for k, v in seconds.items()}
+    base_rate = cfg.batch_size * iters / timings[base_name].seconds.sum(1)  # per round
     for name, t in timings.items():
         tp, lat = common.throughput_stats(t), common.latency_stats(t.flat)
-        ratio = tp["median"] / base_tp["median"]
-        label = f"{name} ({cfg.per_sample})" if t is base else f"{name} (batched, gather+augment)"
-        extra = {"workers": cfg.workers, "impl": f"{cfg.per_sample}, one sample at a time"} if t is base \
+        ratio = float(np.median(cfg.batch_size * iters / t.seconds.sum(1) / base_rate))
+        label = f"{name} ({cfg.per_sample})" if name == base_name else f"{name} (batched, gather+augment)"
+        extra = {"workers": cfg.workers, "impl": f"{cfg.per_sample}, one sample at a time"} if name == base_name \
             else {"backend": name}
         records.append(common.record("data", name, env, {**conf, **extra},
                                      metrics={"samples_per_s": tp, "batch_latency": lat, "ratio_vs_per_sample": ratio}))
         rows.append({"pipeline": label, "samples/s median (min-max)": common.spread(tp),
                      "ms/batch p50": lat["p50_ms"], "ms/batch p95": lat["p95_ms"], "x per-sample": f"{ratio:.1f}x"})
         bars.append((name, tp))
+    for name, why in skipped.items():
+        records.append(common.record("data", name, env, {**conf, "backend": name}, skipped=why))
+        rows.append({"pipeline": f"{name} (batched, gather+augment)", "samples/s median (min-max)": f"skipped: {why}"})
 
     out = common.RESULTS_DIR if not cfg.out_dir else cfg.out_dir
     slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only

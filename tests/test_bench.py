@@ -107,3 +107,26 @@ def test_per_sample_loaders_batch_and_seed(impl):
 def test_unknown_per_sample_baseline_is_a_config_error():
     with pytest.raises(ConfigError, match="opencv"):
         per_sample_fn("opencv", AugmentConfig(), 0)
+
+
+def test_bench_data_and_train_run_end_to_end(tmp_path):
+    """The benchmark scripts on a tiny problem: every pipeline measured (or skipped with a reason),
+    one JSON line each, a table and a plot written. Speed itself is not asserted."""
+    from bench import data as bdata
+    from bench import train as btrain
+
+    recs = bdata.main(bdata.DataBenchConfig(n=128, batch_size=16, windows=2, iters=2, warmup=1, workers=0,
+                                            out_dir=str(tmp_path)))
+    names = [r["name"] for r in recs]
+    assert names[0] == "per-sample DataLoader" and "torch" in names
+    for r in recs:
+        assert ("metrics" in r) != ("skipped" in r)
+    base = next(r for r in recs if r["name"] == "per-sample DataLoader")
+    assert base["metrics"]["ratio_vs_per_sample"] == pytest.approx(1.0)
+    assert base["metrics"]["samples_per_s"]["windows"] == 2
+    recs = btrain.main(btrain.TrainBenchConfig(n=64, batch_size=8, windows=1, steps=1, warmup=1, workers=0,
+                                               baseline_loader=True, data_backend="torch", out_dir=str(tmp_path)))
+    assert len(recs) == 2 and all("metrics" in r for r in recs)
+    lines = [json.loads(s) for s in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert len(lines) == 1 + len(bdata.backend_names()) + 2  # data: baseline + each backend (run or skipped); train: 2
+    assert list(tmp_path.glob("*-data.md")) and list(tmp_path.glob("*-train.md")) and list(tmp_path.glob("*.png"))

@@ -1,8 +1,8 @@
 """Stratified K-fold training: one fold's loop, the K-fold driver, checkpoints, resume, calibration.
 
-Per (fold, architecture) the whole training fold lives on the device, standardised once; each step
-gathers a class-balanced index batch (``sampler.py``), augments it on the device (``augment/``),
-mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a replayed CUDA graph with
+Per (fold, architecture) the whole training fold lives on the device (when it fits: ``fold.py``),
+standardised once; each step gathers a class-balanced index batch (``sampler.py``), augments it on
+the device (``augment/``), mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a replayed CUDA graph with
 ``--cuda-graphs``). Metrics are accumulated on the device so the step never waits for the host; on a
 GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
 the ranks (``--fold-parallel``); either way rank 0 writes one run folder (``distributed.py``).
@@ -36,6 +36,7 @@ from landslide.data import Split, load_split
 from landslide.device import Runtime, resolve_runtime
 from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
+from landslide.fold import make_fold
 from landslide.io import atomic_write, read_json, write_json
 from landslide.losses import focal_loss
 from landslide.model import LandslideModel, LandslideNet, ModelConfig, parse_arch, tta_mean, tta_views
@@ -153,18 +154,13 @@ class FoldTrainer:
         net = build_net(self.mcfg, self.layout, mean, std).to(rt.device)
         if rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        # Standardise the training fold once, on the device; per-step work is then gather + augment.
-        # With AMP on a GPU the fold is stored fp16 (half the memory; 7,147x12x64x64 is ~0.7 GB):
-        # fp16 rather than bf16 because standardised values are small and fp16 keeps 3 more mantissa bits.
+        # Standardise the training fold once and keep it where the steps read it (``fold.py``: the device
+        # when it fits); per-step work is then gather + augment. With AMP on a GPU the fold is stored
+        # fp16 (half the memory; 7,147x12x64x64 is ~0.7 GB): fp16 rather than bf16 because standardised
+        # values are small and fp16 keeps 3 more mantissa bits.
         store = torch.float16 if rt.device.type == "cuda" and rt.amp_dtype is not None else torch.float32
-        with torch.no_grad():
-            xtr, ctr = [], []
-            for s in range(0, len(self.tr_idx), 1024):
-                z, c = net.normalize(x_all[self.tr_idx[s:s + 1024]].to(rt.device))
-                xtr.append(z.to(store))
-                ctr.append(c)
-            xtr, ctr = torch.cat(xtr), torch.cat(ctr)
-        ytr = y_all[self.tr_idx].to(rt.device)
+        train_fold = make_fold(net.normalize, x_all[self.tr_idx], y_all[self.tr_idx], rt.device, store, cfg.fold_on,
+                               cfg.batch_size)
         x_val = x_all[self.va_idx]
         y_val = self.split.labels[self.va_idx]
 
@@ -172,7 +168,9 @@ class FoldTrainer:
         lr_mult = lr_multiplier(env.world_size if env.ddp else 1, cfg.lr_scale)
         opt = make_optimizer(model, cfg.lr * lr_mult, cfg.weight_decay, rt, cfg.cuda_graphs)
         gen = torch.Generator(device=rt.device)
-        sampler = BalancedSampler(ytr, cfg.batch_size, cfg.pos_fraction, generator=gen)
+        # Indices are drawn where the fold lives: on the device, or on the host for a host-resident fold.
+        idx_gen = gen if train_fold.labels.device == rt.device else torch.Generator()
+        sampler = BalancedSampler(train_fold.labels, cfg.batch_size, cfg.pos_fraction, generator=idx_gen)
         steps = sampler.steps_per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, sampler.steps_per_epoch)
         steps = -(-steps // env.world_size) if env.ddp else steps  # each rank takes its share of the batches
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs), eta_min=cfg.min_lr * lr_mult)
@@ -205,6 +203,7 @@ class FoldTrainer:
             es = epoch_seed(cfg.seed, self.fold, self.arch_i, epoch)
             es = (es + 1_000_003 * env.rank) % (2**31 - 1) if env.ddp else es  # ranks draw different batches
             gen.manual_seed(es)
+            idx_gen.manual_seed(es)
             torch.manual_seed(es)  # dropout
             mixer.reseed(es)
             model.train()
@@ -215,9 +214,8 @@ class FoldTrainer:
                        leave=False, disable=None)
             compile_s = 0.0
             for s in bar:
-                b = idx[s]
-                xb = augment(xtr[b], gen)
-                xb, yb, cb = mixer(xb, ytr[b], ctr[b], gen)
+                xb, yb, cb = train_fold.batch(idx[s])
+                xb, yb, cb = mixer(augment(xb, gen), yb, cb, gen)
                 if rt.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 first = epoch == start_epoch and s == 0 and (rt.compile or cfg.cuda_graphs)
@@ -321,7 +319,8 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
                           fix="pass --resume to continue it, or --out a new folder")
     if cfg.resume and cfg_path.exists():
         old = read_json(cfg_path)["config"]
-        keep = ("resume", "device", "precision", "compile", "compile_mode", "data_backend", "cache_dir", "eval_batch_size")
+        keep = ("resume", "device", "precision", "compile", "compile_mode", "data_backend", "cache_dir", "eval_batch_size",
+                "fold_on")
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if k not in keep and old.get(k) != v}
         if diff:
             raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,

@@ -48,6 +48,9 @@ class TrainConfig(RuntimeFields):
     seed: int = field(42, "seed for folds, sampling, augmentation and init")
     deterministic: bool = field(False, "deterministic algorithms (CPU runs are then bit-reproducible)")
     cuda_graphs: bool = field(False, "capture the training step as a CUDA graph and replay it (GPU, bf16/fp32)")
+    fold_on: str = field("auto", "where the training fold lives: auto (the device when it fits in half its free "
+                         "memory) | device | host (pinned; batches gathered on the host, copied per step)",
+                         choices=("auto", "device", "host"))
     fold_parallel: bool = field(False, "under torchrun: spread folds across ranks instead of DDP within each fold")
     data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",
                               choices=("auto", "torch", "dali"))

@@ -76,7 +76,7 @@ def test_cuda_graphs_refused_on_cpu():
 
 
 @pytest.mark.slow
-def test_train_with_dali_backend_on_cpu(tmp_path):
+def test_train_with_dali_backend_and_a_host_resident_fold_on_cpu(tmp_path):
     from landslide.synth import SynthConfig, write_dataset
 
     pytest.importorskip("nvidia.dali", reason="nvidia-dali not installed")
@@ -84,7 +84,8 @@ def test_train_with_dali_backend_on_cpu(tmp_path):
     run = tmp_path / "run"
     cfg = make_config(TrainConfig, {"data": str(data), "out": str(run), "archs": ["test_efficientnet"],
                                     "folds": 2, "epochs": 1, "max_steps": 2, "batch_size": 8, "eval_batch_size": 32,
-                                    "data_backend": "dali", "device": "cpu", "cache_dir": str(tmp_path / "cache")})
+                                    "data_backend": "dali", "device": "cpu", "cache_dir": str(tmp_path / "cache"),
+                                    "fold_on": "host"})
     cal = main(cfg)  # the backend's parity with torch is tested in test_dali.py; here: it trains end to end
     assert json.loads((run / "config.json").read_text())["data_backend"] == "dali"
     assert 0 < cal["threshold"] < 1 and (run / "oof.csv").is_file()
@@ -159,7 +160,7 @@ def test_cuda_graph_step_matches_eager():
 @pytest.mark.gpu
 @GPU
 @pytest.mark.parametrize("extra", [["--data-backend", "dali"], ["--cuda-graphs", "--data-backend", "torch"],
-                                   ["--precision", "fp16", "--compile", "on"]])
+                                   ["--precision", "fp16", "--compile", "on"], ["--fold-on", "host"]])
 def test_gpu_training_end_to_end(tmp_path, extra):
     from landslide.synth import SynthConfig, write_dataset
 

@@ -1,0 +1,106 @@
+"""Where a training fold lives while it trains: on the device when it fits, else in pinned host memory.
+
+The fold is standardised once (``LandslideNet.normalize``) and stored; each step gathers an index
+batch from it. On the device (``--fold-on auto`` whenever the fold takes at most half the device's
+free memory) a step is a device gather with no host work at all. When it does not fit, or with
+``--fold-on host``, the fold stays in pinned host memory: a step gathers on the host into one of two
+pinned buffers and copies it to the device asynchronously. A buffer is refilled two steps later,
+after waiting on its copy's event (long finished by then): the one host wait this mode adds.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from landslide.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PLACEMENTS = ("auto", "device", "host")
+FIT_FRACTION = 0.5  # of the free device memory; the rest is for weights, activations and optimizer state
+
+
+def choose_placement(requested: str, device: torch.device, need_bytes: int, free_bytes: int | None) -> str:
+    """``device`` or ``host`` for a fold of ``need_bytes``; ``free_bytes`` None = unknown (a CPU)."""
+    if requested not in PLACEMENTS:
+        raise ConfigError(f"--fold-on {requested!r} unknown", fix=f"use one of {PLACEMENTS}")
+    if requested == "host" or device.type == "cpu":  # on a CPU both are the same memory
+        return requested if requested != "auto" else "device"
+    fits = free_bytes is None or need_bytes <= FIT_FRACTION * free_bytes
+    if requested == "device" and not fits:
+        raise ConfigError(f"the training fold needs {need_bytes / 2**30:.2f} GiB on {device}, and only "
+                          f"{free_bytes / 2**30:.2f} GiB is free (at most {FIT_FRACTION:.0%} of it is used for data)",
+                          fix="use --fold-on host (pinned host memory, batches copied per step) or --fold-on auto")
+    return "device" if fits else "host"
+
+
+def free_memory(device: torch.device) -> int | None:
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+def standardise(normalize, x_rows: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                placement: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``normalize`` each 1,024-row chunk on ``device``; keep the result there or bring it back to the host."""
+    xs, cs = [], []
+    with torch.no_grad():
+        for s in range(0, len(x_rows), 1024):
+            z, c = normalize(x_rows[s:s + 1024].to(device))
+            xs.append(z.to(dtype) if placement == "device" else z.to(dtype).cpu())
+            cs.append(c)
+    return torch.cat(xs), torch.cat(cs)
+
+
+class DeviceFold:
+    """The fold on the training device; ``batch(idx)`` is a device gather (``idx`` on the device)."""
+
+    def __init__(self, x: torch.Tensor, cloud: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.cloud, self.y = x, cloud, y.to(x.device)
+        self.labels = self.y  # what the sampler draws from: indices then live where the data does
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx], self.cloud[idx]
+
+
+class HostFold:
+    """The fold in (pinned) host memory; ``batch(idx)`` gathers on the host (``idx`` on the CPU), copies async."""
+
+    def __init__(self, x: torch.Tensor, cloud: torch.Tensor, y: torch.Tensor, device: torch.device,
+                 batch_size: int) -> None:
+        self.device = device
+        self.pin = device.type == "cuda"
+        self.x = x.pin_memory() if self.pin else x
+        self.cloud, self.y = cloud.to(device), y.to(device)
+        self.labels = y.cpu()
+        self.bufs = [torch.empty((batch_size, *x.shape[1:]), dtype=x.dtype, pin_memory=self.pin) for _ in range(2)]
+        self.events: list[torch.cuda.Event | None] = [None, None]
+        self.k = 0
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, self.k = self.k, self.k ^ 1
+        if self.events[k] is not None:
+            self.events[k].synchronize()  # its copy, queued two steps ago, has finished reading the buffer
+        buf = self.bufs[k][:len(idx)]
+        torch.index_select(self.x, 0, idx, out=buf)
+        if not self.pin:
+            xb = buf.clone()  # the caller may keep it past the next refill
+        else:
+            xb = buf.to(self.device, non_blocking=True)
+            self.events[k] = torch.cuda.Event()
+            self.events[k].record()
+        idx_dev = idx.to(self.device, non_blocking=True)
+        return xb, self.y[idx_dev], self.cloud[idx_dev]
+
+
+def make_fold(normalize, x_rows: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype,
+              requested: str, batch_size: int) -> DeviceFold | HostFold:
+    """Standardise ``x_rows`` and place it (logged once per fold)."""
+    need = x_rows[:1].numel() * len(x_rows) * torch.empty((), dtype=dtype).element_size()
+    placement = choose_placement(requested, device, need, free_memory(device))
+    if device.type == "cuda":
+        log.info("training fold: %.2f GiB %s on the %s", need / 2**30, str(dtype).removeprefix("torch."),
+                 "device" if placement == "device" else "host (pinned; batches copied per step)")
+    x, cloud = standardise(normalize, x_rows, device, dtype, placement)
+    if placement == "device":
+        return DeviceFold(x, cloud, y)
+    return HostFold(x, cloud, y, device, batch_size)

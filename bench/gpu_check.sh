@@ -38,12 +38,16 @@ echo "|---|---|---|" >>"$STEPS"
 step pytest-gpu 120 bash -c "$PY -m pytest -m gpu -q -rs -p no:cacheprovider >'$OUT/pytest.txt' 2>&1"
 # auto picks DALI on a GPU when nvidia-dali imports; use it only where the package has its backend too.
 DB=torch; $PY -c "import nvidia.dali, landslide.augment.dali" >/dev/null 2>&1 && DB=auto
-step bench.data 60 $PY -m bench.data --device cuda --windows 5 --iters 20 --n 8192 --out-dir "$TMP"
+# The conventional baseline is the seed's albumentations chain; where the image lacks albumentations,
+# its NumPy twin stands in, and the tables name which one ran.
+PS=numpy; $PY -c "import albumentations" >/dev/null 2>&1 && PS=albumentations
+echo "data backend: $DB; per-sample baseline: $PS" >>"$LOG"
+step bench.data 60 $PY -m bench.data --device cuda --windows 5 --iters 20 --n 8192 --per-sample "$PS" --out-dir "$TMP"
 # Issue 3's target model: tf_efficientnetv2_l at 224 px, the device pipeline (compile, bf16,
 # channels-last) vs the conventional one (DataLoader, the seed's per-sample albumentations chain,
 # eager fp32) in one run: the >= 1.3x images/s target, and data time under 2 % of the step.
 step bench.train-v2l 170 $PY -m bench.train --device cuda --model tf_efficientnetv2_l --img-size 224 --batch-size 16 \
-  --windows 3 --steps 10 --data-backend "$DB" --baseline-loader --baseline-precision fp32 --baseline-compile off \
+  --windows 3 --steps 10 --data-backend "$DB" --baseline-loader --per-sample "$PS" --baseline-precision fp32 --baseline-compile off \
   --baseline-channels-last off --out-dir "$TMP"
 # The real ensemble shape (2 archs x 5 folds x 4 views), random weights: speed does not depend on them.
 step bench.infer 200 $PY -m bench.infer --device cuda --precision bf16 \

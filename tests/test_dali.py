@@ -23,9 +23,10 @@ def _params(b: int, *, hflip=False, vflip=False, k=0, angle=0.0, scale=1.0, dx=0
     return AugmentParams(theta, h, z + noise, z + blur)
 
 
-@pytest.fixture(scope="module")
-def dali_cpu() -> DaliAugment:
-    return DaliAugment(AugmentConfig(), torch.device("cpu"), batch_size=B, seed=0)
+@pytest.fixture(scope="module", params=[False, True], ids=["simple-executor", "dynamic-executor"])
+def dali_cpu(request) -> DaliAugment:
+    """Both DALI executors: the simple one the CPU uses, the dynamic one a GPU uses (feed, run, per step)."""
+    return DaliAugment(AugmentConfig(), torch.device("cpu"), batch_size=B, seed=0, dynamic=request.param)
 
 
 def test_matrix_conversion_identity_and_flip():

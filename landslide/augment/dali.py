@@ -68,15 +68,21 @@ def _import_dali():
     return dali, fn, types
 
 
-def build_pipeline(batch_size: int, device_id: int | None, num_threads: int = 2, seed: int = 0):
-    """The DALI pipeline: external inputs x/noise ``(H, W, C)``, per-sample matrix/sigma/anchor/shape."""
+def build_pipeline(batch_size: int, device_id: int | None, num_threads: int = 2, seed: int = 0,
+                   dynamic: bool | None = None):
+    """The DALI pipeline: external inputs x/noise ``(H, W, C)``, per-sample matrix/sigma/anchor/shape.
+
+    One feed, one run per training step, queue depth 1: the batch is already in memory, so there is
+    nothing to prefetch. ``dynamic`` (default: on a GPU) picks DALI 2's dynamic executor, its default
+    and the one whose ``run(cuda_stream)`` hands outputs over in stream order; on the CPU the simple
+    synchronous executor is ~20 % faster per batch here. Both are tested on the CPU.
+    """
     dali, fn, types = _import_dali()
     dev = "cpu" if device_id is None else "gpu"
+    dynamic = device_id is not None if dynamic is None else dynamic
 
-    # Run synchronously: one feed, one run, per training step (the batch is already in memory,
-    # so there is nothing to prefetch and pipelining would only need batches fed ahead).
     @dali.pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                       prefetch_queue_depth=1, exec_pipelined=False, exec_async=False)
+                       prefetch_queue_depth=1, exec_pipelined=dynamic, exec_async=dynamic, exec_dynamic=dynamic)
     def pipe():
         x = fn.external_source(name="x", device=dev, layout="HWC", dtype=types.FLOAT)
         noise = fn.external_source(name="noise", device=dev, layout="HWC", dtype=types.FLOAT)
@@ -97,7 +103,8 @@ def build_pipeline(batch_size: int, device_id: int | None, num_threads: int = 2,
 class DaliAugment:
     """``aug(x (B, C, H, W), generator) -> x``: the torch backend's augmentations run by DALI."""
 
-    def __init__(self, cfg: AugmentConfig, device: torch.device | str, batch_size: int, seed: int) -> None:
+    def __init__(self, cfg: AugmentConfig, device: torch.device | str, batch_size: int, seed: int,
+                 dynamic: bool | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -108,7 +115,7 @@ class DaliAugment:
             device_id = None  # DALI's CPU-only mode: same operators, no GPU needed
         else:
             raise ConfigError(f"the dali backend cannot run on {self.device}", fix="use --data-backend torch")
-        self.pipe = build_pipeline(batch_size, device_id, seed=seed)
+        self.pipe = build_pipeline(batch_size, device_id, seed=seed, dynamic=dynamic)
         self._host_gen = torch.Generator()
 
     def params(self, b: int, h: int, w: int, g: torch.Generator | None) -> AugmentParams:

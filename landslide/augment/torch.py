@@ -46,8 +46,9 @@ class AugmentParams:
     blur_sigma: torch.Tensor # (B,) 0 = off
 
 
-def _rand(b: int, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return torch.rand(b, generator=g, device=device)
+# The per-sample uniforms ``TorchAugment.sample`` draws, one column each; the hole boxes follow them.
+_COLUMNS = ("hflip", "vflip", "rot90", "quarters", "ssr", "angle", "scale", "dx", "dy", "dropout", "holes",
+            "noise", "noise_std", "blur", "blur_sigma")
 
 
 def geometric_theta(hflip: torch.Tensor, vflip: torch.Tensor, rot_k: torch.Tensor, angle_deg: torch.Tensor,
@@ -79,28 +80,32 @@ class TorchAugment:
         self.cfg = cfg
 
     def sample(self, b: int, h: int, w: int, g: torch.Generator | None, device: torch.device) -> AugmentParams:
+        """Every random number of the batch comes from one ``rand`` call: on a GPU each draw is a kernel
+        launch, and this runs every step."""
         cfg = self.cfg
-        r = lambda: _rand(b, g, device)  # noqa: E731
-        hflip = r() < cfg.p_hflip
-        vflip = r() < cfg.p_vflip
-        rot_k = torch.where(r() < cfg.p_rot90, torch.randint(1, 4, (b,), generator=g, device=device), 0)
-        ssr = r() < cfg.p_ssr
-        angle = torch.where(ssr, (r() * 2 - 1) * cfg.rotate, 0.0)
-        scale = torch.where(ssr, 1 + (r() * 2 - 1) * cfg.scale, 1.0)
-        dx = torch.where(ssr, (r() * 2 - 1) * cfg.shift, 0.0)
-        dy = torch.where(ssr, (r() * 2 - 1) * cfg.shift, 0.0)
-        theta = geometric_theta(hflip, vflip, rot_k, angle, scale, dx, dy)
         k = max(cfg.holes, 1)
-        on = (r() < cfg.p_dropout).unsqueeze(1) & (torch.arange(k, device=device) <
-                                                    torch.randint(1, k + 1, (b, 1), generator=g, device=device))
-        size = torch.randint(1, cfg.hole_size + 1, (b, k, 2), generator=g, device=device)
-        y0 = (torch.rand(b, k, generator=g, device=device) * h).long()
-        x0 = (torch.rand(b, k, generator=g, device=device) * w).long()
+        u = torch.rand(b, len(_COLUMNS) + 4 * k, generator=g, device=device)
+        c = dict(zip(_COLUMNS, u.unbind(1), strict=False))
+        sym = lambda name, r: (c[name] * 2 - 1) * r  # noqa: E731 - uniform on [-r, r]
+        hflip = c["hflip"] < cfg.p_hflip
+        vflip = c["vflip"] < cfg.p_vflip
+        rot_k = torch.where(c["rot90"] < cfg.p_rot90, (c["quarters"] * 3).long() + 1, 0)  # 1-3 quarter turns
+        ssr = c["ssr"] < cfg.p_ssr
+        angle = torch.where(ssr, sym("angle", cfg.rotate), 0.0)
+        scale = torch.where(ssr, 1 + sym("scale", cfg.scale), 1.0)
+        dx = torch.where(ssr, sym("dx", cfg.shift), 0.0)
+        dy = torch.where(ssr, sym("dy", cfg.shift), 0.0)
+        theta = geometric_theta(hflip, vflip, rot_k, angle, scale, dx, dy)
+        n_holes = (c["holes"] * k).long().unsqueeze(1) + 1  # 1..k
+        on = (c["dropout"] < cfg.p_dropout).unsqueeze(1) & (torch.arange(k, device=device) < n_holes)
+        box = u[:, len(_COLUMNS):].view(b, k, 4)
+        size = (box[..., :2] * cfg.hole_size).long() + 1  # 1..hole_size a side
+        y0, x0 = (box[..., 2] * h).long(), (box[..., 3] * w).long()
         y1 = torch.where(on, (y0 + size[..., 0]).clamp(max=h), y0)
         x1 = torch.where(on, (x0 + size[..., 1]).clamp(max=w), x0)
         holes = torch.stack([y0, x0, y1, x1], 2)
-        noise = torch.where(r() < cfg.p_noise, r() * cfg.noise_std, 0.0)
-        blur = torch.where(r() < cfg.p_blur, 0.1 + r() * (cfg.blur_sigma - 0.1), 0.0)
+        noise = torch.where(c["noise"] < cfg.p_noise, c["noise_std"] * cfg.noise_std, 0.0)
+        blur = torch.where(c["blur"] < cfg.p_blur, 0.1 + c["blur_sigma"] * (cfg.blur_sigma - 0.1), 0.0)
         return AugmentParams(theta, holes, noise, blur)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:

@@ -2,9 +2,14 @@
 
 Parameters are drawn per sample in one shot (:meth:`TorchAugment.sample`) and applied in one shot
 (:func:`apply`), so the DALI backend and the tests can apply the very same parameters. All geometric
-ops (h/v flip, rot90, shift-scale-rotate) compose into one 2x3 affine matrix per sample and a single
-``grid_sample``; pure flips and rot90 land on pixel centres, so they reproduce the input up to float
-rounding of the sampling coordinates (~1e-5), with no interpolation blur.
+ops (h/v flip, rot90, shift-scale-rotate) compose into one 2x3 affine matrix per sample. Two ways to
+apply them, same result (tested):
+
+* :func:`apply_batched` (GPU): every op on the whole batch, one ``grid_sample``, nothing that needs
+  the host to look at values, so a step never waits; pure flips/rot90 land on pixel centres.
+* :func:`apply_host` (CPU): the host sees the parameters for free, so each op runs only on the samples
+  that drew it, and flip/rot90-only samples are an exact pixel permutation instead of a warp.
+
 Borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value).
 """
 from __future__ import annotations

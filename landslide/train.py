@@ -2,8 +2,8 @@
 
 Per (fold, architecture) the whole training fold lives on the device (when it fits: ``fold.py``),
 standardised once; each step gathers a class-balanced index batch (``sampler.py``), augments it on
-the device (``augment/``), mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a replayed CUDA graph with
-``--cuda-graphs``). Metrics are accumulated on the device so the step never waits for the host; on a
+the device (``augment/``), mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a
+replayed CUDA graph with ``--cuda-graphs``). Metrics are accumulated on the device so the step never waits for the host; on a
 GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
 the ranks (``--fold-parallel``); either way rank 0 writes one run folder (``distributed.py``).
 
@@ -169,11 +169,12 @@ class FoldTrainer:
         opt = make_optimizer(model, cfg.lr * lr_mult, cfg.weight_decay, rt, cfg.cuda_graphs)
         gen = torch.Generator(device=rt.device)
         # Indices are drawn where the fold lives: on the device, or on the host for a host-resident fold.
-        idx_gen = gen if train_fold.labels.device == rt.device else torch.Generator()
+        idx_gen = gen if train_fold.labels.device.type == rt.device.type else torch.Generator()
         sampler = BalancedSampler(train_fold.labels, cfg.batch_size, cfg.pos_fraction, generator=idx_gen)
         steps = sampler.steps_per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, sampler.steps_per_epoch)
         steps = -(-steps // env.world_size) if env.ddp else steps  # each rank takes its share of the batches
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs), eta_min=cfg.min_lr * lr_mult)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs),
+                                                           eta_min=cfg.min_lr * lr_mult)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         mixer = Mixer(MixConfig(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob), seed=0)

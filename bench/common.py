@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landslide.device import sync  # the scripts time with common.sync too
 from landslide.io import atomic_write
 from landslide.plots import _plt, _save  # Agg backend, atomic PNG writes: the run folders' plots do the same
 
@@ -33,12 +34,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 # ---------------------------------------------------------------------------------------------- timing
-
-def sync(device: torch.device | str | None) -> None:
-    """Wait for queued device work, so a clock read after it measures the work (no-op on the CPU)."""
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 @dataclass
 class Timing:

@@ -37,6 +37,12 @@ class Runtime:
                 f"channels_last={'on' if self.channels_last else 'off'} compile={'on' if self.compile else 'off'}")
 
 
+def sync(device: torch.device | str | None) -> None:
+    """Wait for the device's queued work, so a clock read after it measures that work (no-op on the CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

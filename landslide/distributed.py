@@ -46,6 +46,11 @@ class DistEnv:
         """Gradients are all-reduced across ranks inside each fold."""
         return self.enabled and not self.fold_parallel
 
+    @property
+    def replicas(self) -> int:
+        """Copies of one fold's model training together: the world size under DDP, else 1."""
+        return self.world_size if self.ddp else 1
+
     def describe(self) -> str:
         if not self.enabled:
             return "single process"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from landslide.errors import ConfigError
@@ -39,13 +40,14 @@ def free_memory(device: torch.device) -> int | None:
     return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
 
 
-def standardise(normalize, x_rows: torch.Tensor, device: torch.device, dtype: torch.dtype,
+def standardise(normalize, x: torch.Tensor, rows: np.ndarray, device: torch.device, dtype: torch.dtype,
                 placement: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``normalize`` each 1,024-row chunk on ``device``; keep the result there or bring it back to the host."""
+    """``normalize`` ``x[rows]`` in 1,024-row chunks on ``device`` (no host copy of the whole fold first);
+    keep the result there or bring it back to the host."""
     xs, cs = [], []
     with torch.no_grad():
-        for s in range(0, len(x_rows), 1024):
-            z, c = normalize(x_rows[s:s + 1024].to(device))
+        for s in range(0, len(rows), 1024):
+            z, c = normalize(x[rows[s:s + 1024]].to(device))
             xs.append(z.to(dtype) if placement == "device" else z.to(dtype).cpu())
             cs.append(c)
     return torch.cat(xs), torch.cat(cs)
@@ -92,15 +94,17 @@ class HostFold:
         return xb, self.y[idx_dev], self.cloud[idx_dev]
 
 
-def make_fold(normalize, x_rows: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype,
-              requested: str, batch_size: int) -> DeviceFold | HostFold:
-    """Standardise ``x_rows`` and place it (logged once per fold)."""
-    need = x_rows[:1].numel() * len(x_rows) * torch.empty((), dtype=dtype).element_size()
+def make_fold(normalize, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype,
+              requested: str, batch_size: int, rows: np.ndarray | None = None) -> DeviceFold | HostFold:
+    """Standardise the fold ``x[rows]`` (labels ``y[rows]``; default: all rows) and place it (logged once)."""
+    rows = np.arange(len(x)) if rows is None else rows
+    y = y[rows]
+    need = x[:1].numel() * len(rows) * torch.empty((), dtype=dtype).element_size()
     placement = choose_placement(requested, device, need, free_memory(device))
     if device.type == "cuda":
         log.info("training fold: %.2f GiB %s on the %s", need / 2**30, str(dtype).removeprefix("torch."),
                  "device" if placement == "device" else "host (pinned; batches copied per step)")
-    x, cloud = standardise(normalize, x_rows, device, dtype, placement)
+    x, cloud = standardise(normalize, x, rows, device, dtype, placement)
     if placement == "device":
         return DeviceFold(x, cloud, y)
     return HostFold(x, cloud, y, device, batch_size)

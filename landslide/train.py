@@ -3,8 +3,8 @@
 Per (fold, architecture) the whole training fold lives on the device (when it fits: ``fold.py``),
 standardised once; each step gathers a class-balanced index batch (``sampler.py``), augments it on
 the device (``augment/``), mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a
-replayed CUDA graph with ``--cuda-graphs``). Metrics are accumulated on the device so the step never waits for the host; on a
-GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
+replayed CUDA graph with ``--cuda-graphs``). Metrics are accumulated on the device so the step never
+waits for the host; on a GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
 the ranks (``--fold-parallel``); either way rank 0 writes one run folder (``distributed.py``).
 
 After every epoch the fold's state is written atomically (``fold<k>/<arch>.state.pt``): killed at
@@ -33,7 +33,7 @@ from landslide.bands import BandLayout
 from landslide.calibrate import best_threshold, calibrate
 from landslide.contract import CHECKPOINT_FORMAT, data_contract, versions
 from landslide.data import Split, load_split
-from landslide.device import Runtime, resolve_runtime
+from landslide.device import Runtime, resolve_runtime, sync
 from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
 from landslide.fold import make_fold
@@ -159,13 +159,13 @@ class FoldTrainer:
         # fp16 (half the memory; 7,147x12x64x64 is ~0.7 GB): fp16 rather than bf16 because standardised
         # values are small and fp16 keeps 3 more mantissa bits.
         store = torch.float16 if rt.device.type == "cuda" and rt.amp_dtype is not None else torch.float32
-        train_fold = make_fold(net.normalize, x_all[self.tr_idx], y_all[self.tr_idx], rt.device, store, cfg.fold_on,
-                               cfg.batch_size)
+        train_fold = make_fold(net.normalize, x_all, y_all, rt.device, store, cfg.fold_on, cfg.batch_size,
+                               rows=self.tr_idx)
         x_val = x_all[self.va_idx]
         y_val = self.split.labels[self.va_idx]
 
         model = net.model
-        lr_mult = lr_multiplier(env.world_size if env.ddp else 1, cfg.lr_scale)
+        lr_mult = lr_multiplier(env.replicas, cfg.lr_scale)
         opt = make_optimizer(model, cfg.lr * lr_mult, cfg.weight_decay, rt, cfg.cuda_graphs)
         gen = torch.Generator(device=rt.device)
         # Indices are drawn where the fold lives: on the device, or on the host for a host-resident fold.
@@ -221,11 +221,11 @@ class FoldTrainer:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 first = epoch == start_epoch and s == 0 and (rt.compile or cfg.cuda_graphs)
                 if first:
-                    _sync(rt)
+                    sync(rt.device)
                     ts = time.perf_counter()
                 loss_sum += train_step(xb, yb, cb)
                 if first:  # compile / graph capture timed apart and kept out of samples/s
-                    _sync(rt)
+                    sync(rt.device)
                     compile_s = time.perf_counter() - ts
                     log.info("compile/capture + first step: %.1f s", compile_s)
             loss_sum = dist_.all_mean(env, loss_sum)
@@ -240,7 +240,7 @@ class FoldTrainer:
             row = {"fold": self.fold, "arch": self.arch, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                    "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6), "val_f1": round(f1, 6),
                    "val_thr": round(thr, 6), "epoch_s": round(dt, 3),
-                   "samples_per_s": round(steps * cfg.batch_size * (env.world_size if env.ddp else 1) / train_s, 1)}
+                   "samples_per_s": round(steps * cfg.batch_size * env.replicas / train_s, 1)}
             rows.append(row)
             improved = (f1, -val_loss) > best
             log.info("fold %d %s epoch %d/%d: loss %.4f val_loss %.4f val_f1 %.4f%s (%.1fs, %.0f samples/s)",
@@ -286,11 +286,6 @@ class FoldTrainer:
               "best_epoch": best_epoch, "bad": bad, "rows": rows, "done": oof is not None, "oof": oof}
         with atomic_write(self.state_path, "wb") as f:
             torch.save(st, f)
-
-
-def _sync(rt: Runtime) -> None:
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -344,9 +339,8 @@ def _start_run(cfg: TrainConfig, rt: Runtime, backend: str, env: DistEnv, split:
                                      "distributed": {"world_size": env.world_size,
                                                      "mode": "fold-parallel" if env.fold_parallel else
                                                      ("ddp" if env.enabled else "single"),
-                                                     "global_batch": cfg.batch_size * (env.world_size if env.ddp else 1),
-                                                     "lr": cfg.lr * lr_multiplier(env.world_size if env.ddp else 1,
-                                                                                  cfg.lr_scale)}})
+                                                     "global_batch": cfg.batch_size * env.replicas,
+                                                     "lr": cfg.lr * lr_multiplier(env.replicas, cfg.lr_scale)}})
     write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
     with atomic_write(run / "folds.csv") as f:
         w = csv.writer(f)
@@ -383,8 +377,8 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     log.info("train: %s data_backend=%s cuda_graphs=%s %s archs=%s folds=%d", rt.describe(), backend,
              "on" if cfg.cuda_graphs else "off", env.describe(), ",".join(cfg.archs), cfg.folds)
     if env.ddp and env.is_main:
-        log.info("DDP: global batch %d (%d per rank), lr %.3g -> %.3g (--lr-scale %s)", cfg.batch_size * env.world_size,
-                 cfg.batch_size, cfg.lr, cfg.lr * lr_multiplier(env.world_size, cfg.lr_scale), cfg.lr_scale)
+        log.info("DDP: global batch %d (%d per rank), lr %.3g -> %.3g (--lr-scale %s)", cfg.batch_size * env.replicas,
+                 cfg.batch_size, cfg.lr, cfg.lr * lr_multiplier(env.replicas, cfg.lr_scale), cfg.lr_scale)
     # Rank 0 fills the preprocessed cache first, so the other ranks read it instead of racing to write it.
     split = dist_.run_on_main_first(env, load_split, cfg.data, "train", cache_dir=cfg.cache_dir or None)
     labels = split.labels

@@ -45,6 +45,8 @@ def test_every_artefact_has_a_checked_sidecar(exported):
         assert side["archs"] == ["test_efficientnet@80"] and side["folds"] == [0, 1]
         assert len(side["source_hash"]) == 16 and "onnxruntime" in side["versions"]
     assert read_sidecar(run / "export" / "fused_fp16.onnx")["precision"] == "fp16"
+    fold1 = read_sidecar(run / "export" / "fold1_test_efficientnet_80.onnx")
+    assert (fold1["fold"], fold1["arch"]) == (1, "test_efficientnet@80")  # the real arch name, not the file stem
 
 
 def test_per_fold_onnx_round_trip(exported, reference):

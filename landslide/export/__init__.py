@@ -84,10 +84,9 @@ def main(cfg) -> dict:
     ref = ox.torch_run(fused, x)
     made: dict[str, str] = {}
     if cfg.folds_onnx:
-        for p in ox.export_folds(fused, info, x, out):
-            arch_k = p.stem.split("_", 1)
+        for k, arch, p in ox.export_folds(fused, info, x, out):
             write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=sha,
-                          extra={"fold": int(arch_k[0][4:]), "arch": arch_k[1],
+                          extra={"fold": k, "arch": arch,
                                  "input": {"name": ox.INPUT, "shape": ["batch", info.layout.n_channels, 64, 64],
                                            "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
                                  "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})

@@ -125,8 +125,8 @@ def require(p: Parity, path: Path) -> None:
                                     "Check the exporter/opset (see landslide/export/onnx.py) and re-export")
 
 
-def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path) -> list[Path]:
-    """One ONNX per (fold, arch): ``fold<k>_<arch>.onnx``, each verified on its logits."""
+def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path) -> list[tuple[int, str, Path]]:
+    """One ONNX per (fold, arch): ``fold<k>_<arch>.onnx``, each verified on its logits; (fold, arch, path)."""
     paths = []
     xp = fused.preprocess(torch.from_numpy(x)).contiguous()
     for arch, row in zip(info.archs, fused.archs):
@@ -138,7 +138,7 @@ def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path) 
             # Logits are unbounded, so the tolerance is relative to their scale.
             tol = FP32_TOL * max(1.0, float(np.abs(ref).max()))
             require(compare(path.name, got, ref, 0.0, tol), path)
-            paths.append(path)
+            paths.append((k, arch, path))
     return paths
 
 

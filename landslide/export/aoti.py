@@ -17,12 +17,10 @@ import torch
 
 from landslide.contract import stable_hash
 from landslide.ensemble import FusedEnsemble, RunInfo
-from landslide.export.onnx import compare, require
+from landslide.export.onnx import FP32_TOL, compare, require, torch_run
 from landslide.export.sidecar import read_sidecar, write_sidecar
 
 log = logging.getLogger(__name__)
-
-FP32_TOL = 1e-5
 
 
 def device_name(device: torch.device) -> str:
@@ -31,12 +29,6 @@ def device_name(device: torch.device) -> str:
 
 def package_key(run_sha: str, device: torch.device, profile: tuple[int, int, int]) -> dict:
     return {"run": run_sha, "torch": torch.__version__, "device": device_name(device), "profile": list(profile)}
-
-
-@torch.inference_mode()
-def run_package(fn, x: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    return np.concatenate([fn(torch.from_numpy(x[s:s + batch_size]).to(device)).float().cpu().numpy()
-                           for s in range(0, len(x), batch_size)])
 
 
 def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir: Path,
@@ -49,7 +41,7 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
         read_sidecar(path, kind="aoti")
         log.info("aoti: reusing %s (same run, torch, device and profile; --rebuild to force)", path)
         fn = torch._inductor.aoti_load_package(str(path))
-        require(compare(path.name, run_package(fn, x, device, profile[2]), ref, info.threshold, FP32_TOL), path)
+        require(compare(path.name, torch_run(fn, x, profile[2], device), ref, info.threshold, FP32_TOL), path)
         return path
     module = fused.to(device).eval()
     lo, hi = profile[0], profile[2]
@@ -66,7 +58,7 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
         dt = time.perf_counter() - t0
         log.info("aoti: compiled %s on %s in %.1f s", path.name, device_name(device), dt)
         fn = torch._inductor.aoti_load_package(built)
-        require(compare(path.name, run_package(fn, x, device, hi), ref, info.threshold, FP32_TOL), path)
+        require(compare(path.name, torch_run(fn, x, hi, device), ref, info.threshold, FP32_TOL), path)
         Path(built).replace(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

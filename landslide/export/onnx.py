@@ -84,8 +84,9 @@ def ort_run(path: Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 
 @torch.inference_mode()
-def torch_run(module: nn.Module, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([module(torch.from_numpy(x[s:s + batch_size])).float().numpy()
+def torch_run(module, x: np.ndarray, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+    """``module`` (an ``nn.Module`` or a loaded AOTInductor package) over ``x`` in batches on ``device``."""
+    return np.concatenate([module(torch.from_numpy(x[s:s + batch_size]).to(device)).float().cpu().numpy()
                            for s in range(0, len(x), batch_size)])
 
 

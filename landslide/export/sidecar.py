@@ -75,7 +75,7 @@ def write_sidecar(artefact: str | Path, *, kind: str, info: Any, precision: str,
     return side
 
 
-def read_sidecar(artefact: str | Path, kind: str | None = None, check_hash: bool = True) -> dict[str, Any]:
+def read_sidecar(artefact: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Read and check an artefact's sidecar: present, right format/kind, bytes and preprocessing unchanged."""
     artefact = Path(artefact)
     side_p = sidecar_path(artefact)
@@ -94,7 +94,7 @@ def read_sidecar(artefact: str | Path, kind: str | None = None, check_hash: bool
     if kind is not None and not str(side.get("kind", "")).startswith(kind):
         raise ContractError(f"artefact is a {side.get('kind')!r}, not a {kind!r}", file=artefact,
                             fix="pick the backend that matches the file (or --backend auto)")
-    if check_hash and file_sha256(artefact) != side.get("sha256"):
+    if file_sha256(artefact) != side.get("sha256"):
         raise ContractError("artefact bytes do not match the sha256 in its sidecar (modified or replaced)",
                             file=artefact, fix=REBUILD)
     pv = side.get("contract", {}).get("preprocess_version")

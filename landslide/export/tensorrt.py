@@ -16,15 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from landslide.contract import file_sha256, stable_hash
+from landslide.contract import stable_hash
 from landslide.errors import ConfigError, ContractError
 from landslide.export.sidecar import read_sidecar, write_sidecar
 from landslide.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-FP16_TOL = 1e-2
-FP16_AGREEMENT = 0.995
 INSTALL = "pip install tensorrt (matching your CUDA driver), on a machine with an NVIDIA GPU"
 
 
@@ -54,20 +52,21 @@ def source_graph(export_dir: Path, trt) -> Path:
     return export_dir / ("fused_fp16.onnx" if trt_major(trt) >= 11 else "fused.onnx")
 
 
-def engine_key(graph: Path, trt, profile: tuple[int, int, int]) -> dict:
-    return {"graph_sha256": file_sha256(graph), "tensorrt": trt.__version__, "gpu": gpu_name(),
+def engine_key(graph_sha256: str, trt, profile: tuple[int, int, int]) -> dict:
+    return {"graph_sha256": graph_sha256, "tensorrt": trt.__version__, "gpu": gpu_name(),
             "profile": list(profile)}
 
 
 def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, int], x: np.ndarray,
                  ref: np.ndarray, *, rebuild: bool = False) -> Path:
     """Build (or reuse) the engine for ``export_dir``'s fused graph; verify it; write its sidecar."""
-    from landslide.export.onnx import compare, require
+    from landslide.export.onnx import FP16_AGREEMENT, FP16_TOL, compare, require
+    from landslide.infer import run_batches
 
     trt = import_trt()
     graph = source_graph(export_dir, trt)
     gside = read_sidecar(graph, kind="onnx-fused")
-    key = engine_key(graph, trt, profile)
+    key = engine_key(gside["sha256"], trt, profile)  # read_sidecar has just checked the file against it
     path = engine_dir / f"fused-{stable_hash(key)}.engine"
     if path.is_file() and not rebuild:
         log.info("tensorrt: reusing %s (same graph, TensorRT, GPU and profile; --rebuild to force)", path)
@@ -89,7 +88,7 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
     from landslide.runtime.tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(path)
-    got = np.concatenate([runner.predict(x[s:s + profile[2]]) for s in range(0, len(x), profile[2])])
+    got = run_batches(runner, x, profile[2])
     try:
         require(compare(path.name, got, ref, float(gside["threshold"]), FP16_TOL, FP16_AGREEMENT), path)
     except Exception:

@@ -47,7 +47,7 @@ def auto_provider() -> str:
 class OnnxRunner(Runner):
     """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` probabilities through a fused ONNX graph."""
 
-    def __init__(self, path: str | Path, provider: str = "auto", device_id: int = 0, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, provider: str = "auto") -> None:
         ort = import_ort()
         self.path = Path(path)
         side = read_sidecar(self.path, kind="onnx-fused")
@@ -64,11 +64,9 @@ class OnnxRunner(Runner):
             raise ConfigError(f"{want} asked for, but this onnxruntime build offers only "
                               f"{ort.get_available_providers()}", fix=INSTALL[self.provider])
         chain = {"tensorrt": ["tensorrt", "cuda"], "cuda": ["cuda"], "cpu": []}[self.provider]
-        providers = [(PROVIDERS[p], {"device_id": device_id}) for p in chain] + ["CPUExecutionProvider"]
+        providers = [(PROVIDERS[p], {"device_id": 0}) for p in chain] + ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         used = self.session.get_providers()
         missing = [PROVIDERS[p] for p in chain if PROVIDERS[p] not in used]
@@ -77,6 +75,7 @@ class OnnxRunner(Runner):
                               "fall back silently", file=self.path, fix=INSTALL[self.provider])
         self.providers_used = used
         self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
         self.gpu = self.provider != "cpu"
         self.name = f"onnxruntime-{self.provider}"
 
@@ -94,7 +93,7 @@ class OnnxRunner(Runner):
         out = torch.empty(len(x), dtype=torch.float32, device="cuda")
         b = self.session.io_binding()
         b.bind_input(self.input_name, "cuda", 0, np.float32, tuple(xt.shape), xt.data_ptr())
-        b.bind_output(self.session.get_outputs()[0].name, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
+        b.bind_output(self.output_name, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream().synchronize()  # the copy must land before ORT's stream reads it
         self.session.run_with_iobinding(b)
         return out.cpu().numpy()

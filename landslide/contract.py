@@ -22,6 +22,11 @@ from landslide.preprocess import PREPROCESS_VERSION
 CHECKPOINT_FORMAT = "landslide-checkpoint/1"
 
 
+def checkpoint_path(run_dir: str | Path, fold: int, arch: str, suffix: str = ".pt") -> Path:
+    """Where a run folder keeps fold ``fold``'s checkpoint of ``arch`` (``NAME@SIZE`` -> ``NAME_SIZE``)."""
+    return Path(run_dir) / f"fold{fold}" / f"{arch.replace('@', '_')}{suffix}"
+
+
 def versions() -> dict[str, str]:
     import numpy
     import timm

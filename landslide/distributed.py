@@ -30,7 +30,6 @@ from landslide.errors import ConfigError
 class DistEnv:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     fold_parallel: bool = False
 
     @property
@@ -88,7 +87,7 @@ def init(device: str, fold_parallel: bool) -> tuple[DistEnv, str]:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     if rank != 0:  # one log, rank 0's: the other ranks report only warnings and errors
         logging.getLogger().setLevel(logging.WARNING)
-    return DistEnv(rank, world, local, fold_parallel), device
+    return DistEnv(rank, world, fold_parallel), device
 
 
 def shutdown(env: DistEnv) -> None:

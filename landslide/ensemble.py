@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from landslide.bands import BandLayout
+from landslide.contract import checkpoint_path
 from landslide.errors import ContractError
 from landslide.io import read_json
 from landslide.model import LandslideNet, tta_views
@@ -60,7 +61,7 @@ def load_nets(info: RunInfo) -> list[list[LandslideNet]]:
     for arch in info.archs:
         row = []
         for k in info.folds:
-            path = info.run_dir / f"fold{k}" / f"{arch.replace('@', '_')}.pt"
+            path = checkpoint_path(info.run_dir, k, arch)
             if not path.is_file():
                 raise ContractError(f"checkpoint for fold {k} / {arch} missing", file=path,
                                     fix="re-run train.py --resume on this run folder")

@@ -31,7 +31,7 @@ from landslide.augment.mix import MixConfig, Mixer
 from landslide.augment.torch import AugmentConfig
 from landslide.bands import BandLayout
 from landslide.calibrate import best_threshold, calibrate
-from landslide.contract import CHECKPOINT_FORMAT, data_contract, versions
+from landslide.contract import CHECKPOINT_FORMAT, checkpoint_path, data_contract, versions
 from landslide.data import Split, load_split
 from landslide.device import Runtime, resolve_runtime, sync
 from landslide.distributed import DistEnv
@@ -131,10 +131,8 @@ class FoldTrainer:
         self.tr_idx = np.flatnonzero(fold_of != fold)
         self.va_idx = np.flatnonzero(fold_of == fold)
         self.split = split
-        self.dir = run_dir / f"fold{fold}"
-        self.tag = self.arch.replace("@", "_")
-        self.state_path = self.dir / f"{self.tag}.state.pt"
-        self.ckpt_path = self.dir / f"{self.tag}.pt"
+        self.state_path = checkpoint_path(run_dir, fold, self.arch, ".state.pt")
+        self.ckpt_path = checkpoint_path(run_dir, fold, self.arch)
         self.backend = backend
 
     def run(self) -> tuple[np.ndarray, list[dict]]:

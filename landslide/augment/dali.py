@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from landslide.augment.torch import BLUR_K, AugmentConfig, AugmentParams, TorchAugment, dense_noise, draw_noise
+from landslide.augment.torch import BLUR_K, MIN_SIGMA, AugmentConfig, AugmentParams, TorchAugment, dense_noise, draw_noise
 from landslide.errors import ConfigError
-
-_MIN_SIGMA = 1e-3  # sigma for "no blur": the 5-tap kernel is then exactly [0, 0, 1, 0, 0], as in torch
 
 
 def theta_to_pixel_matrix(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -105,7 +103,6 @@ class DaliAugment:
 
     def __init__(self, cfg: AugmentConfig, device: torch.device | str, batch_size: int, seed: int,
                  dynamic: bool | None = None) -> None:
-        self.cfg = cfg
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.sampler = TorchAugment(cfg)
@@ -129,7 +126,7 @@ class DaliAugment:
         return self.sampler.sample(b, h, w, self._host_gen, torch.device("cpu"))
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         if b > self.batch_size:
             raise ValueError(f"batch of {b} exceeds the DALI pipeline's batch size {self.batch_size}")
         if x.device != self.device and not (x.device.type == self.device.type == "cuda"):
@@ -150,7 +147,7 @@ class DaliAugment:
                 std = std.pin_memory().to(xf.device, non_blocking=True)
             field = (std.view(b, 1, 1, 1) * dense_noise(noise, p).float().permute(0, 2, 3, 1)).contiguous()
         mat = theta_to_pixel_matrix(p.theta, h, w).numpy()
-        sigma = p.blur_sigma.float().cpu().clamp_min(_MIN_SIGMA).numpy()
+        sigma = p.blur_sigma.float().cpu().clamp_min(MIN_SIGMA).numpy()
         anchor, shape = (t.numpy() for t in erase_args(p.holes))
         feeds = {"matrix": list(mat), "sigma": list(sigma), "anchor": list(anchor), "shape": list(shape)}
         if xf.is_cuda:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 BLUR_K = 5  # Gaussian blur kernel width (sigma up to ~1.2 px fits in it)
+MIN_SIGMA = 1e-3  # "no blur": the 5-tap kernel is then exactly [0, 0, 1, 0, 0] (DALI is fed the same floor)
 
 
 @dataclass
@@ -146,7 +147,7 @@ def dense_noise(noise: torch.Tensor, p: AugmentParams) -> torch.Tensor:
 def gaussian_kernels(sigma: torch.Tensor, k: int = BLUR_K) -> torch.Tensor:
     """``(B, k)`` normalised 1-D Gaussian kernels; sigma 0 gives a delta (no blur)."""
     r = torch.arange(k, device=sigma.device, dtype=torch.float32) - (k - 1) / 2
-    s = sigma.float().clamp_min(1e-3).unsqueeze(1)
+    s = sigma.float().clamp_min(MIN_SIGMA).unsqueeze(1)
     w = torch.exp(-0.5 * (r / s) ** 2)
     return w / w.sum(1, keepdim=True)
 

@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from landslide.contract import file_sha256, stable_hash
+from landslide.contract import checkpoint_path, file_sha256, stable_hash
 from landslide.errors import ContractError
 from landslide.io import read_json, write_json
 from landslide.preprocess import PREPROCESS_VERSION
@@ -43,7 +43,7 @@ def library_versions(*extra: str) -> dict[str, str]:
 
 def run_hash(info: Any) -> str:
     """Hash of what a run's ensemble is: every checkpoint's bytes plus the calibration."""
-    files = {f"fold{k}/{a}": file_sha256(info.run_dir / f"fold{k}" / f"{a.replace('@', '_')}.pt")
+    files = {f"fold{k}/{a}": file_sha256(checkpoint_path(info.run_dir, k, a))
              for a in info.archs for k in info.folds}
     return stable_hash({"checkpoints": files, "calibration": info.calibration})
 

@@ -83,9 +83,14 @@ def latency_stats(seconds: Sequence[float] | np.ndarray) -> dict[str, float]:
             "p99_ms": float(p99), "min_ms": float(ms.min()), "max_ms": float(ms.max())}
 
 
+def window_rates(t: Timing) -> np.ndarray:
+    """Items/s of each window: items x calls / window seconds."""
+    return t.items * t.seconds.shape[1] / t.seconds.sum(1)
+
+
 def throughput_stats(t: Timing) -> dict[str, float]:
-    """Items/s of each window (items x calls / window seconds): median with the min-max spread."""
-    per_window = t.items * t.seconds.shape[1] / t.seconds.sum(1)
+    """Items/s of each window (:func:`window_rates`): median with the min-max spread."""
+    per_window = window_rates(t)
     return {"windows": int(per_window.size), "median": float(np.median(per_window)),
             "min": float(per_window.min()), "max": float(per_window.max())}
 

@@ -14,7 +14,6 @@ window each per round, and "x per-sample" is the median over rounds of each roun
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 from dataclasses import asdict, dataclass
@@ -63,11 +62,10 @@ def backend_batches(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchC
         resolved = resolve_backend(name, x.device)
         aug = build_augment(resolved, AugmentConfig(), x.device, cfg.batch_size, cfg.seed)
         gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
-        idx = BalancedSampler(y, cfg.batch_size, generator=gen).epoch(calls)
-        step = itertools.count()
+        batches = iter(BalancedSampler(y, cfg.batch_size, generator=gen).epoch(calls))
 
         def one_batch():
-            return aug(x[idx[next(step) % calls]], gen)
+            return aug(x[next(batches)], gen)
 
         one_batch()  # e.g. DALI built but unable to run on this host
     except Exception as e:  # noqa: BLE001 - any failure to build or run is reported as the skip reason
@@ -121,7 +119,8 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     records, rows, bars = [], [], []
     fns, skipped = {}, {}
     for name in backend_names():
-        fn, why = backend_batches(name, x_dev, y_dev, cfg, windows * iters + cfg.warmup)
+        # calls: the check in backend_batches, the warm-up, then per window one re-warm call + iters
+        fn, why = backend_batches(name, x_dev, y_dev, cfg, 1 + cfg.warmup + windows * (1 + iters))
         if fn is None:
             log.warning("backend %s skipped: %s", name, why)
             skipped[name] = why
@@ -130,8 +129,10 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     # Round-robin, one window per pipeline per round, the order rotating each round: a shared host's
     # load changes over a run, and this way each ratio compares windows measured moments apart.
     seconds: dict[str, list[np.ndarray]] = {base_name: [], **{k: [] for k in fns}}
-    for k, fn in fns.items():
-        common.measure(fn, warmup=cfg.warmup, iters=1, device=device)
+    for fn in fns.values():
+        for _ in range(cfg.warmup):
+            fn()
+    common.sync(device)
     for r in range(windows):
         names = list(seconds)
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -139,10 +140,10 @@ def main(cfg: DataBenchConfig) -> list[dict]:
                  else common.measure(fns[name], warmup=1, iters=iters, device=device))
             seconds[name].append(t.seconds[0])
     timings = {k: common.Timing(np.stack(v), cfg.batch_size) for k, v in seconds.items()}
-    base_rate = cfg.batch_size * iters / timings[base_name].seconds.sum(1)  # per round
+    base_rate = common.window_rates(timings[base_name])  # per round
     for name, t in timings.items():
         tp, lat = common.throughput_stats(t), common.latency_stats(t.flat)
-        ratio = float(np.median(cfg.batch_size * iters / t.seconds.sum(1) / base_rate))
+        ratio = float(np.median(common.window_rates(t) / base_rate))
         label = f"{name} ({cfg.per_sample})" if name == base_name else f"{name} (batched, gather+augment)"
         extra = {"workers": cfg.workers, "impl": f"{cfg.per_sample}, one sample at a time"} if name == base_name \
             else {"backend": name}

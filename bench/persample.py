@@ -142,8 +142,8 @@ class PerSampleDataset(Dataset):
         if self.fn is None:  # one random stream per worker process
             wi = get_worker_info()
             self.fn = per_sample_fn(self.impl, self.cfg, self.seed + (wi.id if wi else 0))
-        a = np.ascontiguousarray(self.fn(self.x[i]), dtype=np.float32)
-        return torch.from_numpy(a.transpose(2, 0, 1).copy()), torch.tensor(self.y[i])
+        a = np.ascontiguousarray(self.fn(self.x[i]).transpose(2, 0, 1), dtype=np.float32)  # one copy, CHW
+        return torch.from_numpy(a), torch.tensor(self.y[i])
 
 
 def make_loader(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, batch_size: int, workers: int = 2,

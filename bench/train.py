@@ -97,10 +97,10 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     from landslide.augment.torch import AugmentConfig
     from landslide.bands import BandLayout
     from landslide.device import Runtime, resolve_runtime
-    from landslide.losses import focal_loss
     from landslide.model import LandslideModel, ModelConfig
     from landslide.preprocess import cloud_score
     from landslide.sampler import BalancedSampler
+    from landslide.step import TrainStep, make_optimizer
 
     common.set_threads(cfg.threads)
     rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
@@ -124,20 +124,17 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         model = LandslideModel(ModelConfig(backbone=cfg.model, img_size=cfg.img_size), layout).to(dev).train()
         if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        # The training step itself (landslide.step): AdamW as train.py makes it, a constant schedule.
+        opt = make_optimizer(model, 1e-4, 0.01, rt, graphs=False)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         step_fn = torch.compile(model, mode=cfg.compile_mode) if rt.compile else model
+        step = TrainStep(step_fn, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), scaler, rt,
+                         focal_alpha=0.25, focal_gamma=2.0)
 
         def compute(xb: torch.Tensor, yb: torch.Tensor, cb: torch.Tensor) -> None:
             if rt.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with rt.autocast():
-                logits = step_fn(xb, cb)
-            loss = focal_loss(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            step(xb, yb, cb)
 
         return compute, sum(p.numel() for p in model.parameters())
 
@@ -183,8 +180,9 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         brt = Runtime(dev, rt.precision if cfg.baseline_precision == "same" else cfg.baseline_precision,
                       rt.channels_last if cfg.baseline_channels_last == "same" else cfg.baseline_channels_last == "on",
                       rt.compile if cfg.baseline_compile == "same" else cfg.baseline_compile == "on")
-        base_compute = compute
-        if brt != rt:
+        if brt == rt:
+            base_compute = compute
+        else:  # free the first model and its optimizer state before building the second
             del compute
             base_compute, _ = make_compute(brt)
         conf["baseline_runtime"] = brt.describe()
@@ -198,7 +196,8 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     base_name = next(iter(results))
     tps = {name: common.throughput_stats(st.total(cfg.batch_size)) for name, st in results.items()}
     for name, st in results.items():
-        tp, step_lat = tps[name], common.latency_stats((st.data + st.compute).reshape(-1))
+        tot = (st.data + st.compute).reshape(-1)
+        tp, step_lat = tps[name], common.latency_stats(tot)
         dl, cl = common.latency_stats(st.data), common.latency_stats(st.compute)
         m = {"images_per_s": tp, "step": step_lat, "data": dl, "compute": cl, "first_step_s": st.first_s,
              "compile_s": st.first_s if compiled[name] else None,
@@ -212,7 +211,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
                      "first step s": round(st.first_s, 2)})
         short = name.split(" ")[0]
         dists |= {f"{short} data": st.data.reshape(-1), f"{short} compute": st.compute.reshape(-1),
-                  f"{short} step": (st.data + st.compute).reshape(-1)}
+                  f"{short} step": tot}
 
     out = cfg.out_dir or common.RESULTS_DIR
     slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
@@ -224,7 +223,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     table = common.format_table(rows, ["pipeline", "images/s median (min-max)", "ms/step p50", "ms/step p95",
                                        "data ms p50", "compute ms p50", "first step s"])
     if len(results) > 1:
-        ratio = records[0]["metrics"]["images_per_s"]["median"] / tps[list(results)[1]]["median"]
+        ratio = records[1]["metrics"]["device_pipeline_speedup"]
         table += f"\n\ndevice pipeline / conventional pipeline: {ratio:.2f}x images/s"
         table += f" (conventional pipeline's runtime: {conf['baseline_runtime']})"
     if rt.compile:

@@ -101,22 +101,19 @@ def ensure_run(cfg: InferBenchConfig) -> Path:
 
 def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list[tuple[str, Callable | str]]:
     """(label, factory or skip reason) for every runner to try, discovered from what the package declares."""
-    from landslide.infer import BACKENDS, InferConfig, make_runner
+    from landslide.infer import BACKENDS
     from landslide.runtime.torch import TorchRunner
 
     out: list[tuple[str, Callable | str]] = [
         ("torch-fused", lambda: TorchRunner(run, cfg.device, cfg.precision, "off")),
         ("torch-looped", lambda: TorchRunner(run, cfg.device, cfg.precision, "off", looped=True)),
     ]
-    fields = {f.name for f in dataclasses.fields(InferConfig)}
     for backend in BACKENDS:
         if backend in ("auto", "torch"):
             continue
-        base = {"run": str(run), "backend": backend, "device": cfg.device}
-        if "precision" in fields:
-            base["precision"] = cfg.precision
+        base = {"run": str(run), "backend": backend, "device": cfg.device, "precision": cfg.precision}
         providers = [None]
-        if "provider" in fields and backend.startswith("onnx"):
+        if backend.startswith("onnx"):
             try:
                 import onnxruntime as ort
 
@@ -127,22 +124,22 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
         for prov in providers:
             values = base | ({"provider": prov} if prov else {})
             label = backend + (f"-{prov.removesuffix('ExecutionProvider')}" if prov else "")
-            out.append((label, lambda v=values: _make_with_export(make_runner, InferConfig, v)))
+            out.append((label, lambda v=values: _make_with_export(v)))
     # last: compilation can take minutes, and a time limit should cut it, not the others
     out.append(("torch-fused-compiled", (lambda: TorchRunner(run, cfg.device, cfg.precision, "on")) if compile_on else
                 "compile off (--quick on a CPU: minutes of compilation; pass --compile on)"))
     return out
 
 
-def _make_with_export(make_runner, infer_cls, values: dict):
+def _make_with_export(values: dict):
     """``make_runner``; when the run folder lacks the backend's artefact, export it once, then retry."""
     from landslide.config import make_config
     from landslide.errors import LandslideError
     from landslide.export import ExportConfig
     from landslide.export import main as export_main
+    from landslide.infer import InferConfig, make_runner
 
-    cfg = make_config(infer_cls, {k: v for k, v in values.items()
-                                  if k in {f.name for f in dataclasses.fields(infer_cls)}})
+    cfg = make_config(InferConfig, values)
     try:
         return make_runner(cfg)
     except LandslideError as first:

@@ -132,6 +132,19 @@ def try_load_patch(folder: Path, id_: str, n_channels: int) -> np.ndarray | Data
         return e
 
 
+# np.load releases the GIL while reading, so a thread pool of this size overlaps the file I/O.
+IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
+
+
+def read_patches(pool: ThreadPoolExecutor, folder: Path, ids: list[str],
+                 n_channels: int) -> tuple[np.ndarray | None, list[str], list[DataError]]:
+    """Read ``ids`` on ``pool``: (the good patches stacked ``(n, 64, 64, C)`` or None, their IDs, bad files)."""
+    results = list(pool.map(lambda i: try_load_patch(folder, i, n_channels), ids))
+    keep = [i for i, r in enumerate(results) if not isinstance(r, DataError)]
+    x = np.stack([results[i] for i in keep]) if keep else None
+    return x, [ids[i] for i in keep], [r for r in results if isinstance(r, DataError)]
+
+
 def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout, *,
                  skip_bad: bool = False) -> tuple[np.ndarray, list[str], list[DataError]]:
     """Load every patch of ``ids`` as read, ``(N, 64, 64, C)`` float32 (channels last).
@@ -140,16 +153,13 @@ def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout,
     ``skip_bad`` the bad ones are dropped and returned as errors instead.
     """
     folder = patch_dir(data_dir, split)
-    # np.load releases the GIL while reading, so threads overlap the file I/O.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        results = list(pool.map(lambda i: try_load_patch(folder, i, layout.n_channels), ids))
-    errors = [r for r in results if isinstance(r, DataError)]
+    with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
+        x, good, errors = read_patches(pool, folder, ids, layout.n_channels)
     if errors and not skip_bad:
         raise BadFilesError(errors, fix="fix or remove these files (inference: --skip-bad scores the rest)")
-    keep = [i for i, r in enumerate(results) if not isinstance(r, DataError)]
-    if not keep:
+    if x is None:
         raise DataError("no readable patches", file=folder, fix="check the folder and the CSV IDs")
-    return np.stack([results[i] for i in keep]), [ids[i] for i in keep], errors
+    return x, good, errors
 
 
 @dataclass

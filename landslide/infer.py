@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data
-from landslide.data import PATCH_HW, SPLITS, load_patch, patch_dir, read_csv, try_load_patch
+from landslide.data import IO_WORKERS, PATCH_HW, SPLITS, load_patch, patch_dir, read_csv, read_patches
 from landslide.errors import BadFilesError, ConfigError, DataError
 from landslide.io import atomic_write, read_json
 from landslide.runtime import Runner
@@ -165,18 +164,11 @@ def iter_batches(data: Path, split: str, ids: list[str], layout: BandLayout, bat
     """Yield ``(x (b, 64, 64, C) float32 | None, ids, bad files)`` per batch, read ``ahead`` batches early."""
     folder = patch_dir(data, split)
 
-    def one(id_: str) -> np.ndarray | DataError:
-        return try_load_patch(folder, id_, layout.n_channels)
-
-    def read(chunk: list[str]):
-        # np.load releases the GIL while reading, so the file pool overlaps the I/O of one batch.
-        res = list(files.map(one, chunk))
-        keep = [i for i, r in enumerate(res) if not isinstance(r, DataError)]
-        x = np.stack([res[i] for i in keep]) if keep else None
-        return x, [chunk[i] for i in keep], [r for r in res if isinstance(r, DataError)]
+    def read(chunk: list[str]):  # the file pool overlaps the I/O of one batch
+        return read_patches(files, folder, chunk, layout.n_channels)
 
     chunks = iter([ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as files, \
+    with ThreadPoolExecutor(max_workers=IO_WORKERS) as files, \
             ThreadPoolExecutor(max_workers=1) as reader:
         # range first: zip stops on it without pulling (and dropping) one more chunk.
         pending = deque(reader.submit(read, c) for _, c in zip(range(ahead), chunks))
@@ -229,7 +221,7 @@ def prescan(data: Path, split: str, ids: list[str], n_channels: int) -> list[Dat
             return e
         return None
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+    with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
         return [e for e in pool.map(one, ids) if e is not None]
 
 

@@ -79,13 +79,17 @@ def build_net(mcfg: ModelConfig, layout: BandLayout, mean: torch.Tensor, std: to
     return LandslideNet(LandslideModel(mcfg, layout, announce), Normalize(mean, std, layout.optical_idx))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LandslideNet, dict]:
-    """A fold checkpoint -> (``LandslideNet`` in eval mode, its metadata)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[LandslideNet, dict]:
+    """A fold checkpoint -> (``LandslideNet`` in eval mode on ``device``, its metadata).
+
+    The file is read to host memory and the built net moved afterwards: ``torch.load``'s
+    ``map_location`` alone would place the tensors on ``device`` and then ``load_state_dict`` would copy
+    them into the net's CPU parameters, leaving the net (and its band statistics) on the host."""
     from landslide.errors import ContractError
 
     path = Path(path)
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ContractError(f"cannot read checkpoint ({type(e).__name__}: {e})", file=path,
                             fix="re-run training, or point at a run folder written by train.py") from None
@@ -95,7 +99,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     layout = BandLayout(tuple(ck["contract"]["bands"]))
     net = build_net(mcfg, layout, torch.tensor(ck["mean"]), torch.tensor(ck["std"]), announce=False)
     net.load_state_dict(ck["state_dict"])
-    return net.eval(), ck
+    return net.to(device).eval(), ck
 
 
 @torch.no_grad()
@@ -235,7 +239,8 @@ class FoldTrainer:
                                         torch.from_numpy(y_val).float(), cfg.focal_alpha, cfg.focal_gamma))
             thr, f1 = best_threshold(y_val, p_val)
             dt = time.perf_counter() - t0
-            row = {"fold": self.fold, "arch": self.arch, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
+            row = {"fold": self.fold, "arch": self.arch, "epoch": epoch + 1,
+                   "lr": float(sched.get_last_lr()[0]),  # a CUDA tensor under --cuda-graphs
                    "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6), "val_f1": round(f1, 6),
                    "val_thr": round(thr, 6), "epoch_s": round(dt, 3),
                    "samples_per_s": round(steps * cfg.batch_size * env.replicas / train_s, 1)}
@@ -262,7 +267,7 @@ class FoldTrainer:
 
         if not env.is_main:  # DDP: rank 0 holds the checkpoint and predicts the OOF rows
             return np.full(len(self.va_idx), np.nan), rows
-        best_net, _ = load_checkpoint(self.ckpt_path, map_location=rt.device)
+        best_net, _ = load_checkpoint(self.ckpt_path, rt.device)
         if rt.channels_last:
             best_net = best_net.to(memory_format=torch.channels_last)
         oof = predict(best_net, x_val, rt, cfg.eval_batch_size, tta=True)

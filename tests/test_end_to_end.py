@@ -45,6 +45,18 @@ def test_checkpoint_carries_its_contract(trained):
     assert ck["contract"]["bands"][0] == "red" and len(ck["mean"]) == 12 and ck["contract"]["input_shape"] == [64, 64, 12]
 
 
+def test_checkpoint_loads_onto_the_requested_device(trained):
+    # The OOF pass loads the best checkpoint onto the training device; a net left on the host while its
+    # batches go to the GPU fails there. "meta" stands in for a device this host lacks.
+    from landslide.train import load_checkpoint
+
+    run, _ = trained
+    net, ck = load_checkpoint(run / "fold0" / "test_efficientnet.pt", torch.device("meta"))
+    tensors = [*net.parameters(), *net.buffers()]
+    assert tensors and {t.device.type for t in tensors} == {"meta"} and not net.training
+    assert ck["arch"] == "test_efficientnet"
+
+
 def test_infer_writes_submission(trained, synth_data, tmp_path):
     run, _ = trained
     out = tmp_path / "sub.csv"

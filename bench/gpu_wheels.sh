@@ -4,10 +4,11 @@
 #
 #   here (registry access):   bash bench/gpu_wheels.sh fetch            -> .whl/part-1 .. .whl/part-N
 #   GPU machine, every call:  bash bench/gpu_wheels.sh stash            (carry=[".whl/part-K"], K = 1..N)
-#   GPU machine, last call:   bash bench/gpu_wheels.sh install && PYTHONPATH=/tmp/site bash bench/gpu_check.sh $OUT
+#   GPU machine, last call:   ... install && PYTHONPATH=/tmp/site bash bench/gpu_check.sh $OUT pytest data train
 #
-# The machine must stay warm between the calls (it goes back after a short idle time), so make them back
-# to back. `stash` moves the carried part out of the tree (a later call's copy can't clobber it);
+# `fetch` prints the whole sequence; the first call also runs gpu_check's `infer` step, which needs
+# neither package, so the 10-minute call limit fits the check. The machine must stay warm between the
+# calls (it goes back after a short idle time), so make them back to back. `stash` moves the carried part out of the tree (a later call's copy can't clobber it);
 # `install` rejoins split files, checks each wheel's sha256 against the manifest `fetch` wrote, and
 # installs with --no-deps into /tmp/site. DALI's image-codec dependencies (nvimgcodec, nvcomp: ~140 MB)
 # are left out on purpose: the pipeline feeds tensors from memory and decodes nothing (the DALI tests
@@ -19,7 +20,7 @@ STASH=${STASH:-/tmp/landslide-wheels}
 SITE=${SITE:-/tmp/site}
 # The versions this repo's venv runs (requirements.txt pins the CUDA 12 DALI; the image is CUDA 13).
 WHEELS=(nvidia-dali-cuda130==2.4.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0
-        libcst==1.9.0 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic_core==2.50.5
+        libcst==1.9.0 six==1.17.0 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic_core==2.50.5
         annotated-types==0.8.0 typing-inspection==0.4.5 stringzilla==5.3.2 simsimd==6.5.16)
 
 fetch() {
@@ -54,10 +55,12 @@ fetch() {
   done
   rm -rf "$all"
   du -sh .whl/part-* | sed 's/^/  /'
-  echo "carry each part in its own call, back to back; the last one also installs and checks:"
+  echo "carry each part in its own call, back to back; the first also benchmarks inference, the last installs and checks:"
   for i in $(seq 1 "$k"); do
-    if [ "$i" -lt "$k" ]; then echo "  carry=[\".whl/part-$i\"]  bash bench/gpu_wheels.sh stash"
-    else echo "  carry=[\".whl/part-$i\"]  bash bench/gpu_wheels.sh stash && bash bench/gpu_wheels.sh install && PYTHONPATH=$SITE bash bench/gpu_check.sh \$OUT"; fi
+    local cmd="bash bench/gpu_wheels.sh stash"
+    [ "$i" -eq 1 ] && cmd="$cmd && bash bench/gpu_check.sh \$OUT infer"
+    [ "$i" -eq "$k" ] && cmd="$cmd && bash bench/gpu_wheels.sh install && PYTHONPATH=$SITE bash bench/gpu_check.sh \$OUT pytest data train"
+    echo "  carry=[\".whl/part-$i\"]  $cmd"
   done
 }
 

@@ -21,8 +21,13 @@ from landslide.losses import focal_loss
 WARMUP_STEPS = 3
 
 
-def check_cuda_graphs(rt: Runtime, ddp: bool) -> None:
+def check_cuda_graphs(rt: Runtime, ddp: bool, compile_mode: str = "default") -> None:
     """Refuse ``--cuda-graphs`` where it cannot work, naming the fix."""
+    if rt.compile and compile_mode != "default":
+        # Those modes capture CUDA graphs of their own (cudagraph trees), which would then run inside
+        # this step's capture: nested capture is unsupported. A default-mode compiled step captures fine.
+        raise ConfigError(f"--cuda-graphs with --compile-mode {compile_mode}: that mode captures its own CUDA graphs",
+                          fix="use --compile-mode default with --cuda-graphs (or drop --cuda-graphs)")
     if rt.device.type != "cuda":
         raise ConfigError("--cuda-graphs needs a CUDA GPU", fix="drop --cuda-graphs on this host")
     if rt.precision == "fp16":

@@ -375,7 +375,7 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
         set_determinism()
     rt = resolve_runtime(device, cfg.precision, cfg.channels_last, cfg.compile)
     if cfg.cuda_graphs:
-        check_cuda_graphs(rt, env.ddp)
+        check_cuda_graphs(rt, env.ddp, cfg.compile_mode)
     backend = resolve_backend(cfg.data_backend, rt.device)
     log.info("train: %s data_backend=%s cuda_graphs=%s %s archs=%s folds=%d", rt.describe(), backend,
              "on" if cfg.cuda_graphs else "off", env.describe(), ",".join(cfg.archs), cfg.folds)

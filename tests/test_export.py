@@ -1,6 +1,7 @@
 """Export: per-fold and fused ONNX round-trips, FP16 parity, verification failure, sidecar refusals, AOTI, TensorRT."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -183,11 +184,12 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     assert "--engine aoti --rebuild" in str(e.value)
 
 
+# Skipped before its fixtures run: they train and export a run, time a GPU check can't spare for nothing.
 @pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="TensorRT is not installed (GPU hosts only: pip install tensorrt)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU")
 def test_tensorrt_engine(exported, reference, tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU hosts only: pip install tensorrt)")
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT needs a CUDA GPU")
     from landslide.export.tensorrt import build_engine
     from landslide.runtime.tensorrt import TensorRTRunner
 
@@ -204,7 +206,6 @@ def test_tensorrt_engine(exported, reference, tmp_path):
 
 
 def test_tensorrt_export_without_tensorrt_fails_fast(exported):
-    import importlib.util
     import subprocess
     import sys
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from landslide.augment import dali_available
 from landslide.bands import BandLayout
 from landslide.config import make_config
 from landslide.device import resolve_runtime
@@ -73,6 +74,12 @@ def test_cuda_graphs_refused_on_cpu():
     cfg = make_config(TrainConfig, {"data": "unused", "device": "cpu", "cuda_graphs": True})
     with pytest.raises(ConfigError, match="cuda-graphs"):
         main(cfg)
+    # A compile mode that captures graphs itself conflicts on any host, so it is named first.
+    cfg = make_config(TrainConfig, {"data": "unused", "device": "cpu", "cuda_graphs": True, "compile": "on",
+                                    "compile_mode": "reduce-overhead"})
+    with pytest.raises(ConfigError, match="compile-mode reduce-overhead") as e:
+        main(cfg)
+    assert "--compile-mode default" in str(e.value)
 
 
 @pytest.mark.slow
@@ -159,8 +166,13 @@ def test_cuda_graph_step_matches_eager():
 
 @pytest.mark.gpu
 @GPU
-@pytest.mark.parametrize("extra", [["--data-backend", "dali"], ["--cuda-graphs", "--data-backend", "torch"],
-                                   ["--precision", "fp16", "--compile", "on"], ["--fold-on", "host"]])
+# Compile (auto: on for CUDA) only where the case is about it: each compiling run costs tens of seconds.
+@pytest.mark.parametrize("extra", [
+    pytest.param(["--data-backend", "dali", "--compile", "off"],
+                 marks=pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")),
+    ["--cuda-graphs", "--data-backend", "torch"],  # the graphed compiled step
+    ["--precision", "fp16", "--compile", "on"],
+    ["--fold-on", "host", "--compile", "off"]])
 def test_gpu_training_end_to_end(tmp_path, extra):
     from landslide.synth import SynthConfig, write_dataset
 

@@ -36,7 +36,8 @@ def resolve_backend(requested: str, device: torch.device) -> str:
         return "dali" if device.type == "cuda" and dali_available() else "torch"
     if requested == "dali" and not dali_available():
         raise ConfigError("--data-backend dali asked for, but nvidia-dali is not installed",
-                          fix="pip install nvidia-dali-cuda120 (or use --data-backend torch)")
+                          fix="pip install nvidia-dali-cuda120 or nvidia-dali-cuda130, matching the CUDA major "
+                              "version (or use --data-backend torch)")
     return requested
 
 

@@ -62,7 +62,8 @@ def _import_dali():
         import nvidia.dali.types as types
     except ImportError:
         raise ConfigError("the dali data backend needs NVIDIA DALI",
-                          fix="pip install nvidia-dali-cuda120 (or use --data-backend torch)") from None
+                          fix="pip install nvidia-dali-cuda120 or nvidia-dali-cuda130, matching the CUDA major "
+                              "version (or use --data-backend torch)") from None
     return dali, fn, types
 
 

@@ -106,7 +106,9 @@ def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) ->
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(graph.read_bytes()):
+    # From the file, not its bytes: a graph over protobuf's 2 GB (the full fp32 ensemble) keeps its
+    # weights in files beside it, which the parser finds only through the graph's path.
+    if not parser.parse_from_file(str(graph)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ContractError(f"TensorRT cannot parse the graph: {errs}", file=graph,
                             fix="re-export with this landslide version (python export.py RUN_DIR)")

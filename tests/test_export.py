@@ -217,3 +217,51 @@ def test_tensorrt_export_without_tensorrt_fails_fast(exported):
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "pip install tensorrt" in p.stderr
     assert not (run / "x").exists()  # nothing exported before the check
+
+
+def _linear_graph(path: Path, per_weight_files: bool) -> np.ndarray:
+    """A small y = x @ W + b graph saved the way the exporter saves one over 2 GB (a file per weight)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(256, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)  # W: 4 KB
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path), save_as_external_data=per_weight_files, all_tensors_to_one_file=False,
+                    size_threshold=0)
+    return np.ones((2, 256), np.float32) @ w + b
+
+
+def test_oversized_graph_weights_are_gathered_into_one_hashed_file(reference, tmp_path):
+    # Past 2 GB the exporter writes one file per weight; the export keeps one <graph>.data instead, and
+    # the sidecar refuses a graph whose weights file changed or went missing.
+    from landslide.export.sidecar import write_sidecar
+
+    tmp, graph = tmp_path / ".g.onnx.tmp", tmp_path / "g.onnx"
+    want = _linear_graph(tmp, per_weight_files=True)
+    assert {p.name for p in tmp_path.iterdir()} == {".g.onnx.tmp", "W", "b"}
+    ox.gather_weights(tmp, graph)
+    tmp.replace(graph)
+    assert {p.name for p in tmp_path.iterdir()} == {"g.onnx", "g.onnx.data"}
+    np.testing.assert_allclose(ox.ort_run(graph, np.ones((2, 256), np.float32)), want, rtol=1e-6)
+
+    _, info, _, _ = reference
+    side = write_sidecar(graph, kind="onnx-fused", info=info, precision="fp32", run_sha="x")
+    assert side["data_sha256"] == file_sha256(ox.weights_path(graph))
+    read_sidecar(graph)
+    ox.weights_path(graph).write_bytes(ox.weights_path(graph).read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ContractError, match="weights file") as e:
+        read_sidecar(graph)
+    assert "g.onnx.data" in str(e.value)
+
+    # Re-exported small: its weights are embedded again, and the stale .data file goes.
+    _linear_graph(tmp, per_weight_files=False)
+    ox.gather_weights(tmp, graph)
+    tmp.replace(graph)
+    assert {p.name for p in tmp_path.iterdir()} == {"g.onnx", "g.onnx.json"}

@@ -67,11 +67,43 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_n
         torch.onnx.export(module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
                           dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
-    onnx.checker.check_model(str(tmp), full_check=True)
     # The old sidecar describes the old file: drop it, so an unverified new file has no contract.
     path.with_name(path.name + ".json").unlink(missing_ok=True)
+    gather_weights(tmp, path)
+    onnx.checker.check_model(str(tmp), full_check=True)
     tmp.replace(path)
     return path
+
+
+def weights_path(graph: Path) -> Path:
+    """Where a graph over protobuf's 2 GB limit keeps its weights: ``<graph>.data`` beside it."""
+    return graph.with_name(graph.name + ".data")
+
+
+def gather_weights(tmp: Path, path: Path) -> None:
+    """Give the graph being written at ``tmp`` (final name ``path``) one weights file, or none.
+
+    Past 2 GB (the full fp32 ensemble of 5 folds x 2 archs is ~2.9 GB) the exporter writes one file per
+    weight beside the graph: hundreds of files named after parameters. They are gathered into
+    :func:`weights_path` (what the graph then names), which the sidecar hashes too. A smaller graph
+    embeds its weights, and a ``.data`` file left by an earlier, larger export is removed.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    data = weights_path(path)
+    model = onnx.load(str(tmp), load_external_data=False)
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        data.unlink(missing_ok=True)
+        return
+    pieces = {tmp.parent / ExternalDataInfo(t).location for t in external}
+    onnx.load_external_data_for_model(model, str(tmp.parent))
+    data.unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    for piece in pieces - {data}:
+        piece.unlink(missing_ok=True)
 
 
 def ort_run(path: Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -43,6 +43,24 @@ def sync(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device | str):
+    """Run fp32 convolutions and matmuls as true fp32 on CUDA, where cuDNN defaults convolutions to TF32.
+
+    For checks against a CPU reference at fp32 tolerance: TF32's 10-bit mantissa moves a trained
+    ensemble's probabilities by ~5e-5, past the 1e-5 an fp32 artefact is held to.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

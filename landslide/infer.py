@@ -103,6 +103,9 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
     if _gpu_tensorrt() and (engine := find_engine(path, Path(cfg.engine_dir), "tensorrt")) is not None:
         return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
     if graph.is_file():
+        if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
+            # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
+            return "torch", path, "a CUDA device, and this onnxruntime build has no CUDA provider"
         return "onnxruntime", graph, f"the run has an exported graph ({graph.name})"
     return "torch", path, f"the run has no export/ folder (python export.py {path} makes one)"
 
@@ -117,8 +120,22 @@ def _gpu_tensorrt() -> bool:
     return torch.cuda.is_available()
 
 
+def _gpu_without_ort_cuda(device: str) -> bool:
+    from landslide.device import resolve_device
+
+    if resolve_device(device).type != "cuda":
+        return False
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return True
+    return "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
 def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
-    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now."""
+    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now, and,
+    for an AOTInductor package, for this host's device (a CUDA package can't run on a CPU host, and a CPU
+    one on a GPU host would leave the GPU idle)."""
     from landslide.ensemble import read_run
     from landslide.export.sidecar import run_hash, sidecar_path
 
@@ -127,10 +144,14 @@ def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
     if not found:
         return None
     want, sha = str(run.resolve()), run_hash(read_run(run))
+    import torch
+
+    # An AOTI sidecar names its device; a TensorRT one has none (its GPU is checked when it is loaded).
+    here = ("cuda" if torch.cuda.is_available() else "cpu") if backend == "aoti" else None
     ok = []
     for p in found:
         side = read_json(sidecar_path(p))
-        if side.get("source_run") == want and side.get("source_hash") == sha:
+        if side.get("source_run") == want and side.get("source_hash") == sha and side.get("device") == here:
             ok.append(p)
     return max(ok, key=lambda p: p.stat().st_mtime) if ok else None
 

@@ -1,6 +1,7 @@
 """Export: per-fold and fused ONNX round-trips, FP16 parity, verification failure, sidecar refusals, AOTI, TensorRT."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -12,7 +13,7 @@ import torch
 
 from landslide.contract import file_sha256
 from landslide.ensemble import build_ensemble
-from landslide.errors import ContractError, VerificationError
+from landslide.errors import ConfigError, ContractError, VerificationError
 from landslide.export import onnx as ox
 from landslide.export import reference_inputs
 from landslide.export.sidecar import read_sidecar, sidecar_path
@@ -158,11 +159,13 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
 
     run, _ = exported
     fused, info, x, ref = reference
+    fused = copy.deepcopy(fused)  # build_package moves it to the package's device; the fixture stays on the CPU
+    host = "cuda" if torch.cuda.is_available() else "cpu"
     path = build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref)
-    assert path.suffix == ".pt2" and read_sidecar(path, kind="aoti")["device"] == "cpu"
+    assert path.suffix == ".pt2" and read_sidecar(path, kind="aoti")["device"] == host
     runner = AotiRunner(path)
     got = np.concatenate([runner.predict(x[s:s + 16]) for s in range(0, len(x), 16)])
-    assert np.abs(got - ref).max() <= 1e-5
+    assert np.abs(got - ref).max() <= (1e-5 if host == "cpu" else 1e-4)  # the runner keeps cuDNN's TF32
     with pytest.raises(ContractError, match="profile"):
         runner.predict(x[:1].repeat(17, 0))
     # A run folder finds the package built from it in the engine folder.
@@ -182,6 +185,12 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     with pytest.raises(ContractError, match="torch 0.0.1") as e:
         AotiRunner(path)
     assert "--engine aoti --rebuild" in str(e.value)
+    # A package built for the other device is not picked for this host.
+    side["device"] = "cpu" if host == "cuda" else "cuda"
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ConfigError, match="no aoti engine built from this run"):
+        make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti",
+                                              "engine_dir": str(tmp_path / "engines")}))
 
 
 # Skipped before its fixtures run: they train and export a run, time a GPU check can't spare for nothing.

@@ -59,10 +59,22 @@ def test_ort_reports_providers_used(exported):
     assert "providers used=['CPUExecutionProvider']" in r.describe()
 
 
-def test_backend_resolution(exported, tmp_path):
+def test_backend_resolution(exported, tmp_path, monkeypatch):
+    import onnxruntime as ort
+    import torch
+
+    from landslide import device
+    from landslide.infer import resolve_artefact
+
     run, _ = exported
     cfg = lambda **kw: make_config(InferConfig, {"run": str(run), **kw})  # noqa: E731
-    assert make_runner(cfg()).name == "onnxruntime-cpu"           # auto: the run's export/ graph
+    assert make_runner(cfg(device="cpu")).name == "onnxruntime-cpu"  # auto: the run's export/ graph
+    # On a GPU host whose onnxruntime is the CPU build, auto keeps the ensemble on the GPU (torch).
+    with monkeypatch.context() as m:
+        m.setattr(device, "resolve_device", lambda requested="auto": torch.device("cuda"))
+        ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        assert resolve_artefact(cfg())[0] == ("onnxruntime" if ort_cuda else "torch")
+        assert resolve_artefact(cfg(provider="cpu"))[0] == "onnxruntime"  # asked for: honoured
     assert make_runner(cfg(backend="torch")).name == "torch-fused"
     fp16 = make_runner(cfg(backend="onnxruntime", precision="fp16"))
     assert fp16.sidecar["precision"] == "fp16"

@@ -183,3 +183,22 @@ def test_gpu_training_end_to_end(tmp_path, extra):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "calibration.json").is_file()
+
+
+def test_ieee_fp32_turns_tf32_off_on_cuda_only_and_restores_it():
+    from landslide.device import ieee_fp32
+
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    before = flags()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with ieee_fp32("cpu"):
+            assert flags() == (True, True)
+        with ieee_fp32(torch.device("cuda")):  # setting the flags needs no GPU
+            assert flags() == (False, False)
+        assert flags() == (True, True)
+        with pytest.raises(RuntimeError), ieee_fp32("cuda"):
+            raise RuntimeError
+        assert flags() == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -77,6 +77,14 @@ def main(cfg) -> dict:
 
         import_trt()
         gpu_name()
+    if cfg.engine == "aoti":  # likewise: AOTI for CUDA compiles C++ against the CUDA toolkit's headers
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if torch.cuda.is_available() and CUDA_HOME is None:
+            raise ConfigError("AOTInductor for CUDA needs the CUDA toolkit (headers, nvcc); none was found",
+                              fix="set CUDA_HOME to a CUDA toolkit matching torch's CUDA, or serve with "
+                                  "--backend torch --compile on")
     fused, info = build_ensemble(cfg.run)
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
     sha = run_hash(info)

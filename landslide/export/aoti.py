@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from landslide.contract import stable_hash
+from landslide.device import ieee_fp32
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.export.onnx import FP32_TOL, compare, require, torch_run
 from landslide.export.sidecar import read_sidecar, write_sidecar
@@ -41,7 +42,9 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
         read_sidecar(path, kind="aoti")
         log.info("aoti: reusing %s (same run, torch, device and profile; --rebuild to force)", path)
         fn = torch._inductor.aoti_load_package(str(path))
-        require(compare(path.name, torch_run(fn, x, profile[2], device), ref, info.threshold, FP32_TOL), path)
+        with ieee_fp32(device):
+            got = torch_run(fn, x, profile[2], device)
+        require(compare(path.name, got, ref, info.threshold, FP32_TOL), path)
         return path
     module = fused.to(device).eval()
     lo, hi = profile[0], profile[2]
@@ -58,7 +61,9 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
         dt = time.perf_counter() - t0
         log.info("aoti: compiled %s on %s in %.1f s", path.name, device_name(device), dt)
         fn = torch._inductor.aoti_load_package(built)
-        require(compare(path.name, torch_run(fn, x, hi, device), ref, info.threshold, FP32_TOL), path)
+        with ieee_fp32(device):  # the reference ran on the CPU
+            got = torch_run(fn, x, hi, device)
+        require(compare(path.name, got, ref, info.threshold, FP32_TOL), path)
         Path(built).replace(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

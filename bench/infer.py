@@ -235,6 +235,7 @@ def main(cfg: InferBenchConfig) -> list[dict]:
     test_x = pool[rng.integers(0, len(pool), n_test)]
 
     peak, peak_src = device_peak(device, cfg.precision)
+    peaks: dict[str, float] = {cfg.precision: peak}
     flops = None
     records: list[dict] = []
     rows: list[dict] = []
@@ -257,7 +258,8 @@ def main(cfg: InferBenchConfig) -> list[dict]:
         title = f"{','.join(info.archs)} x {len(info.folds)} folds x 4 views, {cfg.precision} — {env['device_name']}"
         head = (f"# bench.infer — {title}\n\n`{common.command_line('bench.infer')}`; "
                 f"FLOPs per patch (fused ensemble, FlopCounterMode): "
-                f"{flops / 1e9:.3f} GFLOP; peak {peak / 1e12:.3f} TFLOP/s ({peak_src}); "
+                f"{flops / 1e9:.3f} GFLOP; peak {peak / 1e12:.3f} TFLOP/s ({peak_src}; a runner computing in "
+                f"another precision is held to that precision's peak); "
                 f"torch threads {env['torch_threads']}; load avg {env['loadavg_1m']} at start. "
                 f"Test set: {n_test} patches scored from memory (file reading excluded).\n\n"
                 if flops else f"# bench.infer — {title}\n\n")
@@ -287,6 +289,10 @@ def main(cfg: InferBenchConfig) -> list[dict]:
             rows.append({"runner": label, "batch": "-", "p50 ms": f"skipped: {why}"})
             continue
         build_s = time.perf_counter() - t0
+        # % peak against the peak of the precision this runner computes in (AOTI is fp32, TensorRT fp16).
+        prec = runner.rt.precision if hasattr(runner, "rt") else getattr(runner, "sidecar", {}).get("precision", cfg.precision)
+        if prec not in peaks:
+            peaks[prec] = device_peak(device, prec)[0] if prec != cfg.precision else peak
         if flops is None and hasattr(runner, "module") and not getattr(runner.module, "__class__").__name__.startswith("Looped"):
             flops = flops_per_patch(runner.module, device, len(mean))
             emit(common.record("infer", "flops", env, conf, metrics={
@@ -318,7 +324,7 @@ def main(cfg: InferBenchConfig) -> list[dict]:
                     torch.cuda.empty_cache()
                 continue
             lat, tp = common.latency_stats(t.flat), common.throughput_stats(t)
-            frac = flops * tp["median"] / peak if flops else None
+            frac = flops * tp["median"] / peaks[prec] if flops else None
             tp_by[(label, bs)] = tp["median"]
             series[label].append((bs, tp))
             if bs == 1:

@@ -16,6 +16,11 @@ class LandslideError(Exception):
         self.problem, self.file, self.id, self.fix = problem, file, id, fix
         super().__init__(self.format())
 
+    def __reduce__(self):
+        # Picklable whatever a subclass's __init__ takes: under torchrun rank 0's error is broadcast to
+        # the other ranks, which must re-raise the same message (BadFilesError's own signature can't).
+        return _restore, (type(self), str(self), dict(self.__dict__))
+
     def format(self) -> str:
         where = []
         if self.file is not None:
@@ -52,3 +57,10 @@ class ConfigError(LandslideError):
 
 class VerificationError(LandslideError):
     """An exported artefact does not reproduce the torch reference within tolerance."""
+
+
+def _restore(cls: type[LandslideError], message: str, state: dict) -> LandslideError:
+    e = cls.__new__(cls)
+    Exception.__init__(e, message)
+    e.__dict__.update(state)
+    return e

@@ -44,13 +44,16 @@ def standardise(normalize, x: torch.Tensor, rows: np.ndarray, device: torch.devi
                 placement: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``normalize`` ``x[rows]`` in 1,024-row chunks on ``device`` (no host copy of the whole fold first);
     keep the result there or bring it back to the host."""
-    xs, cs = [], []
+    out, cs = None, []
     with torch.no_grad():
         for s in range(0, len(rows), 1024):
             z, c = normalize(x[rows[s:s + 1024]].to(device))
-            xs.append(z.to(dtype) if placement == "device" else z.to(dtype).cpu())
+            if out is None:  # filled in place: chunks + a final cat would need twice the fold's memory
+                out = torch.empty((len(rows), *z.shape[1:]), dtype=dtype,
+                                  device=device if placement == "device" else "cpu")
+            out[s:s + len(z)] = z.to(dtype)
             cs.append(c)
-    return torch.cat(xs), torch.cat(cs)
+    return out, torch.cat(cs)
 
 
 class DeviceFold:

@@ -104,7 +104,8 @@ class TrainStep:
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)  # grads get allocated from the graph's private pool
-        with torch.cuda.graph(self.graph):
+        # thread_local: a CUDA call from another thread (DALI's executor) must not invalidate the capture.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             loss = self._loss(self.sx, self.sy, self.sc)
             loss.backward()
             self.opt.step()

@@ -212,6 +212,8 @@ class FoldTrainer:
             model.train()
             t0 = time.perf_counter()
             idx = sampler.epoch(steps)
+            if idx.device.type == "cpu" and rt.device.type == "cuda":  # host fold: its per-step index
+                idx = idx.pin_memory()  # copies are async only from pinned memory
             loss_sum = torch.zeros((), device=rt.device)
             bar = tqdm(range(steps), desc=f"fold {self.fold} {self.arch} ep {epoch + 1}/{cfg.epochs}",
                        leave=False, disable=None)

@@ -260,3 +260,30 @@ def test_loader_on_corrupted_bytes(tmp_path, cut, fill):
     except LandslideError:
         return
     assert out.shape == (64, 64, 12)
+
+
+def test_errors_survive_pickling_with_their_message_and_fields():
+    # Under torchrun rank 0's error is broadcast (pickled) to the other ranks, which re-raise it.
+    import pickle
+
+    from landslide.errors import BadFilesError, ConfigError, DataError
+
+    bad = BadFilesError([DataError("NaN values", file="a.npy", id="ID_1", fix="re-export it")], fix="fix them")
+    cfg = ConfigError("--shard x", fix="write i/n")
+    for e in (bad, cfg):
+        r = pickle.loads(pickle.dumps(e))
+        assert type(r) is type(e) and str(r) == str(e) and r.fix == e.fix and r.problem == e.problem
+    assert pickle.loads(pickle.dumps(bad)).errors[0].id == "ID_1"
+
+
+def test_outputs_get_the_mode_a_plain_open_would(tmp_path):
+    import os
+    import stat
+
+    from landslide.io import atomic_write
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_write(tmp_path / "out.csv") as f:
+        f.write("ID,Target\n")
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o666 & ~umask

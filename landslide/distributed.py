@@ -25,6 +25,9 @@ import torch.distributed as dist
 
 from landslide.errors import ConfigError
 
+OBJECT_TIMEOUT = datetime.timedelta(days=2)
+_OBJECTS: dist.ProcessGroup | None = None  # the group broadcast/gather use; set by init()
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -85,6 +88,11 @@ def init(device: str, fold_parallel: bool) -> tuple[DistEnv, str]:
         device = f"cuda:{local}"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    global _OBJECTS
+    # Python objects travel over their own CPU group with a long timeout: under --fold-parallel a rank
+    # that finished its folds waits at the final gather for the slowest one, which can be hours, while
+    # a stuck gradient all-reduce on the default group should still fail after 30 minutes.
+    _OBJECTS = dist.new_group(backend="gloo", timeout=OBJECT_TIMEOUT)
     if rank != 0:  # one log, rank 0's: the other ranks report only warnings and errors
         logging.getLogger().setLevel(logging.WARNING)
     return DistEnv(rank, world, fold_parallel), device
@@ -97,7 +105,7 @@ def shutdown(env: DistEnv) -> None:
 
 def barrier(env: DistEnv) -> None:
     if env.enabled:
-        dist.barrier()
+        dist.barrier(group=_OBJECTS)
 
 
 def broadcast(env: DistEnv, obj: Any) -> Any:
@@ -105,7 +113,7 @@ def broadcast(env: DistEnv, obj: Any) -> Any:
     if not env.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_OBJECTS)
     return box[0]
 
 
@@ -114,7 +122,7 @@ def gather(env: DistEnv, obj: Any) -> list[Any] | None:
     if not env.enabled:
         return [obj]
     out: list[Any] | None = [None] * env.world_size if env.is_main else None
-    dist.gather_object(obj, out, dst=0)
+    dist.gather_object(obj, out, dst=0, group=_OBJECTS)
     return out
 
 

@@ -170,7 +170,7 @@ def test_cuda_graph_step_matches_eager():
 @pytest.mark.parametrize("extra", [
     pytest.param(["--data-backend", "dali", "--compile", "off"],
                  marks=pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")),
-    ["--cuda-graphs", "--data-backend", "torch"],  # the graphed compiled step
+    ["--cuda-graphs"],  # the graphed compiled step, fed by the default backend (DALI where installed)
     ["--precision", "fp16", "--compile", "on"],
     ["--fold-on", "host", "--compile", "off"]])
 def test_gpu_training_end_to_end(tmp_path, extra):

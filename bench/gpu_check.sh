@@ -3,8 +3,8 @@
 #
 #     bench/gpu_check.sh OUTDIR [STEP...]      STEP: pytest data train infer (default: all four)
 #
-# All four take ~13 minutes on a fresh machine (compilation included). Where one command may run 10
-# minutes at most, split them over two: `infer` alone (it needs neither DALI nor albumentations, so it
+# Their time limits add up to 18 minutes (compilation included). Where one command may run 10 minutes
+# at most, split them over two: `infer` alone (it needs neither DALI nor albumentations, so it
 # can run while bench/gpu_wheels.sh is still shipping them), then `pytest data train`.
 #
 # Writes at most 8 files into OUTDIR: summary.md (every table + environment + step exit codes),

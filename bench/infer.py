@@ -162,9 +162,10 @@ def _make_with_export(values: dict):
         log.info("%s: %s -> exporting (engine=%s) and retrying", values["backend"], first.problem, engine)
         # Only the fused graph is timed; a few verification patches suffice here (export's own tests
         # verify in full), and on a GPU host the reference pass over 256 patches alone takes minutes.
-        # The FP16 graph only where a runner can use it (AOTI compiles the torch modules).
+        # No ONNX for AOTI (it compiles the torch modules): on a GPU host, tracing and checking the
+        # full fp32 ensemble's graph costs minutes of the step's budget before AOTI even starts.
         export_main(make_config(ExportConfig, {"run": values["run"], "engine": engine, "n_verify": 16,
-                                               "folds_onnx": False, "fp16": engine != "aoti"}))
+                                               "folds_onnx": False, "onnx": engine != "aoti"}))
         return make_runner(cfg)
 
 

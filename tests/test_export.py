@@ -175,6 +175,16 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     found = make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti",
                                                   "engine_dir": str(tmp_path / "engines")}))
     assert found.name == "aoti" and found.path == path
+    # --no-onnx: the package alone (found again and re-verified here), no ONNX graph traced or written.
+    from landslide.export import ExportConfig
+    from landslide.export import main as export_main
+
+    made = export_main(make_config(ExportConfig, {
+        "run": str(run), "engine": "aoti", "onnx": False, "out": str(tmp_path / "x"), "n_verify": 16,
+        "engine_dir": str(tmp_path / "engines"), "min_batch": 1, "opt_batch": 8, "max_batch": 16}))
+    assert made == {"engine": str(path)} and not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="--no-onnx leaves nothing"):
+        export_main(make_config(ExportConfig, {"run": str(run), "onnx": False}))
     # Built again with the same key: reused, not recompiled (same bytes).
     sha = file_sha256(path)
     assert build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref) == path

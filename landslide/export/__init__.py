@@ -32,6 +32,8 @@ class ExportConfig:
     min_batch: int = field(1, "engine optimisation profile: smallest batch")
     opt_batch: int = field(64, "engine optimisation profile: batch tuned for")
     max_batch: int = field(256, "engine optimisation profile: largest batch")
+    onnx: bool = field(True, "write the ONNX graphs (--no-onnx: only the --engine aoti package, which "
+                              "compiles the torch modules and needs none)")
     folds_onnx: bool = field(True, "also export one ONNX per fold")
     fp16: bool = field(True, "also export the FP16 fused graph (what TensorRT 11 builds from)")
     rebuild: bool = field(False, "rebuild an engine even when a matching one is cached")
@@ -72,6 +74,9 @@ def main(cfg) -> dict:
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise ConfigError(f"batch profile {cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch} is not ordered",
                           fix="use --min-batch <= --opt-batch <= --max-batch, all >= 1")
+    if not cfg.onnx and cfg.engine != "aoti":
+        raise ConfigError("--no-onnx leaves nothing to export without --engine aoti",
+                          fix="drop --no-onnx, or add --engine aoti (TensorRT builds from the ONNX graph)")
     if cfg.engine == "tensorrt":  # fail before minutes of ONNX export, not after
         from landslide.export.tensorrt import gpu_name, import_trt
 
@@ -91,7 +96,7 @@ def main(cfg) -> dict:
     x = reference_inputs(info, cfg.data, cfg.n_verify)
     ref = ox.torch_run(fused, x)
     made: dict[str, str] = {}
-    if cfg.folds_onnx:
+    if cfg.onnx and cfg.folds_onnx:
         for k, arch, p in ox.export_folds(fused, info, x, out):
             write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=sha,
                           extra={"fold": k, "arch": arch,
@@ -99,10 +104,11 @@ def main(cfg) -> dict:
                                            "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
                                  "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})
             made[p.stem] = str(p)
-    p = ox.export_fused(fused, info, x, ref, out / "fused.onnx")
-    write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha=sha)
-    made["fused"] = str(p)
-    if cfg.fp16 or cfg.engine == "tensorrt":
+    if cfg.onnx:
+        p = ox.export_fused(fused, info, x, ref, out / "fused.onnx")
+        write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha=sha)
+        made["fused"] = str(p)
+    if cfg.onnx and (cfg.fp16 or cfg.engine == "tensorrt"):
         p = ox.export_fp16(fused, info, x, ref, out / "fused_fp16.onnx")
         write_sidecar(p, kind="onnx-fused", info=info, precision="fp16", run_sha=sha,
                       extra={"note": "FP16 models, FP32 input/output, normalisation and averaging"})

@@ -293,7 +293,7 @@ def main(cfg: InferBenchConfig) -> list[dict]:
         # % peak against the peak of the precision this runner computes in (AOTI is fp32, TensorRT fp16).
         prec = runner.rt.precision if hasattr(runner, "rt") else getattr(runner, "sidecar", {}).get("precision", cfg.precision)
         if prec not in peaks:
-            peaks[prec] = device_peak(device, prec)[0] if prec != cfg.precision else peak
+            peaks[prec] = device_peak(device, prec)[0]
         if flops is None and hasattr(runner, "module") and not getattr(runner.module, "__class__").__name__.startswith("Looped"):
             flops = flops_per_patch(runner.module, device, len(mean))
             emit(common.record("infer", "flops", env, conf, metrics={

@@ -98,8 +98,8 @@ def albumentations_chain(cfg: AugmentConfig, seed: int):
         import albumentations as A
         import cv2
     except ImportError:
-        raise ConfigError("--baseline albumentations needs albumentations (and OpenCV)",
-                          fix="pip install -r requirements.txt (pins albumentations), or use --baseline numpy") from None
+        raise ConfigError("--per-sample albumentations needs albumentations (and OpenCV)",
+                          fix="pip install -r requirements.txt (pins albumentations), or use --per-sample numpy") from None
     with warnings.catch_warnings():  # ShiftScaleRotate is deprecated in favour of Affine; the seed used it
         warnings.simplefilter("ignore")
         chain = A.Compose([

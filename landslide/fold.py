@@ -63,6 +63,10 @@ class DeviceFold:
         self.x, self.cloud, self.y = x, cloud, y.to(x.device)
         self.labels = self.y  # what the sampler draws from: indices then live where the data does
 
+    def indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """An epoch's ``(steps, batch)`` index table, ready for :meth:`batch`: already on the device."""
+        return idx
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.x[idx], self.y[idx], self.cloud[idx]
 
@@ -80,6 +84,11 @@ class HostFold:
         self.bufs = [torch.empty((batch_size, *x.shape[1:]), dtype=x.dtype, pin_memory=self.pin) for _ in range(2)]
         self.events: list[torch.cuda.Event | None] = [None, None]
         self.k = 0
+
+    def indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """An epoch's ``(steps, batch)`` index table (host), pinned once so each step's copy of its row
+        to the device is asynchronous (from pageable memory it may wait for the stream)."""
+        return idx.pin_memory() if self.pin else idx
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k, self.k = self.k, self.k ^ 1

@@ -136,6 +136,8 @@ def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
     """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now, and,
     for an AOTInductor package, for this host's device (a CUDA package can't run on a CPU host, and a CPU
     one on a GPU host would leave the GPU idle)."""
+    import torch
+
     from landslide.ensemble import read_run
     from landslide.export.sidecar import run_hash, sidecar_path
 
@@ -144,8 +146,6 @@ def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
     if not found:
         return None
     want, sha = str(run.resolve()), run_hash(read_run(run))
-    import torch
-
     # An AOTI sidecar names its device; a TensorRT one has none (its GPU is checked when it is loaded).
     here = ("cuda" if torch.cuda.is_available() else "cpu") if backend == "aoti" else None
     ok = []

@@ -4,8 +4,9 @@ Per (fold, architecture) the whole training fold lives on the device (when it fi
 standardised once; each step gathers a class-balanced index batch (``sampler.py``), augments it on
 the device (``augment/``), mixes it (Mixup/CutMix), and runs one AMP step (``step.py``: eager, or a
 replayed CUDA graph with ``--cuda-graphs``). Metrics are accumulated on the device so the step never
-waits for the host; on a GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with DDP or are spread over
-the ranks (``--fold-parallel``); either way rank 0 writes one run folder (``distributed.py``).
+waits for the host; on a GPU with AMP the fold is stored fp16. Under ``torchrun`` the folds train with
+DDP or are spread over the ranks (``--fold-parallel``); either way rank 0 writes one run folder
+(``distributed.py``).
 
 After every epoch the fold's state is written atomically (``fold<k>/<arch>.state.pt``): killed at
 any moment, ``--resume`` continues from the last finished epoch, and because every epoch's randomness
@@ -211,9 +212,7 @@ class FoldTrainer:
             mixer.reseed(es)
             model.train()
             t0 = time.perf_counter()
-            idx = sampler.epoch(steps)
-            if idx.device.type == "cpu" and rt.device.type == "cuda":  # host fold: its per-step index
-                idx = idx.pin_memory()  # copies are async only from pinned memory
+            idx = train_fold.indices(sampler.epoch(steps))
             loss_sum = torch.zeros((), device=rt.device)
             bar = tqdm(range(steps), desc=f"fold {self.fold} {self.arch} ep {epoch + 1}/{cfg.epochs}",
                        leave=False, disable=None)

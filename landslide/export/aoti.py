@@ -41,10 +41,7 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
     if path.is_file() and not rebuild:
         read_sidecar(path, kind="aoti")
         log.info("aoti: reusing %s (same run, torch, device and profile; --rebuild to force)", path)
-        fn = torch._inductor.aoti_load_package(str(path))
-        with ieee_fp32(device):
-            got = torch_run(fn, x, profile[2], device)
-        require(compare(path.name, got, ref, info.threshold, FP32_TOL), path)
+        _verify(path, str(path), device, x, ref, info.threshold, profile[2])
         return path
     module = fused.to(device).eval()
     lo, hi = profile[0], profile[2]
@@ -60,10 +57,7 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
         built = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp / path.name))
         dt = time.perf_counter() - t0
         log.info("aoti: compiled %s on %s in %.1f s", path.name, device_name(device), dt)
-        fn = torch._inductor.aoti_load_package(built)
-        with ieee_fp32(device):  # the reference ran on the CPU
-            got = torch_run(fn, x, hi, device)
-        require(compare(path.name, got, ref, info.threshold, FP32_TOL), path)
+        _verify(path, built, device, x, ref, info.threshold, hi)
         Path(built).replace(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -71,3 +65,12 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
                   extra={"device": device.type, "device_name": device_name(device), "profile": list(profile),
                          "cache_key": key, "compile_s": round(dt, 1)})
     return path
+
+
+def _verify(path: Path, package: str, device: torch.device, x: np.ndarray, ref: np.ndarray, threshold: float,
+            batch_size: int) -> None:
+    """Load ``package`` and hold it to the CPU reference at fp32 tolerance (true fp32 on CUDA, not TF32)."""
+    fn = torch._inductor.aoti_load_package(package)
+    with ieee_fp32(device):
+        got = torch_run(fn, x, batch_size, device)
+    require(compare(path.name, got, ref, threshold, FP32_TOL), path)

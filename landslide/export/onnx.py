@@ -26,6 +26,7 @@ from torch import nn
 
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.errors import VerificationError
+from landslide.export.sidecar import weights_path
 from landslide.model import LandslideNet
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_n
     return path
 
 
-def weights_path(graph: Path) -> Path:
-    """Where a graph over protobuf's 2 GB limit keeps its weights: ``<graph>.data`` beside it."""
-    return graph.with_name(graph.name + ".data")
-
-
 def gather_weights(tmp: Path, path: Path) -> None:
     """Give the graph being written at ``tmp`` (final name ``path``) one weights file, or none.
 
     Past 2 GB (the full fp32 ensemble of 5 folds x 2 archs is ~2.9 GB) the exporter writes one file per
     weight beside the graph: hundreds of files named after parameters. They are gathered into
-    :func:`weights_path` (what the graph then names), which the sidecar hashes too. A smaller graph
+    :func:`~landslide.export.sidecar.weights_path` (what the graph then names), which the sidecar hashes too. A smaller graph
     embeds its weights, and a ``.data`` file left by an earlier, larger export is removed.
     """
     import onnx

@@ -20,8 +20,10 @@ SIDECAR_FORMAT = "landslide-artefact/1"
 REBUILD = "re-export it: python export.py RUN_DIR"
 
 
-def _weights(artefact: Path) -> Path:
-    return artefact.with_name(artefact.name + ".data")  # = landslide.export.onnx.weights_path (no onnx import)
+def weights_path(graph: str | Path) -> Path:
+    """Where a graph over protobuf's 2 GB limit keeps its weights: ``<graph>.data`` beside it."""
+    p = Path(graph)
+    return p.with_name(p.name + ".data")
 
 
 def sidecar_path(artefact: str | Path) -> Path:
@@ -61,8 +63,8 @@ def write_sidecar(artefact: str | Path, *, kind: str, info: Any, precision: str,
         "kind": kind,
         "file": artefact.name,
         "sha256": file_sha256(artefact),
-        # A graph over 2 GB keeps its weights beside it (landslide.export.onnx.weights_path): hashed too.
-        **({"data_sha256": file_sha256(_weights(artefact))} if _weights(artefact).is_file() else {}),
+        # A graph over 2 GB keeps its weights beside it: hashed too.
+        **({"data_sha256": file_sha256(weights_path(artefact))} if weights_path(artefact).is_file() else {}),
         "contract": {**{k: v for k, v in info.contract.items()}, "preprocess_version": PREPROCESS_VERSION},
         "threshold": info.threshold,
         "weights": dict(zip(info.archs, info.weights)),
@@ -104,7 +106,7 @@ def read_sidecar(artefact: str | Path, kind: str | None = None) -> dict[str, Any
         raise ContractError("artefact bytes do not match the sha256 in its sidecar (modified or replaced)",
                             file=artefact, fix=REBUILD)
     if "data_sha256" in side:
-        data = _weights(artefact)
+        data = weights_path(artefact)
         if not data.is_file() or file_sha256(data) != side["data_sha256"]:
             raise ContractError("the graph's weights file is missing or does not match the sha256 in its sidecar",
                                 file=data, fix=f"keep {data.name} beside {artefact.name}, or {REBUILD}")

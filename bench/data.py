@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,32 +46,44 @@ class DataBenchConfig:
 
 
 def backend_names() -> list[str]:
-    """Every concrete augmentation backend the package declares (``auto`` is a chooser, not one)."""
+    """Every concrete augmentation pipeline the package declares (``auto`` is a chooser, not one): each
+    backend, and the torch backend once per kernel (``torch`` eager, ``torch-compiled``)."""
     from landslide.augment import BACKENDS
+    from landslide.augment.compiled import KERNELS
 
-    return [b for b in BACKENDS if b != "auto"]
+    names = []
+    for b in BACKENDS:
+        if b != "auto":
+            names += [b] + ([f"{b}-{k}" for k in KERNELS if k not in ("auto", "eager")] if b == "torch" else [])
+    return names
 
 
 def backend_batches(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchConfig, calls: int):
     """(one_batch, None): a callable doing what a training step asks of the backend — gather a
-    class-balanced index batch from the device-resident set, then augment it; or (None, why not here)."""
+    class-balanced index batch from the device-resident set, then augment it; or (None, why not here).
+    ``name`` is ``backend`` or ``backend-kernel``; the compiled kernel's first call (its compile) is
+    made here, before any timing, and its seconds are returned as the third item."""
     from landslide.augment import build_augment, resolve_backend
     from landslide.augment.torch import AugmentConfig
     from landslide.sampler import BalancedSampler
 
+    backend, _, kernel = name.partition("-")
     try:
-        resolved = resolve_backend(name, x.device)
+        resolved = resolve_backend(backend, x.device, kernel or "eager")
         aug = build_augment(resolved, AugmentConfig(), x.device, cfg.batch_size, cfg.seed)
+        x = x.contiguous(memory_format=aug.memory_format)  # stored as the training fold is for this backend
         gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
         batches = iter(BalancedSampler(y, cfg.batch_size, generator=gen).epoch(calls))
 
-        def one_batch():
-            return aug(x[next(batches)], gen)
+        def one_batch():  # the gather is the backend's (training calls it on the fold the same way)
+            return aug(x, gen, index=next(batches))
 
-        one_batch()  # e.g. DALI built but unable to run on this host
+        t0 = time.perf_counter()
+        one_batch()  # e.g. DALI built but unable to run on this host; the compiled kernel compiles here
+        first_s = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - any failure to build or run is reported as the skip reason
-        return None, f"{type(e).__name__}: {e}"
-    return one_batch, None
+        return None, f"{type(e).__name__}: {e}", None
+    return one_batch, None, first_s
 
 
 def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: DataBenchConfig, iters: int,
@@ -117,15 +130,15 @@ def main(cfg: DataBenchConfig) -> list[dict]:
 
     base_name = "per-sample DataLoader"
     records, rows, bars = [], [], []
-    fns, skipped = {}, {}
+    fns, skipped, first = {}, {}, {}
     for name in backend_names():
         # calls: the check in backend_batches, the warm-up, then per window one re-warm call + iters
-        fn, why = backend_batches(name, x_dev, y_dev, cfg, 1 + cfg.warmup + windows * (1 + iters))
+        fn, why, first_s = backend_batches(name, x_dev, y_dev, cfg, 1 + cfg.warmup + windows * (1 + iters))
         if fn is None:
             log.warning("backend %s skipped: %s", name, why)
             skipped[name] = why
         else:
-            fns[name] = fn
+            fns[name], first[name] = fn, first_s
     # Round-robin, one window per pipeline per round, the order rotating each round: a shared host's
     # load changes over a run, and this way each ratio compares windows measured moments apart.
     seconds: dict[str, list[np.ndarray]] = {base_name: [], **{k: [] for k in fns}}
@@ -147,10 +160,13 @@ def main(cfg: DataBenchConfig) -> list[dict]:
         label = f"{name} ({cfg.per_sample})" if name == base_name else f"{name} (batched, gather+augment)"
         extra = {"workers": cfg.workers, "impl": f"{cfg.per_sample}, one sample at a time"} if name == base_name \
             else {"backend": name}
-        records.append(common.record("data", name, env, {**conf, **extra},
-                                     metrics={"samples_per_s": tp, "batch_latency": lat, "ratio_vs_per_sample": ratio}))
+        metrics = {"samples_per_s": tp, "batch_latency": lat, "ratio_vs_per_sample": ratio}
+        if name in first:  # the first call: a compile, a DALI pipeline build; never in the windows
+            metrics["first_call_s"] = first[name]
+        records.append(common.record("data", name, env, {**conf, **extra}, metrics=metrics))
         rows.append({"pipeline": label, "samples/s median (min-max)": common.spread(tp),
-                     "ms/batch p50": lat["p50_ms"], "ms/batch p95": lat["p95_ms"], "x per-sample": f"{ratio:.1f}x"})
+                     "ms/batch p50": lat["p50_ms"], "ms/batch p95": lat["p95_ms"], "x per-sample": f"{ratio:.1f}x",
+                     "first call s": f"{first[name]:.1f}" if name in first else ""})
         bars.append((name, tp))
     for name, why in skipped.items():
         records.append(common.record("data", name, env, {**conf, "backend": name}, skipped=why))
@@ -160,7 +176,7 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
     title = f"augmentation, batch {cfg.batch_size} x {cfg.channels}x64x64 fp32 — {env['device_name']}"
     table = common.format_table(rows, ["pipeline", "samples/s median (min-max)", "ms/batch p50", "ms/batch p95",
-                                       "x per-sample"])
+                                       "x per-sample", "first call s"])
     head = (f"# bench.data — {title}\n\n`{common.command_line('bench.data')}`; "
             f"{windows} windows x {iters} batches; torch threads {env['torch_threads']}, "
             f"baseline workers {cfg.workers}, load avg {env['loadavg_1m']} at start\n\n")

@@ -40,6 +40,8 @@ class TrainBenchConfig(RuntimeFields):
     img_size: int = field(0, "optical branch input size (0 = native 64 px)")
     batch_size: int = field(64, "training batch size")
     data_backend: str = field("auto", "augmentation backend: auto | torch | dali", choices=("auto", "torch", "dali"))
+    augment_kernel: str = field("auto", "the torch backend's ops on a CPU: auto | eager | compiled",
+                                choices=("auto", "eager", "compiled"))
     baseline_loader: bool = field(False, "also run the conventional DataLoader + per-sample CPU pipeline; report the ratio")
     baseline_precision: str = field("same", "the conventional run's precision: same | fp32 | bf16 | fp16",
                                     choices=("same", "fp32", "bf16", "fp16"))
@@ -104,7 +106,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
 
     common.set_threads(cfg.threads)
     rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
-    backend = resolve_backend(cfg.data_backend, rt.device)
+    backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
     dev = rt.device
     n = cfg.n or (512 if cfg.quick else 4096)
     windows, steps = cfg.windows or (3 if cfg.quick else 5), cfg.steps or (3 if cfg.quick else 20)
@@ -147,18 +149,18 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     opt_idx = torch.as_tensor(layout.optical_idx, device=dev)
 
     # --- the device pipeline (what landslide.train runs)
-    xd, yd = x.to(dev), y.to(dev)
+    augment = build_augment(backend, AugmentConfig(), dev, cfg.batch_size, cfg.seed)
+    xd, yd = x.to(dev).contiguous(memory_format=augment.memory_format), y.to(dev)  # stored as the training fold is
     cd = cloud_score(xd, opt_idx)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     mixer = Mixer(MixConfig(), seed=cfg.seed)
-    augment = build_augment(backend, AugmentConfig(), dev, cfg.batch_size, cfg.seed)
     total_steps = 1 + cfg.warmup + windows * steps
     idx = BalancedSampler(yd, cfg.batch_size, generator=gen).epoch(total_steps)
     k = iter(range(total_steps))
 
     def device_data():
         b = idx[next(k)]
-        return mixer(augment(xd[b], gen), yd[b], cd[b], gen)
+        return mixer(augment(xd, gen, index=b), yd[b], cd[b], gen)
 
     results = {f"device ({backend})": time_steps(device_data, compute, dev, cfg.warmup, windows, steps)}
     compiled = {f"device ({backend})": rt.compile}

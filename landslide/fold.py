@@ -41,16 +41,17 @@ def free_memory(device: torch.device) -> int | None:
 
 
 def standardise(normalize, x: torch.Tensor, rows: np.ndarray, device: torch.device, dtype: torch.dtype,
-                placement: str) -> tuple[torch.Tensor, torch.Tensor]:
+                placement: str, memory_format: torch.memory_format = torch.contiguous_format
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``normalize`` ``x[rows]`` in 1,024-row chunks on ``device`` (no host copy of the whole fold first);
-    keep the result there or bring it back to the host."""
+    keep the result there or bring it back to the host, stored in ``memory_format``."""
     out, cs = None, []
     with torch.no_grad():
         for s in range(0, len(rows), 1024):
             z, c = normalize(x[rows[s:s + 1024]].to(device))
             if out is None:  # filled in place: chunks + a final cat would need twice the fold's memory
                 out = torch.empty((len(rows), *z.shape[1:]), dtype=dtype,
-                                  device=device if placement == "device" else "cpu")
+                                  device=device if placement == "device" else "cpu", memory_format=memory_format)
             out[s:s + len(z)] = z.to(dtype)
             cs.append(c)
     return out, torch.cat(cs)
@@ -69,6 +70,12 @@ class DeviceFold:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.x[idx], self.y[idx], self.cloud[idx]
+
+    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(source, index, y, cloud)``: the batch is ``source[index]``, left for the augmentation to
+        gather (``aug(source, g, index=index)``), so a backend whose first kernel gathers reads the fold
+        in place instead of from a gathered copy."""
+        return self.x, idx, self.y[idx], self.cloud[idx]
 
 
 class HostFold:
@@ -105,10 +112,17 @@ class HostFold:
         idx_dev = idx.to(self.device, non_blocking=True)
         return xb, self.y[idx_dev], self.cloud[idx_dev]
 
+    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor, torch.Tensor]:
+        """As :meth:`DeviceFold.rows`; here the batch is gathered on the host already (index None)."""
+        xb, y, cloud = self.batch(idx)
+        return xb, None, y, cloud
+
 
 def make_fold(normalize, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype,
-              requested: str, batch_size: int, rows: np.ndarray | None = None) -> DeviceFold | HostFold:
-    """Standardise the fold ``x[rows]`` (labels ``y[rows]``; default: all rows) and place it (logged once)."""
+              requested: str, batch_size: int, rows: np.ndarray | None = None,
+              memory_format: torch.memory_format = torch.contiguous_format) -> DeviceFold | HostFold:
+    """Standardise the fold ``x[rows]`` (labels ``y[rows]``; default: all rows) and place it (logged once),
+    stored in ``memory_format`` (channels-last for the compiled CPU augmentation, which reads it in place)."""
     rows = np.arange(len(x)) if rows is None else rows
     y = y[rows]
     need = x[:1].numel() * len(rows) * torch.empty((), dtype=dtype).element_size()
@@ -116,7 +130,7 @@ def make_fold(normalize, x: torch.Tensor, y: torch.Tensor, device: torch.device,
     if device.type == "cuda":
         log.info("training fold: %.2f GiB %s on the %s", need / 2**30, str(dtype).removeprefix("torch."),
                  "device" if placement == "device" else "host (pinned; batches copied per step)")
-    x, cloud = standardise(normalize, x, rows, device, dtype, placement)
+    x, cloud = standardise(normalize, x, rows, device, dtype, placement, memory_format)
     if placement == "device":
         return DeviceFold(x, cloud, y)
     return HostFold(x, cloud, y, device, batch_size)

@@ -162,8 +162,9 @@ class FoldTrainer:
         # fp16 (half the memory; 7,147x12x64x64 is ~0.7 GB): fp16 rather than bf16 because standardised
         # values are small and fp16 keeps 3 more mantissa bits.
         store = torch.float16 if rt.device.type == "cuda" and rt.amp_dtype is not None else torch.float32
+        augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         train_fold = make_fold(net.normalize, x_all, y_all, rt.device, store, cfg.fold_on, cfg.batch_size,
-                               rows=self.tr_idx)
+                               rows=self.tr_idx, memory_format=augment.memory_format)
         x_val = x_all[self.va_idx]
         y_val = self.split.labels[self.va_idx]
 
@@ -179,7 +180,6 @@ class FoldTrainer:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs),
                                                            eta_min=cfg.min_lr * lr_mult)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
-        augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         mixer = Mixer(MixConfig(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob), seed=0)
         step_fn = model
         if env.ddp:
@@ -218,8 +218,8 @@ class FoldTrainer:
                        leave=False, disable=None)
             compile_s = 0.0
             for s in bar:
-                xb, yb, cb = train_fold.batch(idx[s])
-                xb, yb, cb = mixer(augment(xb, gen), yb, cb, gen)
+                xs, xi, yb, cb = train_fold.rows(idx[s])  # the batch is xs[xi]: the augmentation gathers
+                xb, yb, cb = mixer(augment(xs, gen, index=xi), yb, cb, gen)
                 if rt.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 first = epoch == start_epoch and s == 0 and (rt.compile or cfg.cuda_graphs)
@@ -319,8 +319,8 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
                           fix="pass --resume to continue it, or --out a new folder")
     if cfg.resume and cfg_path.exists():
         old = read_json(cfg_path)["config"]
-        keep = ("resume", "device", "precision", "compile", "compile_mode", "data_backend", "cache_dir", "eval_batch_size",
-                "fold_on")
+        keep = ("resume", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel", "cache_dir",
+                "eval_batch_size", "fold_on")
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if k not in keep and old.get(k) != v}
         if diff:
             raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
@@ -377,7 +377,7 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     rt = resolve_runtime(device, cfg.precision, cfg.channels_last, cfg.compile)
     if cfg.cuda_graphs:
         check_cuda_graphs(rt, env.ddp, cfg.compile_mode)
-    backend = resolve_backend(cfg.data_backend, rt.device)
+    backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
     log.info("train: %s data_backend=%s cuda_graphs=%s %s archs=%s folds=%d", rt.describe(), backend,
              "on" if cfg.cuda_graphs else "off", env.describe(), ",".join(cfg.archs), cfg.folds)
     if env.ddp and env.is_main:

@@ -54,6 +54,9 @@ class TrainConfig(RuntimeFields):
     fold_parallel: bool = field(False, "under torchrun: spread folds across ranks instead of DDP within each fold")
     data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",
                               choices=("auto", "torch", "dali"))
+    augment_kernel: str = field("auto", "the torch backend's ops on a CPU: auto (compiled when a C++ compiler is "
+                                "found) | eager | compiled (torch.compile, Inductor C++)",
+                                choices=("auto", "eager", "compiled"))
     cache_dir: str = field("", "preprocessed-tensor cache folder (default ~/.cache/landslide or $LANDSLIDE_CACHE)")
     resume: bool = field(False, "continue an interrupted run in --out from its last finished epoch")
     preset: str = field("", "the preset this config started from (set by --preset)")

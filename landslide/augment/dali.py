@@ -100,7 +100,9 @@ def build_pipeline(batch_size: int, device_id: int | None, num_threads: int = 2,
 
 
 class DaliAugment:
-    """``aug(x (B, C, H, W), generator) -> x``: the torch backend's augmentations run by DALI."""
+    """``aug(x (B, C, H, W), generator, index=None) -> x``: the torch backend's augmentations run by DALI."""
+
+    memory_format = torch.contiguous_format  # the training fold's storage (the GPU path is unchanged by it)
 
     def __init__(self, cfg: AugmentConfig, device: torch.device | str, batch_size: int, seed: int,
                  dynamic: bool | None = None) -> None:
@@ -126,7 +128,9 @@ class DaliAugment:
         self._host_gen.manual_seed(int.from_bytes(bytes(state.tolist()), "little") % (2**63 - 1))
         return self.sampler.sample(b, h, w, self._host_gen, torch.device("cpu"))
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None,
+                 index: torch.Tensor | None = None) -> torch.Tensor:
+        x = x if index is None else x[index]  # the interface's gather (TorchAugment.__call__)
         b, _, h, w = x.shape
         if b > self.batch_size:
             raise ValueError(f"batch of {b} exceeds the DALI pipeline's batch size {self.batch_size}")

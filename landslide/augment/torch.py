@@ -81,40 +81,56 @@ def geometric_theta(hflip: torch.Tensor, vflip: torch.Tensor, rot_k: torch.Tenso
     return torch.cat([m, t], 2)
 
 
+def params_from_uniforms(u: torch.Tensor, cfg: AugmentConfig, h: int, w: int) -> AugmentParams:
+    """A batch's parameters from its uniforms ``u (B, U)`` (``TorchAugment.uniforms``): a pure function,
+    so the compiled CPU path compiles it into one kernel instead of ~50 tiny ops."""
+    b = u.shape[0]
+    device = u.device
+    k = max(cfg.holes, 1)
+    c = dict(zip(_COLUMNS, u.unbind(1), strict=False))
+    sym = lambda name, r: (c[name] * 2 - 1) * r  # noqa: E731 - uniform on [-r, r]
+    hflip = c["hflip"] < cfg.p_hflip
+    vflip = c["vflip"] < cfg.p_vflip
+    rot_k = torch.where(c["rot90"] < cfg.p_rot90, (c["quarters"] * 3).long() + 1, 0)  # 1-3 quarter turns
+    ssr = c["ssr"] < cfg.p_ssr
+    angle = torch.where(ssr, sym("angle", cfg.rotate), 0.0)
+    scale = torch.where(ssr, 1 + sym("scale", cfg.scale), 1.0)
+    dx = torch.where(ssr, sym("dx", cfg.shift), 0.0)
+    dy = torch.where(ssr, sym("dy", cfg.shift), 0.0)
+    theta = geometric_theta(hflip, vflip, rot_k, angle, scale, dx, dy)
+    n_holes = (c["holes"] * k).long().unsqueeze(1) + 1  # 1..k
+    on = (c["dropout"] < cfg.p_dropout).unsqueeze(1) & (torch.arange(k, device=device) < n_holes)
+    box = u[:, len(_COLUMNS):].view(b, k, 4)
+    size = (box[..., :2] * cfg.hole_size).long() + 1  # 1..hole_size a side
+    y0, x0 = (box[..., 2] * h).long(), (box[..., 3] * w).long()
+    y1 = torch.where(on, (y0 + size[..., 0]).clamp(max=h), y0)
+    x1 = torch.where(on, (x0 + size[..., 1]).clamp(max=w), x0)
+    holes = torch.stack([y0, x0, y1, x1], 2)
+    noise = torch.where(c["noise"] < cfg.p_noise, c["noise_std"] * cfg.noise_std, 0.0)
+    blur = torch.where(c["blur"] < cfg.p_blur, 0.1 + c["blur_sigma"] * (cfg.blur_sigma - 0.1), 0.0)
+    return AugmentParams(theta, holes, noise, blur)
+
+
 class TorchAugment:
+    memory_format = torch.contiguous_format  # how the training fold is best stored for this backend
+
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
 
     def sample(self, b: int, h: int, w: int, g: torch.Generator | None, device: torch.device) -> AugmentParams:
         """Every random number of the batch comes from one ``rand`` call: on a GPU each draw is a kernel
         launch, and this runs every step."""
-        cfg = self.cfg
-        k = max(cfg.holes, 1)
-        u = torch.rand(b, len(_COLUMNS) + 4 * k, generator=g, device=device)
-        c = dict(zip(_COLUMNS, u.unbind(1), strict=False))
-        sym = lambda name, r: (c[name] * 2 - 1) * r  # noqa: E731 - uniform on [-r, r]
-        hflip = c["hflip"] < cfg.p_hflip
-        vflip = c["vflip"] < cfg.p_vflip
-        rot_k = torch.where(c["rot90"] < cfg.p_rot90, (c["quarters"] * 3).long() + 1, 0)  # 1-3 quarter turns
-        ssr = c["ssr"] < cfg.p_ssr
-        angle = torch.where(ssr, sym("angle", cfg.rotate), 0.0)
-        scale = torch.where(ssr, 1 + sym("scale", cfg.scale), 1.0)
-        dx = torch.where(ssr, sym("dx", cfg.shift), 0.0)
-        dy = torch.where(ssr, sym("dy", cfg.shift), 0.0)
-        theta = geometric_theta(hflip, vflip, rot_k, angle, scale, dx, dy)
-        n_holes = (c["holes"] * k).long().unsqueeze(1) + 1  # 1..k
-        on = (c["dropout"] < cfg.p_dropout).unsqueeze(1) & (torch.arange(k, device=device) < n_holes)
-        box = u[:, len(_COLUMNS):].view(b, k, 4)
-        size = (box[..., :2] * cfg.hole_size).long() + 1  # 1..hole_size a side
-        y0, x0 = (box[..., 2] * h).long(), (box[..., 3] * w).long()
-        y1 = torch.where(on, (y0 + size[..., 0]).clamp(max=h), y0)
-        x1 = torch.where(on, (x0 + size[..., 1]).clamp(max=w), x0)
-        holes = torch.stack([y0, x0, y1, x1], 2)
-        noise = torch.where(c["noise"] < cfg.p_noise, c["noise_std"] * cfg.noise_std, 0.0)
-        blur = torch.where(c["blur"] < cfg.p_blur, 0.1 + c["blur_sigma"] * (cfg.blur_sigma - 0.1), 0.0)
-        return AugmentParams(theta, holes, noise, blur)
+        return params_from_uniforms(self.uniforms(b, g, device), self.cfg, h, w)
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    def uniforms(self, b: int, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """The ``(B, U)`` uniforms one batch's parameters are made of (:func:`params_from_uniforms`)."""
+        return torch.rand(b, len(_COLUMNS) + 4 * max(self.cfg.holes, 1), generator=g, device=device)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None,
+                 index: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment the batch ``x (B, C, H, W)``, or ``x[index]`` when ``index`` is given (the interface's
+        gather, which the compiled CPU path fuses into its first kernel)."""
+        x = x if index is None else x[index]
         p = self.sample(x.shape[0], x.shape[2], x.shape[3], g, x.device)
         return apply(x, p, draw_noise(p, x.shape, g, x.device, x.dtype))
 
@@ -261,8 +277,13 @@ def apply_host(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = N
     if noise is not None and len(sel):
         rows = noise if noise.shape[0] == len(sel) else dense_noise(noise, p).index_select(0, sel)
         out.index_add_(0, sel, rows.float() * p.noise_std.index_select(0, sel).float().view(-1, 1, 1, 1))
-    for i, boxes in enumerate(p.holes.tolist()):
+    cut_holes(out, p.holes)
+    return out.to(dtype)
+
+
+def cut_holes(out: torch.Tensor, holes: torch.Tensor) -> None:
+    """Coarse dropout in place on the host: each non-empty box of ``holes (B, K, 4)`` is a slice set to 0."""
+    for i, boxes in enumerate(holes.tolist()):
         for y0, x0, y1, x1 in boxes:
             if y1 > y0 and x1 > x0:
                 out[i, :, y0:y1, x0:x1] = 0.0
-    return out.to(dtype)

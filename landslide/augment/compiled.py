@@ -1,0 +1,251 @@
+"""The torch backend's compiled CPU path: the seed's geometry as one Inductor C++ kernel.
+
+On a CPU, ``grid_sample`` is the costliest op of a batch (it gathers every tap of every channel on
+its own) and each further op is another pass over the batch. Here the geometry (flips, rot90,
+shift-scale-rotate, all one 2x3 matrix per sample, ``torch.py``) is written as index arithmetic over
+a channels-last batch and compiled once by ``torch.compile``: one OpenMP loop over output pixels
+whose 12 channels are one contiguous vector load per bilinear tap, on both cores. Blur, noise and
+holes then touch only the samples that drew them, as in :func:`~landslide.augment.torch.apply_host`.
+
+Same parameters (:meth:`TorchAugment.sample`), ops and order as the eager paths. Flip/rot90-only
+samples stay exact (their taps carry weight 0 or 1); warped samples agree with ``grid_sample`` to
+float32 coordinate rounding (~1e-5 on unit-variance noise; tested), since the two round the sample
+position differently. The output is a ``(B, C, H, W)`` tensor in channels-last memory, which is what
+the model's convolutions prefer; a channels-last input (the training fold is stored so) is read in
+place, any other layout costs one transposing copy first.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+
+import torch
+
+from landslide.augment.torch import (
+    AugmentConfig,
+    AugmentParams,
+    TorchAugment,
+    _centres,
+    cut_holes,
+    gaussian_kernels,
+    params_from_uniforms,
+)
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("auto", "eager", "compiled")
+
+
+def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each output pixel samples: ``(4, B, H, W)`` int32 flat pixel indices ``y * W + x`` of the
+    four bilinear taps and their ``(4, B, H, W)`` float32 weights, for ``theta (B, 2, 3)`` (output ->
+    input, ``affine_grid``'s normalised coordinates), replicate border.
+
+    The position is computed in ``grid_sample``'s order (the grid as ``torch._warp`` builds it, then
+    ``(g + 1) * size / 2 - 0.5``, clamped to the border). A pure flip/rot90 lands on pixel centres, so
+    its weights are exactly 1, 0, 0, 0.
+    """
+    b = theta.shape[0]
+    u = _centres(w, theta.device).view(1, 1, w)
+    v = _centres(h, theta.device).view(1, h, 1)
+    t = theta.reshape(b, 6, 1, 1)
+    sx = (t[:, 2] + u * t[:, 0]) + v * t[:, 1]
+    sy = (t[:, 5] + u * t[:, 3]) + v * t[:, 4]
+    ix = ((sx + 1) * (w / 2) - 0.5).clamp(0, w - 1)
+    iy = ((sy + 1) * (h / 2) - 0.5).clamp(0, h - 1)
+    fx0, fy0 = ix.floor(), iy.floor()
+    wx1, wx0 = ix - fx0, fx0 + 1 - ix
+    wy1, wy0 = iy - fy0, fy0 + 1 - iy
+    x0, y0 = fx0.int(), fy0.int()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # at the border its weight is 0
+    taps = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+    return taps, torch.stack([wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1])
+
+
+def _interpolate(x: torch.Tensor, index: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Rows ``index (B,)`` of ``x (N, H, W, C)`` sampled at ``taps``/``weights`` (:func:`_taps`):
+    ``(B, C, H, W)``, channels-last. The gather is the loop's own indexing, so no gathered copy is made.
+
+    Indexed as ``x[n, pixel, c]`` with ``c`` innermost, Inductor loads each tap's channels as one vector;
+    kept apart from :func:`_taps` so the per-pixel coordinate maths runs vectorised across pixels
+    instead of once per pixel inside this loop (3x faster here).
+    """
+    n, h, w, c = x.shape
+    b = index.shape[0]
+    xf = x.reshape(n, h * w, c)
+    bi = index.view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device, dtype=torch.int32)
+    p00, p01, p10, p11 = (a.unsqueeze(-1) for a in taps.unbind(0))
+    w00, w01, w10, w11 = (a.unsqueeze(-1) for a in weights.unbind(0))
+    out = xf[bi, p00, ci] * w00 + xf[bi, p01, ci] * w01 + xf[bi, p10, ci] * w10 + xf[bi, p11, ci] * w11
+    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Reflect-101 border (cv2's default, torch's "reflect"): -1 -> 1, n -> n - 2."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def _blur_hwc(x: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of ``x (S, H, W, C)`` with per-sample 1-D kernels ``kern (S, K)``, reflect-101
+    borders (as ``torch._blur``); ``(S, H, W, C)``. Each tap is a contiguous channel vector again."""
+    s, h, w, c = x.shape
+    k = kern.shape[1]
+    cols = torch.arange(w, device=x.device, dtype=torch.int32)
+    rows = torch.arange(h, device=x.device, dtype=torch.int32)
+    kv = kern.view(s, k, 1, 1, 1)
+    y = sum(kv[:, i] * x[:, :, _reflect(cols + (i - k // 2), w), :] for i in range(k))
+    return sum(kv[:, i] * y[:, _reflect(rows + (i - k // 2), h), :, :] for i in range(k))
+
+
+# SplitMix64 (Steele et al. 2014; java.util.SplittableRandom): a Weyl sequence through a 64-bit mixer,
+# as signed int64 constants (torch has no uint64 arithmetic; products wrap the same way).
+_GAMMA, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _normals(seed: torch.Tensor, n: int, h: int, w: int, c: int) -> torch.Tensor:
+    """``(n, h, w, c)`` standard normals from the int64 ``seed``: counter-based, so one compiled loop on
+    every core makes them (``torch.randn`` on a CPU is one thread, and the costliest op left here).
+
+    Element pair ``i`` is SplitMix64's ``i``-th output after ``seed``; its top and middle 24 bits are
+    two uniforms that Box-Muller turns into two independent normals (channels ``2j`` and ``2j + 1``).
+    24-bit uniforms cap |z| at 5.8: a Gaussian past that is one draw in 10^8.
+    """
+    pairs = (c + 1) // 2
+    i = torch.arange(n * h * w * pairs, dtype=torch.int64, device=seed.device).view(n, h, w, pairs, 1)
+    z = seed + (i + 1) * _GAMMA
+    z = (z ^ _srl(z, 30)) * _MIX1
+    z = (z ^ _srl(z, 27)) * _MIX2
+    z = z ^ _srl(z, 31)
+    u1 = (_srl(z, 40) + 1).float() * 2.0**-24           # (0, 1]
+    u2 = ((z >> 16) & 0xFFFFFF).float() * 2.0**-24      # [0, 1)
+    r, a = torch.sqrt(-2 * torch.log(u1)), (2 * math.pi) * u2
+    z = torch.cat([r * torch.cos(a), r * torch.sin(a)], -1).view(n, h, w, 2 * pairs)  # pairs side by side: 2x faster
+    return z if c % 2 == 0 else z[..., :c]
+
+
+_KERNELS: dict[str, object] = {}  # compiled once per process: their graphs serve every augmenter
+
+
+def _kernel(name: str):
+    if name not in _KERNELS:
+        # The geometry's batch size is fixed in training, so its first shape compiles static (a second one
+        # recompiles once, dynamic); blur and noise run on however many samples drew them: dynamic from the start.
+        fn, dynamic = {"params": (params_from_uniforms, None), "taps": (_taps, None),
+                       "interpolate": (_interpolate, None), "blur": (_blur_hwc, True),
+                       "normals": (_normals, True)}[name]
+        _KERNELS[name] = torch.compile(fn, fullgraph=True, dynamic=dynamic)
+    return _KERNELS[name]
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor's CPU backend would call, or None when there is none on PATH."""
+    for name in ("g++", "c++", "clang++"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def resolve_kernel(requested: str, backend: str, device: torch.device) -> str:
+    """``eager`` or ``compiled`` for the augmentation ops; ``auto`` -> compiled for the torch backend on a
+    CPU with a C++ compiler (Inductor's), else eager. The caller logs the choice once."""
+    from landslide.errors import ConfigError
+
+    if requested not in KERNELS:
+        raise ConfigError(f"augmentation kernel {requested!r} unknown", fix=f"use one of {KERNELS}")
+    host = backend == "torch" and device.type == "cpu"
+    if requested == "auto":
+        return "compiled" if host and cpp_compiler() else "eager"
+    if requested == "compiled":
+        if not host:
+            raise ConfigError(f"--augment-kernel compiled is the torch backend's CPU path; this run uses the "
+                              f"{backend} backend on {device}",
+                              fix="use --augment-kernel auto or eager (a GPU takes the batched torch path or DALI, "
+                                  "neither of which waits on the host)")
+        if not cpp_compiler():
+            raise ConfigError("--augment-kernel compiled needs a C++ compiler for torch.compile's CPU backend, "
+                              "and none (g++, c++, clang++) is on PATH",
+                              fix="apt-get install g++, or use --augment-kernel eager")
+    return requested
+
+
+def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ``p`` to ``x (B, C, H, W)``, or to ``x[index]``, float32 on the CPU: geometry (which gathers)
+    in two compiled kernels, then blur, noise (``noise`` as for :func:`~landslide.augment.torch.apply`)
+    and holes on the samples that drew them. ``(B, C, H, W)`` float32 in channels-last memory."""
+    if x.device.type != "cpu":
+        raise ValueError(f"apply_compiled is the CPU path; got a batch on {x.device}")
+    _, _, h, w = x.shape
+    hwc = x.float().permute(0, 2, 3, 1)
+    hwc = hwc if hwc.is_contiguous() else hwc.contiguous()
+    index = torch.arange(x.shape[0]) if index is None else index
+    blur = (p.blur_sigma > 0).tolist()
+    std = p.noise_std.tolist()
+    taps, weights = _kernel("taps")(p.theta.float(), h, w)
+    out = _kernel("interpolate")(hwc, index, taps, weights)
+    # Per-sample slices below, not index_copy_/index_add_: a channels-last sample is one contiguous block,
+    # and those ops take a slow strided path on channels-last batches.
+    sel = [i for i, bl in enumerate(blur) if bl]
+    if sel:
+        pad = sel * 2 if len(sel) == 1 else sel  # >= 2 samples: as for the noise rows, one graph for all sizes
+        sub = out.permute(0, 2, 3, 1)[pad]  # (S, H, W, C), contiguous
+        blurred = _kernel("blur")(sub, gaussian_kernels(p.blur_sigma[pad]))
+        for j, i in enumerate(sel):
+            out[i].copy_(blurred[j].permute(2, 0, 1))
+    sel = [i for i, s in enumerate(std) if s > 0]
+    if noise is not None and sel:
+        dense = noise.shape[0] != len(sel)
+        for j, i in enumerate(sel):
+            out[i].add_(noise[i if dense else j], alpha=std[i])
+    cut_holes(out, p.holes)
+    return out
+
+
+class CompiledAugment:
+    """The torch backend on a CPU with its ops compiled: ``aug(x, g, index=None)`` like :class:`TorchAugment`.
+
+    Parameters are made from ``TorchAugment.uniforms`` by the same function as ``TorchAugment.sample``
+    (compiled), so the same generator state draws the same augmentations. The noise fields come from
+    :func:`_normals` seeded by one draw from ``g``: reproducible under a seed, the same distribution as
+    ``torch.randn``'s, not the same numbers. The first call compiles (seconds; logged apart, ``compile_s``).
+    """
+
+    memory_format = torch.channels_last  # the fold stored so is read in place (no transposing copy)
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.cfg = cfg
+        self.sampler = TorchAugment(cfg)  # its uniforms; the parameters are made from them by a compiled kernel
+        self.compile_s: float | None = None
+
+    def draw_noise(self, p: AugmentParams, shape, g: torch.Generator | None) -> torch.Tensor | None:
+        """Unit normal rows ``(R, C, H, W)`` (channels-last memory, the batch's), one per sample with
+        ``noise_std > 0``; ``None`` when none has."""
+        seed = torch.randint(-2**63, 2**63 - 1, (), generator=g)  # drawn every call: g's stream stays fixed
+        rows = int((p.noise_std > 0).sum())
+        if rows == 0:
+            return None
+        c, h, w = shape[1:]
+        # At least 2 rows: torch.compile specialises a size of 1, so a lone row would compile a second graph.
+        return _kernel("normals")(seed, max(rows, 2), h, w, c)[:rows].permute(0, 3, 1, 2)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None,
+                 index: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment ``x (B, C, H, W)``, or the batch ``x[index]`` of a fold ``x`` (gathered in the kernel)."""
+        t0 = time.perf_counter()
+        _, c, h, w = x.shape
+        b = x.shape[0] if index is None else index.shape[0]
+        p = _kernel("params")(self.sampler.uniforms(b, g, x.device), self.cfg, h, w)
+        out = apply_compiled(x, p, self.draw_noise(p, (b, c, h, w), g), index)
+        if self.compile_s is None:
+            self.compile_s = time.perf_counter() - t0
+            log.info("augmentation kernels compiled (Inductor C++) + first batch: %.1f s", self.compile_s)
+        return out

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from landslide.augment.compiled import cpp_compiler
+
 from conftest import run_script
 
 pytestmark = pytest.mark.slow
@@ -26,8 +28,12 @@ def test_train_writes_the_run_folder(trained):
     for name in ("config.json", "contract.json", "folds.csv", "metrics.csv", "oof.csv", "calibration.json",
                  "plots/training_curves.png", "plots/oof_pr_confusion.png"):
         assert (run / name).is_file(), name
-    assert "device=cpu" in r.stderr and "data_backend=torch" in r.stderr  # the one start-up line
+    # the one start-up line; --augment-kernel auto compiles the torch backend's CPU kernels where g++ is
+    pipeline = "torch-compiled" if cpp_compiler() else "torch"
+    assert "device=cpu" in r.stderr and f"data_backend={pipeline} " in r.stderr
+    assert ("augmentation kernels compiled" in r.stderr) == (pipeline == "torch-compiled")  # logged apart
     cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data_backend"] == pipeline
     assert cfg["config"]["preset"] == "tiny" and "torch" in cfg["versions"]
     cal = json.loads((run / "calibration.json").read_text())
     assert set(cal["weights"]) == {"test_efficientnet", "test_efficientnet@80"}

@@ -39,13 +39,13 @@ KERNELS = ("auto", "eager", "compiled")
 
 
 def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each output pixel samples: ``(4, B, H, W)`` int32 flat pixel indices ``y * W + x`` of the
-    four bilinear taps and their ``(4, B, H, W)`` float32 weights, for ``theta (B, 2, 3)`` (output ->
-    input, ``affine_grid``'s normalised coordinates), replicate border.
+    """Where each output pixel samples, for ``theta (B, 2, 3)`` (output -> input, ``affine_grid``'s
+    normalised coordinates), replicate border: ``(B, H, W)`` int32 flat index ``y * W + x`` of the
+    top-left bilinear tap, and ``(2, B, H, W)`` float32 fractions ``fx, fy`` towards the other three.
 
     The position is computed in ``grid_sample``'s order (the grid as ``torch._warp`` builds it, then
-    ``(g + 1) * size / 2 - 0.5``, clamped to the border). A pure flip/rot90 lands on pixel centres, so
-    its weights are exactly 1, 0, 0, 0.
+    ``(g + 1) * size / 2 - 0.5``) and clamped to the border, where the fraction towards the outside is
+    exactly 0. A pure flip/rot90 lands on pixel centres: fractions 0, the output an exact copy.
     """
     b = theta.shape[0]
     u = _centres(w, theta.device).view(1, 1, w)
@@ -56,30 +56,32 @@ def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     ix = ((sx + 1) * (w / 2) - 0.5).clamp(0, w - 1)
     iy = ((sy + 1) * (h / 2) - 0.5).clamp(0, h - 1)
     fx0, fy0 = ix.floor(), iy.floor()
-    wx1, wx0 = ix - fx0, fx0 + 1 - ix
-    wy1, wy0 = iy - fy0, fy0 + 1 - iy
-    x0, y0 = fx0.int(), fy0.int()
-    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # at the border its weight is 0
-    taps = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
-    return taps, torch.stack([wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1])
+    return (fy0 * w + fx0).int(), torch.stack([ix - fx0, iy - fy0])
 
 
-def _interpolate(x: torch.Tensor, index: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Rows ``index (B,)`` of ``x (N, H, W, C)`` sampled at ``taps``/``weights`` (:func:`_taps`):
-    ``(B, C, H, W)``, channels-last. The gather is the loop's own indexing, so no gathered copy is made.
+def _interpolate(x: torch.Tensor, index: torch.Tensor, p00: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """Rows ``index (B,)`` of ``x (N, H, W, C)`` sampled at :func:`_taps`' positions: ``(B, C, H, W)``,
+    channels-last. The gather is the loop's own indexing, so no gathered copy is made.
 
-    Indexed as ``x[n, pixel, c]`` with ``c`` innermost, Inductor loads each tap's channels as one vector;
-    kept apart from :func:`_taps` so the per-pixel coordinate maths runs vectorised across pixels
-    instead of once per pixel inside this loop (3x faster here).
+    Indexed as ``x[n, pixel, c]`` with ``c`` innermost, Inductor loads each tap's channels as one vector.
+    Kept apart from :func:`_taps` so the coordinate maths runs vectorised across pixels instead of once
+    per pixel inside this loop (3x faster here), which reads one index and two fractions per pixel.
+    The right/lower neighbours are ``p00 + 1``, ``+ W``, ``+ W + 1`` in the flattened image: on the right
+    edge ``+ 1`` is the next row's first pixel and past the last row the index is clamped in, and both
+    times that tap's weight is exactly 0 (the position sits on the border), so they read finite data
+    that counts for nothing, as ``grid_sample``'s zero-weighted out-of-range taps do.
     """
     n, h, w, c = x.shape
-    b = index.shape[0]
-    xf = x.reshape(n, h * w, c)
+    b, hw = index.shape[0], h * w
+    xf = x.reshape(n, hw, c)
     bi = index.view(b, 1, 1, 1)
     ci = torch.arange(c, device=x.device, dtype=torch.int32)
-    p00, p01, p10, p11 = (a.unsqueeze(-1) for a in taps.unbind(0))
-    w00, w01, w10, w11 = (a.unsqueeze(-1) for a in weights.unbind(0))
-    out = xf[bi, p00, ci] * w00 + xf[bi, p01, ci] * w01 + xf[bi, p10, ci] * w10 + xf[bi, p11, ci] * w11
+    p = p00.unsqueeze(-1)
+    p01, p10, p11 = (p + 1).clamp(max=hw - 1), (p + w).clamp(max=hw - 1), (p + w + 1).clamp(max=hw - 1)
+    fx, fy = frac[0].unsqueeze(-1), frac[1].unsqueeze(-1)
+    gx, gy = 1 - fx, 1 - fy
+    out = (xf[bi, p, ci] * (gx * gy) + xf[bi, p01, ci] * (fx * gy)) + (xf[bi, p10, ci] * (gx * fy)
+                                                                       + xf[bi, p11, ci] * (fx * fy))
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -190,8 +192,8 @@ def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None
     index = torch.arange(x.shape[0]) if index is None else index
     blur = (p.blur_sigma > 0).tolist()
     std = p.noise_std.tolist()
-    taps, weights = _kernel("taps")(p.theta.float(), h, w)
-    out = _kernel("interpolate")(hwc, index, taps, weights)
+    p00, frac = _kernel("taps")(p.theta.float(), h, w)
+    out = _kernel("interpolate")(hwc, index, p00, frac)
     # Per-sample slices below, not index_copy_/index_add_: a channels-last sample is one contiguous block,
     # and those ops take a slow strided path on channels-last batches.
     sel = [i for i, bl in enumerate(blur) if bl]

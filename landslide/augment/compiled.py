@@ -85,22 +85,26 @@ def _interpolate(x: torch.Tensor, index: torch.Tensor, p00: torch.Tensor, frac: 
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
-def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-    """Reflect-101 border (cv2's default, torch's "reflect"): -1 -> 1, n -> n - 2."""
-    i = i.abs()
-    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+def _reflect_pad(x: torch.Tensor, dim: int, r: int) -> torch.Tensor:
+    """``x`` padded by ``r`` on both sides of ``dim`` with reflect-101 borders (cv2's default, torch's
+    "reflect": ``x[2], x[1] | x[0] ... x[n-1] | x[n-2], x[n-3]``), as slices: Inductor keeps affine
+    indexing, where a computed reflected index costs it 3x under dynamic shapes."""
+    n = x.shape[dim]
+    left = [x.narrow(dim, i, 1) for i in range(r, 0, -1)]
+    right = [x.narrow(dim, n - 1 - i, 1) for i in range(1, r + 1)]
+    return torch.cat([*left, x, *right], dim)
 
 
 def _blur_hwc(x: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of ``x (S, H, W, C)`` with per-sample 1-D kernels ``kern (S, K)``, reflect-101
     borders (as ``torch._blur``); ``(S, H, W, C)``. Each tap is a contiguous channel vector again."""
-    s, h, w, c = x.shape
+    s, h, w, _ = x.shape
     k = kern.shape[1]
-    cols = torch.arange(w, device=x.device, dtype=torch.int32)
-    rows = torch.arange(h, device=x.device, dtype=torch.int32)
     kv = kern.view(s, k, 1, 1, 1)
-    y = sum(kv[:, i] * x[:, :, _reflect(cols + (i - k // 2), w), :] for i in range(k))
-    return sum(kv[:, i] * y[:, _reflect(rows + (i - k // 2), h), :, :] for i in range(k))
+    xp = _reflect_pad(x, 2, k // 2)
+    y = sum(kv[:, i] * xp[:, :, i:i + w] for i in range(k))
+    yp = _reflect_pad(y, 1, k // 2)
+    return sum(kv[:, i] * yp[:, i:i + h] for i in range(k))
 
 
 # SplitMix64 (Steele et al. 2014; java.util.SplittableRandom): a Weyl sequence through a 64-bit mixer,

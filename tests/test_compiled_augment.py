@@ -41,9 +41,12 @@ def test_matches_the_eager_host_path():
     assert torch.equal(out == 0, ref == 0)  # the same holes (nothing else of random data is exactly 0)
 
 
-def test_flips_and_rot90_are_exact():
-    x = batch(24)
-    p, noise = draw(AugmentConfig(p_ssr=0.0, p_blur=0.0, p_noise=0.0, p_dropout=0.0), 24)
+def test_flips_rot90_and_holes_are_exact():
+    """No warp: flips/rot90 are pixel copies, and every sample's holes (up to 4 boxes, some cut by the
+    border) zero exactly the eager path's pixels."""
+    x = batch(48)
+    p, noise = draw(AugmentConfig(p_ssr=0.0, p_blur=0.0, p_noise=0.0, p_dropout=1.0, holes=4, hole_size=12), 48)
+    assert (p.holes[..., 2] >= 64).any() or (p.holes[..., 3] >= 64).any()  # some box reaches the border
     assert torch.equal(C.apply_compiled(x, p, noise), apply_host(x, p, noise))
 
 

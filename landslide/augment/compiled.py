@@ -1,18 +1,23 @@
-"""The torch backend's compiled CPU path: the seed's geometry as one Inductor C++ kernel.
+"""The torch backend's compiled CPU path: the seed's augmentations as Inductor C++ kernels.
 
 On a CPU, ``grid_sample`` is the costliest op of a batch (it gathers every tap of every channel on
-its own) and each further op is another pass over the batch. Here the geometry (flips, rot90,
-shift-scale-rotate, all one 2x3 matrix per sample, ``torch.py``) is written as index arithmetic over
-a channels-last batch and compiled once by ``torch.compile``: one OpenMP loop over output pixels
-whose 12 channels are one contiguous vector load per bilinear tap, on both cores. Blur, noise and
-holes then touch only the samples that drew them, as in :func:`~landslide.augment.torch.apply_host`.
+its own), ``torch.randn`` runs on one core, and each further op is another pass over the batch. Here
+``torch.compile`` builds, once per process:
 
-Same parameters (:meth:`TorchAugment.sample`), ops and order as the eager paths. Flip/rot90-only
-samples stay exact (their taps carry weight 0 or 1); warped samples agree with ``grid_sample`` to
-float32 coordinate rounding (~1e-5 on unit-variance noise; tested), since the two round the sample
-position differently. The output is a ``(B, C, H, W)`` tensor in channels-last memory, which is what
-the model's convolutions prefer; a channels-last input (the training fold is stored so) is read in
-place, any other layout costs one transposing copy first.
+* ``params``: the batch's parameters from its uniforms (``torch.params_from_uniforms``: ~50 tiny ops);
+* ``taps`` + ``interpolate``: the geometry (flips, rot90, shift-scale-rotate, one 2x3 matrix per
+  sample) as index arithmetic over a channels-last fold, read in place (the gather is the loop's own
+  indexing), each bilinear tap's 12 channels one vector load, on both cores;
+* ``normals``: counter-based Gaussian noise (SplitMix64 + Box-Muller) on both cores;
+* ``blur``: the separable Gaussian blur of the samples that drew it.
+
+Noise and holes are then written into the samples that drew them. Same parameters (the same function
+as :meth:`TorchAugment.sample`), ops and order as the eager paths. Flip/rot90-only samples stay exact
+(their taps carry weight 1 and 0); warped samples agree with ``grid_sample`` to float32 rounding of the
+sample position (~2e-5 on unit-variance noise; tested). The noise has ``torch.randn``'s distribution,
+not its numbers. The output is a ``(B, C, H, W)`` tensor in channels-last memory, which the model's
+convolutions prefer; a channels-last input (the training fold is stored so) is read in place, any other
+layout costs one transposing copy first.
 """
 from __future__ import annotations
 
@@ -185,6 +190,7 @@ def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None
     _, _, h, w = x.shape
     hwc = x.float().permute(0, 2, 3, 1)
     hwc = hwc if hwc.is_contiguous() else hwc.contiguous()
+    torch._dynamo.maybe_mark_dynamic(hwc, 0)  # folds differ in size: one graph for all, not a recompile per fold
     index = torch.arange(x.shape[0]) if index is None else index
     blur = (p.blur_sigma > 0).tolist()
     std = p.noise_std.tolist()

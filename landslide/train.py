@@ -165,6 +165,8 @@ class FoldTrainer:
         augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         train_fold = make_fold(net.normalize, x_all, y_all, rt.device, store, cfg.fold_on, cfg.batch_size,
                                rows=self.tr_idx, memory_format=augment.memory_format)
+        if hasattr(augment, "warm_up"):  # a compiled augmentation compiles here, so epoch 1 times the steady state
+            augment.warm_up(train_fold.x, cfg.batch_size)
         x_val = x_all[self.va_idx]
         y_val = self.split.labels[self.va_idx]
 

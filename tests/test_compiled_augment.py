@@ -77,6 +77,9 @@ def test_augmenter_is_seeded_and_gathers_like_every_backend():
     c = aug(fold, torch.Generator().manual_seed(8), index=index)
     assert a.shape == (12, 12, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
     assert aug.compile_s is not None and aug.compile_s > 0
+    warm = build_augment("torch-compiled", EVERY_OP, CPU, 12, 0)
+    warm.warm_up(fold, 12)  # what training does before epoch 1: the run's own streams are untouched
+    assert torch.equal(warm(fold, torch.Generator().manual_seed(7), index=index), a)
 
 
 def test_eager_backend_takes_the_same_index():

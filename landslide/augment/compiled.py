@@ -261,11 +261,18 @@ class CompiledAugment:
                  index: torch.Tensor | None = None) -> torch.Tensor:
         """Augment ``x (B, C, H, W)``, or the batch ``x[index]`` of a fold ``x`` (gathered in the kernel)."""
         t0 = time.perf_counter()
+        fresh = not _KERNELS  # this process compiles on this call
         _, c, h, w = x.shape
         b = x.shape[0] if index is None else index.shape[0]
         p = _kernel("params")(self.sampler.uniforms(b, g, x.device), self.cfg, h, w)
         out = apply_compiled(x, p, self.draw_noise(p, (b, c, h, w), g), index)
         if self.compile_s is None:
             self.compile_s = time.perf_counter() - t0
-            log.info("augmentation kernels compiled (Inductor C++) + first batch: %.1f s", self.compile_s)
+            if fresh:
+                log.info("augmentation kernels compiled (Inductor C++) + first batch: %.1f s", self.compile_s)
         return out
+
+    def warm_up(self, x: torch.Tensor, batch_size: int) -> None:
+        """One throwaway batch of the fold ``x`` with a private generator: the compile happens here, timed
+        apart, and the run's own random streams are untouched."""
+        self(x, torch.Generator().manual_seed(0), index=torch.arange(min(batch_size, x.shape[0])))

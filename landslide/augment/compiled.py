@@ -274,5 +274,14 @@ class CompiledAugment:
 
     def warm_up(self, x: torch.Tensor, batch_size: int) -> None:
         """One throwaway batch of the fold ``x`` with a private generator: the compile happens here, timed
-        apart, and the run's own random streams are untouched."""
-        self(x, torch.Generator().manual_seed(0), index=torch.arange(min(batch_size, x.shape[0])))
+        apart, and the run's own random streams are untouched. A toolchain that cannot build the kernels
+        is an error naming the way out, not a silent switch to the eager ops."""
+        from landslide.errors import ConfigError
+
+        try:
+            self(x, torch.Generator().manual_seed(0), index=torch.arange(min(batch_size, x.shape[0])))
+        except (RuntimeError, OSError) as e:  # Inductor's build and load failures (BackendCompilerFailed is one)
+            raise ConfigError(f"the compiled augmentation kernels failed to build or run: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}",
+                              fix="use --augment-kernel eager (same augmentations, eager ops), or repair the "
+                                  "C++ toolchain torch.compile uses (g++ and the Python headers)") from e

@@ -137,3 +137,14 @@ def test_kernel_choice(monkeypatch):
     with pytest.raises(ConfigError, match="C\\+\\+ compiler") as e:
         C.resolve_kernel("compiled", "torch", CPU)
     assert "g++" in str(e.value) and "--augment-kernel eager" in str(e.value)
+
+
+def test_a_kernel_build_failure_is_a_config_error(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("C++ compile error: cannot find Python.h\n...")
+
+    monkeypatch.setattr(C, "apply_compiled", broken)
+    aug = build_augment("torch-compiled", EVERY_OP, CPU, 4, 0)
+    with pytest.raises(ConfigError, match="failed to build or run: RuntimeError: C\\+\\+ compile error") as e:
+        aug.warm_up(batch(4), 4)
+    assert "--augment-kernel eager" in str(e.value)

@@ -53,8 +53,11 @@ def backend_names() -> list[str]:
 
     names = []
     for b in BACKENDS:
-        if b != "auto":
-            names += [b] + ([f"{b}-{k}" for k in KERNELS if k not in ("auto", "eager")] if b == "torch" else [])
+        if b == "auto":
+            continue
+        names.append(b)
+        if b == "torch":
+            names += [f"torch-{k}" for k in KERNELS if k not in ("auto", "eager")]
     return names
 
 

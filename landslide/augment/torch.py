@@ -7,7 +7,8 @@ apply them, same result (tested):
 
 * :func:`apply_batched` (GPU): every op on the whole batch, one ``grid_sample``, nothing that needs
   the host to look at values, so a step never waits; pure flips/rot90 land on pixel centres.
-* :func:`apply_host` (CPU): the host sees the parameters for free, so each op runs only on the samples
+* :func:`apply_host` (CPU, ``--augment-kernel eager``; ``compiled.py`` has the default CPU kernels):
+  the host sees the parameters for free, so each op runs only on the samples
   that drew it, and flip/rot90-only samples are an exact pixel permutation instead of a warp.
 
 Borders replicate the edge pixel (DALI's ``warp_affine`` does the same without a fill value).
@@ -277,13 +278,8 @@ def apply_host(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = N
     if noise is not None and len(sel):
         rows = noise if noise.shape[0] == len(sel) else dense_noise(noise, p).index_select(0, sel)
         out.index_add_(0, sel, rows.float() * p.noise_std.index_select(0, sel).float().view(-1, 1, 1, 1))
-    cut_holes(out, p.holes)
-    return out.to(dtype)
-
-
-def cut_holes(out: torch.Tensor, holes: torch.Tensor) -> None:
-    """Coarse dropout in place on the host: each non-empty box of ``holes (B, K, 4)`` is a slice set to 0."""
-    for i, boxes in enumerate(holes.tolist()):
+    for i, boxes in enumerate(p.holes.tolist()):
         for y0, x0, y1, x1 in boxes:
             if y1 > y0 and x1 > x0:
                 out[i, :, y0:y1, x0:x1] = 0.0
+    return out.to(dtype)

@@ -5,11 +5,14 @@ its own), ``torch.randn`` runs on one core, and each further op is another pass 
 ``torch.compile`` builds, once per process:
 
 * ``params``: the batch's parameters from its uniforms (``torch.params_from_uniforms``: ~50 tiny ops);
-* ``taps`` + ``interpolate``: the geometry (flips, rot90, shift-scale-rotate, one 2x3 matrix per
-  sample) as index arithmetic over a channels-last fold, read in place (the gather is the loop's own
-  indexing), each bilinear tap's 12 channels one vector load, on both cores;
+* ``taps``: the geometry (flips, rot90, shift-scale-rotate, one 2x3 matrix per sample) as one index
+  and two fractions per output pixel, vectorised across pixels;
 * ``normals``: counter-based Gaussian noise (SplitMix64 + Box-Muller) on both cores;
 * ``blur``: the separable Gaussian blur of the samples that drew it.
+
+The bilinear gather itself is hand-written (``native.py`` / ``gather.cpp``: it prefetches each
+sample, which a generated loop cannot, and rotated reads wait on memory without it); it reads the
+channels-last fold in place (the gather is its own indexing), each tap's channels one vector load.
 
 Noise and holes are then written into the samples that drew them. Same parameters (the same function
 as :meth:`TorchAugment.sample`), ops and order as the eager paths. Flip/rot90-only samples stay exact
@@ -23,11 +26,12 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 
 import torch
 
+from landslide.augment import native
+from landslide.augment.native import cpp_compiler
 from landslide.augment.torch import AugmentConfig, AugmentParams, TorchAugment, _centres, gaussian_kernels, params_from_uniforms
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,11 @@ def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     The position is computed in ``grid_sample``'s order (the grid as ``torch._warp`` builds it, then
     ``(g + 1) * size / 2 - 0.5``) and clamped to the border, where the fraction towards the outside is
     exactly 0. A pure flip/rot90 lands on pixel centres: fractions 0, the output an exact copy.
+
+    The right/lower neighbours are ``p00 + 1``, ``+ W``, ``+ W + 1`` in the flattened image: on the right
+    edge ``+ 1`` is the next row's first pixel and past the last row the gather clamps the index in, and
+    both times that tap's weight is exactly 0 (the position sits on the border), so they read finite data
+    that counts for nothing, as ``grid_sample``'s zero-weighted out-of-range taps do.
     """
     b = theta.shape[0]
     u = _centres(w, theta.device).view(1, 1, w)
@@ -54,32 +63,6 @@ def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     iy = ((sy + 1) * (h / 2) - 0.5).clamp(0, h - 1)
     fx0, fy0 = ix.floor(), iy.floor()
     return (fy0 * w + fx0).int(), torch.stack([ix - fx0, iy - fy0])
-
-
-def _interpolate(x: torch.Tensor, index: torch.Tensor, p00: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-    """Rows ``index (B,)`` of ``x (N, H, W, C)`` sampled at :func:`_taps`' positions: ``(B, C, H, W)``,
-    channels-last. The gather is the loop's own indexing, so no gathered copy is made.
-
-    Indexed as ``x[n, pixel, c]`` with ``c`` innermost, Inductor loads each tap's channels as one vector.
-    Kept apart from :func:`_taps` so the coordinate maths runs vectorised across pixels instead of once
-    per pixel inside this loop (3x faster here), which reads one index and two fractions per pixel.
-    The right/lower neighbours are ``p00 + 1``, ``+ W``, ``+ W + 1`` in the flattened image: on the right
-    edge ``+ 1`` is the next row's first pixel and past the last row the index is clamped in, and both
-    times that tap's weight is exactly 0 (the position sits on the border), so they read finite data
-    that counts for nothing, as ``grid_sample``'s zero-weighted out-of-range taps do.
-    """
-    n, h, w, c = x.shape
-    b, hw = index.shape[0], h * w
-    xf = x.reshape(n, hw, c)
-    bi = index.view(b, 1, 1, 1)
-    ci = torch.arange(c, device=x.device, dtype=torch.int32)
-    p = p00.unsqueeze(-1)
-    p01, p10, p11 = (p + 1).clamp(max=hw - 1), (p + w).clamp(max=hw - 1), (p + w + 1).clamp(max=hw - 1)
-    fx, fy = frac[0].unsqueeze(-1), frac[1].unsqueeze(-1)
-    gx, gy = 1 - fx, 1 - fy
-    out = (xf[bi, p, ci] * (gx * gy) + xf[bi, p01, ci] * (fx * gy)) + (xf[bi, p10, ci] * (gx * fy)
-                                                                       + xf[bi, p11, ci] * (fx * fy))
-    return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def _reflect_pad(x: torch.Tensor, dim: int, r: int) -> torch.Tensor:
@@ -143,18 +126,9 @@ def _kernel(name: str):
         # The geometry's batch size is fixed in training, so its first shape compiles static (a second one
         # recompiles once, dynamic); blur and noise run on however many samples drew them: dynamic from the start.
         fn, dynamic = {"params": (params_from_uniforms, None), "taps": (_taps, None),
-                       "interpolate": (_interpolate, None), "blur": (_blur_hwc, True),
-                       "normals": (_normals, True)}[name]
+                       "blur": (_blur_hwc, True), "normals": (_normals, True)}[name]
         _KERNELS[name] = torch.compile(fn, fullgraph=True, dynamic=dynamic)
     return _KERNELS[name]
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler Inductor's CPU backend would call, or None when there is none on PATH."""
-    for name in ("g++", "c++", "clang++"):
-        if path := shutil.which(name):
-            return path
-    return None
 
 
 def resolve_kernel(requested: str, backend: str, device: torch.device) -> str:
@@ -182,20 +156,19 @@ def resolve_kernel(requested: str, backend: str, device: torch.device) -> str:
 
 def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None,
                    index: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply ``p`` to ``x (B, C, H, W)``, or to ``x[index]``, float32 on the CPU: geometry (which gathers)
-    in two compiled kernels, then blur, noise (``noise`` as for :func:`~landslide.augment.torch.apply`)
+    """Apply ``p`` to ``x (B, C, H, W)``, or to ``x[index]``, float32 on the CPU: the geometry (compiled
+    taps, then the native gather), then blur, noise (``noise`` as for :func:`~landslide.augment.torch.apply`)
     and holes on the samples that drew them. ``(B, C, H, W)`` float32 in channels-last memory."""
     if x.device.type != "cpu":
         raise ValueError(f"apply_compiled is the CPU path; got a batch on {x.device}")
     _, _, h, w = x.shape
     hwc = x.float().permute(0, 2, 3, 1)
     hwc = hwc if hwc.is_contiguous() else hwc.contiguous()
-    torch._dynamo.maybe_mark_dynamic(hwc, 0)  # folds differ in size: one graph for all, not a recompile per fold
     index = torch.arange(x.shape[0]) if index is None else index
     blur = (p.blur_sigma > 0).tolist()
     std = p.noise_std.tolist()
     p00, frac = _kernel("taps")(p.theta.float(), h, w)
-    out = _kernel("interpolate")(hwc, index, p00, frac)
+    out = native.interpolate(hwc, index, p00, frac)
     # Blur, noise and holes write whole samples or pixels of the (B, H*W*C) row view of the channels-last
     # batch: contiguous rows, where index ops on a channels-last 4-D tensor take a slow strided path.
     b, c = out.shape[:2]
@@ -269,7 +242,8 @@ class CompiledAugment:
         if self.compile_s is None:
             self.compile_s = time.perf_counter() - t0
             if fresh:
-                log.info("augmentation kernels compiled (Inductor C++) + first batch: %.1f s", self.compile_s)
+                log.info("augmentation kernels compiled (Inductor C++, native gather %.2f s) + first batch: %.1f s",
+                         native.library().build_s, self.compile_s)
         return out
 
     def warm_up(self, x: torch.Tensor, batch_size: int) -> None:

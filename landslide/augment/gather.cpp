@@ -1,0 +1,109 @@
+// The bilinear gather of the compiled CPU augmentation path (landslide/augment/native.py builds and
+// loads this file; compiled.py calls it). Plain C ABI, no torch headers: it builds in a fraction of a
+// second with the C++ compiler Inductor already needs.
+//
+// Why by hand: a warped sample reads its 196 KB (12 x 64 x 64 float32) source along rotated lines,
+// which the hardware prefetchers do not follow, so a generated loop waits on memory for most of its
+// time (a 20-degree rotation ran 4-5x slower than a pure shift). Here each thread prefetches the next
+// sample of its share into L2 while it interpolates the current one: one cache line per output pixel.
+//
+// Layout: x (N, H, W, C) float32 (a channels-last fold), index (B,) int64 rows of x, p00 (B, H, W)
+// int32 flat index y * W + x of the top-left tap, frac (2, B, H, W) float32 fractions fx, fy towards
+// the other three taps; out (B, H, W, C) float32. Taps past the last pixel are clamped in (their
+// weight is 0 there: the position sits on the border), as compiled.py's _taps documents.
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) && !defined(LS_NO_AVX512)
+#include <immintrin.h>
+#define LS_AVX512 1
+#else
+#define LS_AVX512 0
+#endif
+
+namespace {
+
+typedef float v4 __attribute__((vector_size(16)));  // SSE/NEON width: every target has it
+inline v4 load4(const float *p) { v4 v; memcpy(&v, p, sizeof v); return v; }
+inline void store4(float *p, v4 v) { memcpy(p, &v, sizeof v); }
+
+struct Job {
+  const float *x; const int64_t *index; const int32_t *p00; const float *frac; float *out;
+  int64_t b, h, w, c, begin, end;
+};
+
+constexpr int64_t LINE = 16;  // floats per 64-byte cache line
+
+// One output pixel: four taps of CC channels (CC == 0: the run-time c) weighted and summed.
+template <int64_t CC>
+inline void pixel(const float *__restrict__ t0, const float *__restrict__ t1, const float *__restrict__ t2,
+                  const float *__restrict__ t3, float w0, float w1, float w2, float w3, float *__restrict__ dst,
+                  int64_t c) {
+#if LS_AVX512
+  if (CC > 0 && CC <= 16) {  // one masked vector per tap (12 channels: the Zindi layout)
+    const __mmask16 m = (__mmask16)((1u << CC) - 1);
+    const __m512 a = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, t0), _mm512_set1_ps(w0)),
+                                   _mm512_mul_ps(_mm512_maskz_loadu_ps(m, t1), _mm512_set1_ps(w1)));
+    const __m512 b = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, t2), _mm512_set1_ps(w2)),
+                                   _mm512_mul_ps(_mm512_maskz_loadu_ps(m, t3), _mm512_set1_ps(w3)));
+    _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(a, b));
+    return;
+  }
+#endif
+  if (CC > 0 && CC % 4 == 0) {
+    for (int64_t k = 0; k < CC; k += 4)
+      store4(dst + k, (load4(t0 + k) * w0 + load4(t1 + k) * w1) + (load4(t2 + k) * w2 + load4(t3 + k) * w3));
+    return;
+  }
+  for (int64_t k = 0; k < c; k++) dst[k] = (t0[k] * w0 + t1[k] * w1) + (t2[k] * w2 + t3[k] * w3);
+}
+
+template <int64_t CC>
+void run(const Job &j) {
+  const int64_t c = CC > 0 ? CC : j.c, hw = j.h * j.w, last = hw - 1, plane = hw * c;
+  const int64_t lines = (plane + LINE - 1) / LINE, per_pixel = (lines + hw - 1) / hw;
+  auto source = [&](int64_t s) { return j.x + j.index[s] * plane; };
+  if (j.begin < j.end)  // the first sample of this share: fetched up front, the rest while the previous one runs
+    for (int64_t l = 0; l < lines; l++) __builtin_prefetch(source(j.begin) + l * LINE, 0, 2);
+  for (int64_t s = j.begin; s < j.end; s++) {
+    const float *__restrict__ xs = source(s);
+    const float *next = s + 1 < j.end ? source(s + 1) : nullptr;
+    const int32_t *p = j.p00 + s * hw;
+    const float *fx = j.frac + s * hw, *fy = j.frac + (j.b + s) * hw;
+    float *out = j.out + s * plane;
+    for (int64_t i = 0; i < hw; i++) {
+      if (next)
+        for (int64_t l = i * per_pixel; l < (i + 1) * per_pixel && l < lines; l++)
+          __builtin_prefetch(next + l * LINE, 0, 2);
+      int64_t q = p[i];
+      q = q < 0 ? 0 : (q > last ? last : q);  // p00 is clamped by its maker; clamped again, reads stay in bounds
+      const int64_t q1 = q + 1 < last ? q + 1 : last, q2 = q + j.w < last ? q + j.w : last;
+      const int64_t q3 = q + j.w + 1 < last ? q + j.w + 1 : last;
+      const float ax = fx[i], ay = fy[i], gx = 1.0f - ax, gy = 1.0f - ay;
+      pixel<CC>(xs + q * c, xs + q1 * c, xs + q2 * c, xs + q3 * c, gx * gy, ax * gy, gx * ay, ax * ay, out + i * c, c);
+    }
+  }
+}
+
+void dispatch(const Job &j) {
+  switch (j.c) {  // the band layouts this project ships (12 Zindi, 4 optical, 3 RGB) get unrolled loops
+    case 12: run<12>(j); break;
+    case 4: run<4>(j); break;
+    case 3: run<3>(j); break;
+    default: run<0>(j);
+  }
+}
+
+}  // namespace
+
+// Splits the batch into `threads` contiguous shares, one per OpenMP thread. Built with -fopenmp, this
+// library binds to the libgomp torch has already loaded (the same soname), so it runs on torch's own
+// thread pool: a second runtime's threads would contend with Inductor's spinning ones. Returns 0.
+extern "C" int ls_interpolate(const float *x, const int64_t *index, const int32_t *p00, const float *frac,
+                              float *out, int64_t b, int64_t h, int64_t w, int64_t c, int threads) {
+  threads = threads < 1 ? 1 : threads;
+  if (threads > b) threads = b > 0 ? (int)b : 1;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; t++)
+    dispatch(Job{x, index, p00, frac, out, b, h, w, c, b * t / threads, b * (t + 1) / threads});
+  return 0;
+}

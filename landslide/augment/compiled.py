@@ -1,26 +1,27 @@
-"""The torch backend's compiled CPU path: the seed's augmentations as Inductor C++ kernels.
+"""The torch backend's compiled CPU path: the seed's augmentations as compiled kernels.
 
 On a CPU, ``grid_sample`` is the costliest op of a batch (it gathers every tap of every channel on
-its own), ``torch.randn`` runs on one core, and each further op is another pass over the batch. Here
-``torch.compile`` builds, once per process:
+its own), ``torch.randn`` runs on one core, and each further op is another pass over the batch. Here,
+once per process, ``torch.compile`` (Inductor C++) builds
 
 * ``params``: the batch's parameters from its uniforms (``torch.params_from_uniforms``: ~50 tiny ops);
 * ``taps``: the geometry (flips, rot90, shift-scale-rotate, one 2x3 matrix per sample) as one index
   and two fractions per output pixel, vectorised across pixels;
-* ``normals``: counter-based Gaussian noise (SplitMix64 + Box-Muller) on both cores;
-* ``blur``: the separable Gaussian blur of the samples that drew it.
+* ``normals``: counter-based Gaussian noise (SplitMix64 + Box-Muller) on every core;
 
-The bilinear gather itself is hand-written (``native.py`` / ``gather.cpp``: it prefetches each
-sample, which a generated loop cannot, and rotated reads wait on memory without it); it reads the
-channels-last fold in place (the gather is its own indexing), each tap's channels one vector load.
+and ``native.py`` builds two hand-written loops (``gather.cpp``), where a generated loop falls short:
 
-Noise and holes are then written into the samples that drew them. Same parameters (the same function
-as :meth:`TorchAugment.sample`), ops and order as the eager paths. Flip/rot90-only samples stay exact
-(their taps carry weight 1 and 0); warped samples agree with ``grid_sample`` to float32 rounding of the
-sample position (~2e-5 on unit-variance noise; tested). The noise has ``torch.randn``'s distribution,
-not its numbers. The output is a ``(B, C, H, W)`` tensor in channels-last memory, which the model's
-convolutions prefer; a channels-last input (the training fold is stored so) is read in place, any other
-layout costs one transposing copy first.
+* the bilinear gather: it reads the channels-last fold in place (the gather is its own indexing),
+  each tap's channels one vector load, and prefetches each next sample, without which rotated reads
+  wait on memory (4-5x slower than a shift);
+* blur, noise and holes, in that order, in one pass per sample in place (no gathered subsets).
+
+Same parameters (the same function as :meth:`TorchAugment.sample`), ops and order as the eager paths.
+Flip/rot90-only samples stay exact (their taps carry weight 1 and 0); warped samples agree with
+``grid_sample`` to float32 rounding of the sample position (~2e-5 on unit-variance noise; tested). The
+noise has ``torch.randn``'s distribution, not its numbers. The output is a ``(B, C, H, W)`` tensor in
+channels-last memory, which the model's convolutions prefer; a channels-last input (the training fold
+is stored so) is read in place, any other layout costs one transposing copy first.
 """
 from __future__ import annotations
 
@@ -65,28 +66,6 @@ def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     return (fy0 * w + fx0).int(), torch.stack([ix - fx0, iy - fy0])
 
 
-def _reflect_pad(x: torch.Tensor, dim: int, r: int) -> torch.Tensor:
-    """``x`` padded by ``r`` on both sides of ``dim`` with reflect-101 borders (cv2's default, torch's
-    "reflect": ``x[2], x[1] | x[0] ... x[n-1] | x[n-2], x[n-3]``), as slices: Inductor keeps affine
-    indexing, where a computed reflected index costs it 3x under dynamic shapes."""
-    n = x.shape[dim]
-    left = [x.narrow(dim, i, 1) for i in range(r, 0, -1)]
-    right = [x.narrow(dim, n - 1 - i, 1) for i in range(1, r + 1)]
-    return torch.cat([*left, x, *right], dim)
-
-
-def _blur_hwc(x: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``x (S, H, W, C)`` with per-sample 1-D kernels ``kern (S, K)``, reflect-101
-    borders (as ``torch._blur``); ``(S, H, W, C)``. Each tap is a contiguous channel vector again."""
-    s, h, w, _ = x.shape
-    k = kern.shape[1]
-    kv = kern.view(s, k, 1, 1, 1)
-    xp = _reflect_pad(x, 2, k // 2)
-    y = sum(kv[:, i] * xp[:, :, i:i + w] for i in range(k))
-    yp = _reflect_pad(y, 1, k // 2)
-    return sum(kv[:, i] * yp[:, i:i + h] for i in range(k))
-
-
 # SplitMix64 (Steele et al. 2014; java.util.SplittableRandom): a Weyl sequence through a 64-bit mixer,
 # as signed int64 constants (torch has no uint64 arithmetic; products wrap the same way).
 _GAMMA, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
@@ -124,9 +103,9 @@ _KERNELS: dict[str, object] = {}  # compiled once per process: their graphs serv
 def _kernel(name: str):
     if name not in _KERNELS:
         # The geometry's batch size is fixed in training, so its first shape compiles static (a second one
-        # recompiles once, dynamic); blur and noise run on however many samples drew them: dynamic from the start.
+        # recompiles once, dynamic); noise is drawn for however many samples drew it: dynamic from the start.
         fn, dynamic = {"params": (params_from_uniforms, None), "taps": (_taps, None),
-                       "blur": (_blur_hwc, True), "normals": (_normals, True)}[name]
+                       "normals": (_normals, True)}[name]
         _KERNELS[name] = torch.compile(fn, fullgraph=True, dynamic=dynamic)
     return _KERNELS[name]
 
@@ -158,49 +137,16 @@ def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None
                    index: torch.Tensor | None = None) -> torch.Tensor:
     """Apply ``p`` to ``x (B, C, H, W)``, or to ``x[index]``, float32 on the CPU: the geometry (compiled
     taps, then the native gather), then blur, noise (``noise`` as for :func:`~landslide.augment.torch.apply`)
-    and holes on the samples that drew them. ``(B, C, H, W)`` float32 in channels-last memory."""
+    and holes on the samples that drew them (native, in place). ``(B, C, H, W)`` float32, channels-last."""
     if x.device.type != "cpu":
         raise ValueError(f"apply_compiled is the CPU path; got a batch on {x.device}")
     _, _, h, w = x.shape
     hwc = x.float().permute(0, 2, 3, 1)
     hwc = hwc if hwc.is_contiguous() else hwc.contiguous()
     index = torch.arange(x.shape[0]) if index is None else index
-    blur = (p.blur_sigma > 0).tolist()
-    std = p.noise_std.tolist()
     p00, frac = _kernel("taps")(p.theta.float(), h, w)
     out = native.interpolate(hwc, index, p00, frac)
-    # Blur, noise and holes write whole samples or pixels of the (B, H*W*C) row view of the channels-last
-    # batch: contiguous rows, where index ops on a channels-last 4-D tensor take a slow strided path.
-    b, c = out.shape[:2]
-    rows = out.permute(0, 2, 3, 1).reshape(b, h * w * c)
-    sel = [i for i, bl in enumerate(blur) if bl]
-    if sel:
-        pad = sel * 2 if len(sel) == 1 else sel  # >= 2 samples: as for the noise rows, one graph for all sizes
-        blurred = _kernel("blur")(rows[pad].view(len(pad), h, w, c), gaussian_kernels(p.blur_sigma[pad]))
-        rows.index_copy_(0, torch.tensor(sel), blurred[:len(sel)].reshape(len(sel), -1))
-    sel = [i for i, s in enumerate(std) if s > 0]
-    if noise is not None and sel:
-        z = noise if noise.shape[0] == len(sel) else noise[sel]
-        z = z.float().permute(0, 2, 3, 1).reshape(len(sel), -1)  # a view for draw_noise's channels-last rows
-        rows.index_add_(0, torch.tensor(sel), z * p.noise_std[sel].float().view(-1, 1))
-    _cut_holes(rows.view(b * h * w, c), p.holes, h, w)
-    return out
-
-
-def _cut_holes(pixels: torch.Tensor, holes: torch.Tensor, h: int, w: int) -> None:
-    """Coarse dropout in place on ``pixels (B*H*W, C)`` (a channels-last batch's pixel rows): every pixel
-    of every box in ``holes (B, K, 4)`` (half-open y0, x0, y1, x1) set to 0 by one ``index_fill_``,
-    instead of a Python loop of a slice assignment per box (~5 us each, ~50 boxes a batch)."""
-    b, k = holes.shape[:2]
-    side = int((holes[..., 2:] - holes[..., :2]).max()) if holes.numel() else 0
-    if side <= 0:
-        return
-    r = torch.arange(side)
-    yy = holes[..., 0, None, None] + r.view(side, 1)  # (B, K, side, 1)
-    xx = holes[..., 1, None, None] + r.view(1, side)  # (B, K, 1, side)
-    inside = (yy < holes[..., 2, None, None]) & (xx < holes[..., 3, None, None])
-    pix = (torch.arange(b).view(b, 1, 1, 1) * h + yy) * w + xx
-    pixels.index_fill_(0, pix[inside], 0.0)
+    return native.finish(out, p.blur_sigma > 0, gaussian_kernels(p.blur_sigma), noise, p.noise_std, p.holes)
 
 
 class CompiledAugment:

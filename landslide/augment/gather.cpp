@@ -1,4 +1,4 @@
-// The bilinear gather of the compiled CPU augmentation path (landslide/augment/native.py builds and
+// The bilinear gather (and the blur, noise and holes after it) of the compiled CPU augmentation path (landslide/augment/native.py builds and
 // loads this file; compiled.py calls it). Plain C ABI, no torch headers: it builds in a fraction of a
 // second with the C++ compiler Inductor already needs.
 //
@@ -12,6 +12,7 @@
 // the other three taps; out (B, H, W, C) float32. Taps past the last pixel are clamped in (their
 // weight is 0 there: the position sits on the border), as compiled.py's _taps documents.
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__) && !defined(LS_NO_AVX512)
 #include <immintrin.h>
@@ -29,6 +30,13 @@ inline void store4(float *p, v4 v) { memcpy(p, &v, sizeof v); }
 struct Job {
   const float *x; const int64_t *index; const int32_t *p00; const float *frac; float *out;
   int64_t b, h, w, c, begin, end;
+};
+
+struct FinishArgs {
+  int64_t b, h, w, c;
+  const uint8_t *blur; const float *kern; int64_t kw;  // (B,) flags, (B, kw) 1-D kernels
+  const float *z; const int32_t *zrow; const float *std;  // noise rows (R, H, W, C); row per sample or -1; (B,)
+  const int64_t *holes; int64_t k;                     // (B, K, 4)
 };
 
 constexpr int64_t LINE = 16;  // floats per 64-byte cache line
@@ -93,6 +101,57 @@ void dispatch(const Job &j) {
   }
 }
 
+// Blur (separable, reflect-101 borders as cv2 and torch's "reflect"), then noise, then holes: the order
+// of the eager paths, on one sample of out (H, W, C) in place. `scratch` holds H * W * C floats.
+template <int64_t CC>
+void finish_one(float *__restrict__ img, float *__restrict__ scratch, const FinishArgs &a, int64_t s) {
+  const int64_t h = a.h, w = a.w, c = CC > 0 ? CC : a.c;
+  auto reflect = [](int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+  if (a.blur[s]) {
+    const float *kern = a.kern + s * a.kw;
+    const int64_t r = a.kw / 2;
+    for (int64_t y = 0; y < h; y++)  // rows: img -> scratch
+      for (int64_t x = 0; x < w; x++) {
+        float *dst = scratch + (y * w + x) * c;
+        for (int64_t ch = 0; ch < c; ch++) dst[ch] = 0.0f;
+        for (int64_t i = 0; i < a.kw; i++) {
+          const float *src = img + (y * w + reflect(x + i - r, w)) * c;
+          for (int64_t ch = 0; ch < c; ch++) dst[ch] += kern[i] * src[ch];
+        }
+      }
+    for (int64_t y = 0; y < h; y++)  // columns: scratch -> img
+      for (int64_t x = 0; x < w; x++) {
+        float *dst = img + (y * w + x) * c;
+        for (int64_t ch = 0; ch < c; ch++) dst[ch] = 0.0f;
+        for (int64_t i = 0; i < a.kw; i++) {
+          const float *src = scratch + (reflect(y + i - r, h) * w + x) * c;
+          for (int64_t ch = 0; ch < c; ch++) dst[ch] += kern[i] * src[ch];
+        }
+      }
+  }
+  if (a.zrow[s] >= 0) {
+    const float *z = a.z + a.zrow[s] * h * w * c;
+    const float sd = a.std[s];
+    for (int64_t e = 0; e < h * w * c; e++) img[e] += z[e] * sd;
+  }
+  for (int64_t k = 0; k < a.k; k++) {  // half-open boxes y0, x0, y1, x1; an empty one has y1 <= y0
+    const int64_t *box = a.holes + (s * a.k + k) * 4;
+    const int64_t y0 = box[0] < 0 ? 0 : box[0], x0 = box[1] < 0 ? 0 : box[1];
+    const int64_t y1 = box[2] > h ? h : box[2], x1 = box[3] > w ? w : box[3];
+    for (int64_t y = y0; y < y1; y++)
+      if (x1 > x0) memset(img + (y * w + x0) * c, 0, sizeof(float) * (x1 - x0) * c);
+  }
+}
+
+void finish_dispatch(float *img, float *scratch, const FinishArgs &a, int64_t s) {
+  switch (a.c) {
+    case 12: finish_one<12>(img, scratch, a, s); break;
+    case 4: finish_one<4>(img, scratch, a, s); break;
+    case 3: finish_one<3>(img, scratch, a, s); break;
+    default: finish_one<0>(img, scratch, a, s);
+  }
+}
+
 }  // namespace
 
 // Splits the batch into `threads` contiguous shares, one per OpenMP thread. Built with -fopenmp, this
@@ -106,4 +165,27 @@ extern "C" int ls_interpolate(const float *x, const int64_t *index, const int32_
   for (int t = 0; t < threads; t++)
     dispatch(Job{x, index, p00, frac, out, b, h, w, c, b * t / threads, b * (t + 1) / threads});
   return 0;
+}
+
+// Blur, noise and holes on every sample of out (B, H, W, C) in place (see finish_one). Samples with no
+// blur cost a pass over their noise and holes only. Returns 0, or 1 when the scratch could not be had.
+extern "C" int ls_finish(float *out, int64_t b, int64_t h, int64_t w, int64_t c, const uint8_t *blur,
+                         const float *kern, int64_t kw, const float *z, const int32_t *zrow, const float *std,
+                         const int64_t *holes, int64_t k, int threads) {
+  const FinishArgs a{b, h, w, c, blur, kern, kw, z, zrow, std, holes, k};
+  threads = threads < 1 ? 1 : threads;
+  int failed = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    float *scratch = static_cast<float *>(malloc(sizeof(float) * h * w * c));
+    if (!scratch) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < b; s++)
+      if (scratch) finish_dispatch(out + s * h * w * c, scratch, a, s);
+    free(scratch);
+  }
+  return failed;
 }

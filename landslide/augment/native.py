@@ -1,4 +1,5 @@
-"""The compiled CPU path's one hand-written kernel: the bilinear gather (``gather.cpp``).
+"""The compiled CPU path's hand-written kernels (``gather.cpp``): the bilinear gather, then blur, noise
+and holes in one pass per sample.
 
 Built once per process with the C++ compiler Inductor needs anyway (a plain C ABI and no torch
 headers: well under a second), into a temporary folder that is removed once the library is loaded,
@@ -47,9 +48,10 @@ def library(*defines: str) -> ctypes.CDLL:
             msg = (r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}").splitlines()
             raise RuntimeError(f"building {SOURCE.name} failed ({' '.join(cmd)}): {msg[0]}")
         lib = ctypes.CDLL(str(so))  # mapped now: the file itself can go with the folder
-    fn = lib.ls_interpolate
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.ls_interpolate.restype = lib.ls_finish.restype = ctypes.c_int
+    lib.ls_interpolate.argtypes = [ptr] * 5 + [i64] * 4 + [ctypes.c_int]
+    lib.ls_finish.argtypes = [ptr] + [i64] * 4 + [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ctypes.c_int]
     lib.build_s = time.perf_counter() - t0
     return lib
 
@@ -76,3 +78,45 @@ def interpolate(x: torch.Tensor, index: torch.Tensor, p00: torch.Tensor, frac: t
     (lib or library()).ls_interpolate(x.data_ptr(), index.data_ptr(), p00.data_ptr(), frac.data_ptr(),
                                       out.data_ptr(), b, h, w, c, torch.get_num_threads())
     return out.permute(0, 3, 1, 2)
+
+
+def finish(out: torch.Tensor, blur: torch.Tensor, kern: torch.Tensor, noise: torch.Tensor | None,
+           noise_std: torch.Tensor, holes: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """In place on ``out (B, C, H, W)`` (channels-last memory, :func:`interpolate`'s), per sample and in
+    the eager paths' order: the separable blur with ``kern[s]`` where ``blur[s]`` (reflect-101 borders),
+    then ``noise_std[s]`` times sample ``s``'s field of ``noise`` where ``noise_std[s] > 0`` (``(B, C, H, W)``,
+    or ``(R, C, H, W)``: one row per such sample in sample order, as ``draw_noise`` makes them on a CPU;
+    ``None``: no noise), then the ``holes (B, K, 4)`` boxes
+    (half-open y0, x0, y1, x1) set to 0. Returns ``out``."""
+    b, c, h, w = out.shape
+    if out.dtype != torch.float32 or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("finish works in place on a float32 channels-last batch")
+    std = noise_std.to(torch.float32).contiguous()
+    noisy = std > 0 if noise is not None else torch.zeros(b, dtype=torch.bool)  # no noise given: none added
+    rows = int(noisy.sum())
+    if rows and noise.shape[0] == b:  # a field for every sample (the GPU's draw_noise)
+        zrow = torch.where(noisy, torch.arange(b, dtype=torch.int32), -1)
+    elif rows and noise.shape[0] == rows:  # one per noisy sample, in sample order (the CPU's)
+        zrow = torch.where(noisy, noisy.int().cumsum(0, dtype=torch.int32) - 1, -1)
+    elif rows:
+        raise ValueError(f"noise has {noise.shape[0]} rows; expected {b} (all samples) or {rows} "
+                         "(one per sample with noise_std > 0)")
+    else:
+        zrow = torch.full((b,), -1, dtype=torch.int32)
+    if rows and tuple(noise.shape[1:]) != (c, h, w):
+        raise ValueError(f"noise fields of {tuple(noise.shape[1:])} for a batch of {(c, h, w)}")
+    # (R, H, W, C) for the kernel: a view when the rows are channels-last (draw_noise's), else one copy
+    z = noise.to(torch.float32).permute(0, 2, 3, 1).contiguous() if rows else torch.zeros(1)
+    zrow = zrow.to(torch.int32).contiguous()
+    flags = blur.to(torch.uint8).contiguous()
+    kern = kern.to(torch.float32).contiguous()
+    holes = holes.to(torch.int64).contiguous()
+    if flags.shape != (b,) or kern.shape[0] != b or holes.shape[0] != b or holes.shape[-1] != 4:
+        raise ValueError(f"blur {tuple(flags.shape)}, kernels {tuple(kern.shape)} and holes {tuple(holes.shape)} "
+                         f"must each have one row per sample ({b})")
+    rc = (lib or library()).ls_finish(out.data_ptr(), b, h, w, c, flags.data_ptr(), kern.data_ptr(), kern.shape[1],
+                                      z.data_ptr(), zrow.data_ptr(), std.data_ptr(), holes.data_ptr(),
+                                      holes.shape[1], torch.get_num_threads())
+    if rc:
+        raise MemoryError(f"the blur's scratch ({h * w * c * 4} bytes per thread) could not be allocated")
+    return out

@@ -1,4 +1,5 @@
-"""The hand-written bilinear gather (``augment/native.py`` + ``gather.cpp``) against torch ops.
+"""The hand-written kernels (``augment/native.py`` + ``gather.cpp``) against torch ops: the bilinear
+gather, and blur + noise + holes.
 
 Builds the real kernel (well under a second) with the host's C++ compiler, once per variant.
 """
@@ -7,6 +8,7 @@ import torch
 
 from landslide.augment import compiled as C
 from landslide.augment import native
+from landslide.augment.torch import _blur, gaussian_kernels
 
 pytestmark = pytest.mark.skipif(native.cpp_compiler() is None, reason="no C++ compiler to build the kernel")
 
@@ -91,3 +93,63 @@ def test_a_failed_build_names_the_compiler_error(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "SOURCE", broken)
     with pytest.raises(RuntimeError, match="building gather.cpp failed .*error"):
         native.library.__wrapped__()
+
+
+def finish_case(b=8, c=12, h=32, w=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    sigma = torch.where(torch.rand(b, generator=g) < 0.5, 0.2 + torch.rand(b, generator=g), 0.0)
+    std = torch.where(torch.rand(b, generator=g) < 0.5, 0.1 * torch.rand(b, generator=g), 0.0)
+    y0, x0 = torch.randint(-2, h, (b, 3), generator=g), torch.randint(-2, w, (b, 3), generator=g)
+    holes = torch.stack([y0, x0, y0 + torch.randint(0, 9, (b, 3), generator=g), x0 + 9], -1)  # some empty, some past the border
+    noise = torch.randn(int((std > 0).sum()), c, h, w, generator=g)
+    return x, sigma, std, holes, noise
+
+
+def finish_reference(x, sigma, std, holes, noise):
+    """Blur, noise and holes in torch ops, in the eager paths' order."""
+    out = x.clone()
+    on = sigma > 0
+    if on.any():
+        out[on] = _blur(out[on], sigma[on])
+    sel = torch.nonzero(std > 0).flatten()
+    out[sel] += noise * std[sel].view(-1, 1, 1, 1)
+    for s, boxes in enumerate(holes.tolist()):
+        for y0, x0, y1, x1 in boxes:
+            out[s, :, max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 0
+    return out
+
+
+@pytest.mark.parametrize("c", [12, 3, 21])
+def test_finish_matches_torch(c):
+    x, sigma, std, holes, noise = finish_case(c=c)
+    assert (sigma > 0).any() and (std > 0).any() and ((sigma > 0) & (std > 0)).any()  # blur then noise on one sample
+    ref = finish_reference(x, sigma, std, holes, noise)
+    out = x.clone(memory_format=torch.channels_last)
+    assert native.finish(out, sigma > 0, gaussian_kernels(sigma), noise, std, holes) is out  # in place
+    assert (out - ref).abs().max() < 1e-5
+    assert torch.equal(out == 0, ref == 0)  # the same holes, to the pixel
+
+
+def test_finish_takes_a_field_per_sample_or_per_noisy_sample():
+    x, sigma, std, holes, noise = finish_case()
+    dense = torch.zeros(8, *noise.shape[1:])
+    dense[std > 0] = noise
+    a, b = x.clone(memory_format=torch.channels_last), x.clone(memory_format=torch.channels_last)
+    native.finish(a, sigma > 0, gaussian_kernels(sigma), noise, std, holes)
+    native.finish(b, sigma > 0, gaussian_kernels(sigma), dense.contiguous(memory_format=torch.channels_last), std, holes)
+    assert torch.equal(a, b)
+    none = x.clone(memory_format=torch.channels_last)
+    native.finish(none, torch.zeros(8, dtype=torch.bool), gaussian_kernels(sigma), None, std, holes[:, :0])
+    assert torch.equal(none, x)  # nothing drawn: untouched
+
+
+def test_finish_refuses_what_does_not_fit():
+    x, sigma, std, holes, noise = finish_case()
+    out = x.clone(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="noise has 1 rows; expected 8 .* or"):
+        native.finish(out, sigma > 0, gaussian_kernels(sigma), noise[:1], std, holes)
+    with pytest.raises(ValueError, match="channels-last"):
+        native.finish(x.contiguous(), sigma > 0, gaussian_kernels(sigma), noise, std, holes)
+    with pytest.raises(ValueError, match="one row per sample"):
+        native.finish(out, sigma[:4] > 0, gaussian_kernels(sigma), noise, std, holes)

@@ -35,7 +35,7 @@ def case(n=9, b=6, c=12, h=64, w=64, seed=0):
     return x, index, p00, frac
 
 
-@pytest.mark.parametrize("c", [12, 4, 3, 20, 21])  # unrolled layouts; the 4-wide vector loop; the scalar loop
+@pytest.mark.parametrize("c", [12, 4, 3, 21])  # the unrolled band layouts (one masked vector a tap here); any other
 def test_matches_torch_for_every_channel_count(c):
     x, index, p00, frac = case(c=c, h=32, w=48)
     out = native.interpolate(x, index, p00, frac)
@@ -43,11 +43,12 @@ def test_matches_torch_for_every_channel_count(c):
     assert (out - reference(x, index, p00, frac)).abs().max() < 1e-5
 
 
-def test_portable_vector_path_matches():
-    """The build without AVX-512 (what an AVX2 or Arm host runs for 12 bands) gives the same result."""
-    x, index, p00, frac = case()
+@pytest.mark.parametrize("c", [12, 4, 3])  # 4-wide vectors (12, 4 bands), the channel loop (3)
+def test_portable_build_matches(c):
+    """The build without AVX-512 (what an AVX2 or Arm host runs) gives the same result."""
+    x, index, p00, frac = case(c=c)
     portable = native.interpolate(x, index, p00, frac, lib=native.library("LS_NO_AVX512"))
-    assert (portable - native.interpolate(x, index, p00, frac)).abs().max() < 1e-5
+    assert (portable - reference(x, index, p00, frac)).abs().max() < 1e-5
 
 
 def test_pure_flips_are_exact_copies():

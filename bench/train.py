@@ -39,9 +39,6 @@ class TrainBenchConfig(RuntimeFields):
     model: str = field("test_efficientnet", "timm backbone of the optical branch")
     img_size: int = field(0, "optical branch input size (0 = native 64 px)")
     batch_size: int = field(64, "training batch size")
-    data_backend: str = field("auto", "augmentation backend: auto | torch | dali", choices=("auto", "torch", "dali"))
-    augment_kernel: str = field("auto", "the torch backend's ops on a CPU: auto | eager | compiled",
-                                choices=("auto", "eager", "compiled"))
     baseline_loader: bool = field(False, "also run the conventional DataLoader + per-sample CPU pipeline; report the ratio")
     baseline_precision: str = field("same", "the conventional run's precision: same | fp32 | bf16 | fp16",
                                     choices=("same", "fp32", "bf16", "fp16"))

@@ -16,6 +16,11 @@ class RuntimeFields:
     channels_last: str = field("auto", "auto (on for GPU) | on | off", choices=("auto", "on", "off"))
     compile: str = field("auto", "torch.compile: auto (on for GPU) | on | off", choices=("auto", "on", "off"))
     compile_mode: str = field("default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune"))
+    data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",
+                              choices=("auto", "torch", "dali"))
+    augment_kernel: str = field("auto", "the torch backend's ops on a CPU: auto (compiled when a C++ compiler is "
+                                "found) | eager | compiled (Inductor C++ + native gather kernels)",
+                                choices=("auto", "eager", "compiled"))
 
 
 @dataclass
@@ -52,11 +57,6 @@ class TrainConfig(RuntimeFields):
                          "memory) | device | host (pinned; batches gathered on the host, copied per step)",
                          choices=("auto", "device", "host"))
     fold_parallel: bool = field(False, "under torchrun: spread folds across ranks instead of DDP within each fold")
-    data_backend: str = field("auto", "augmentation backend: auto (dali on GPU when installed) | torch | dali",
-                              choices=("auto", "torch", "dali"))
-    augment_kernel: str = field("auto", "the torch backend's ops on a CPU: auto (compiled when a C++ compiler is "
-                                "found) | eager | compiled (torch.compile, Inductor C++)",
-                                choices=("auto", "eager", "compiled"))
     cache_dir: str = field("", "preprocessed-tensor cache folder (default ~/.cache/landslide or $LANDSLIDE_CACHE)")
     resume: bool = field(False, "continue an interrupted run in --out from its last finished epoch")
     preset: str = field("", "the preset this config started from (set by --preset)")

@@ -154,3 +154,63 @@ def test_finish_refuses_what_does_not_fit():
         native.finish(x.contiguous(), sigma > 0, gaussian_kernels(sigma), noise, std, holes)
     with pytest.raises(ValueError, match="one row per sample"):
         native.finish(out, sigma[:4] > 0, gaussian_kernels(sigma), noise, std, holes)
+
+
+# SplitMix64's constants as signed int64 (torch has no uint64; products wrap the same way)
+GAMMA, MIX1, MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def reference_normals(seed, rows, h, w, c):
+    """What ``gather.cpp`` computes, in torch ops and float64 trigonometry: pair ``i`` of the
+    ``(rows, H, W, pairs)`` counters is SplitMix64's ``i``-th output after ``seed``; its top and middle
+    24 bits are Box-Muller's uniforms; cosines fill channels ``0..pairs-1``, sines the rest."""
+    srl = lambda z, k: (z >> k) & ((1 << (64 - k)) - 1)  # noqa: E731 - logical shift of int64
+    pairs = (c + 1) // 2
+    i = torch.arange(rows * h * w * pairs, dtype=torch.int64).view(rows, h, w, pairs)
+    z = seed + (i + 1) * GAMMA
+    z = (z ^ srl(z, 30)) * MIX1
+    z = (z ^ srl(z, 27)) * MIX2
+    z = z ^ srl(z, 31)
+    u1 = (srl(z, 40) + 1).double() * 2.0**-24
+    u2 = ((z >> 16) & 0xFFFFFF).double() * 2.0**-24
+    r, a = torch.sqrt(-2 * torch.log(u1)), 2 * torch.pi * u2
+    out = torch.cat([r * torch.cos(a), r * torch.sin(a)], -1)[..., :c]
+    return out.permute(0, 3, 1, 2).float()
+
+
+@pytest.mark.parametrize("c,h,w", [(12, 16, 24), (3, 16, 24), (21, 16, 24), (2051, 2, 3)])  # last: a pixel a chunk
+def test_normals_are_the_formula(c, h, w):
+    seed = -1234567890123456789
+    z = native.normals(seed, 3, h, w, c)
+    assert z.shape == (3, c, h, w) and z.is_contiguous(memory_format=torch.channels_last)
+    assert (z - reference_normals(seed, 3, h, w, c)).abs().max() < 2e-6
+
+
+def test_normals_are_standard_normal_and_seeded():
+    """N(0, 1) moments and tail shares, no correlation between neighbours (pairs share a hash,
+    channels j and pairs + j), reproducible per seed and different across seeds."""
+    z = native.normals(12345, 16, 64, 64, 12).permute(0, 2, 3, 1)
+    assert torch.isfinite(z).all()
+    f = z.flatten().double()  # 786,432 draws: the bounds below are > 5 standard errors wide
+    assert abs(f.mean()) < 0.006 and abs(f.std() - 1) < 0.005
+    assert abs((f ** 4).mean() / f.var() ** 2 - 3) < 0.03
+    assert abs((f.abs() < 1).double().mean() - 0.6827) < 0.003
+    assert abs((f.abs() > 2).double().mean() - 0.0455) < 0.0015
+    for a, b in ((z[..., :6], z[..., 6:]), (z[..., :-1], z[..., 1:]), (z[:, :, :-1], z[:, :, 1:])):
+        assert abs((a * b).mean()) < 0.006
+    assert torch.equal(z, native.normals(12345, 16, 64, 64, 12).permute(0, 2, 3, 1))
+    other = native.normals(12346, 16, 64, 64, 12).permute(0, 2, 3, 1)
+    assert abs((z * other).double().mean()) < 0.006
+
+
+@pytest.mark.parametrize("c", [12, 3, 21])
+def test_noise_made_in_the_kernel_is_the_seeds_rows(c):
+    """finish(seed=...) adds, to the r-th noisy sample, row r of normals(seed): as if given those rows."""
+    x, sigma, std, holes, _ = finish_case(c=c)
+    rows = native.normals(77, int((std > 0).sum()), 32, 40, c)
+    a, b = x.clone(memory_format=torch.channels_last), x.clone(memory_format=torch.channels_last)
+    native.finish(a, sigma > 0, gaussian_kernels(sigma), None, std, holes, seed=77)
+    native.finish(b, sigma > 0, gaussian_kernels(sigma), rows, std, holes)
+    assert (a - b).abs().max() < 1e-6 and not torch.equal(a, x)
+    with pytest.raises(ValueError, match="not both"):
+        native.finish(a, sigma > 0, gaussian_kernels(sigma), rows, std, holes, seed=77)

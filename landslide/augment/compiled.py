@@ -7,14 +7,14 @@ once per process, ``torch.compile`` (Inductor C++) builds
 * ``params``: the batch's parameters from its uniforms (``torch.params_from_uniforms``: ~50 tiny ops);
 * ``taps``: the geometry (flips, rot90, shift-scale-rotate, one 2x3 matrix per sample) as one index
   and two fractions per output pixel, vectorised across pixels;
-* ``normals``: counter-based Gaussian noise (SplitMix64 + Box-Muller) on every core;
 
 and ``native.py`` builds two hand-written loops (``gather.cpp``), where a generated loop falls short:
 
 * the bilinear gather: it reads the channels-last fold in place (the gather is its own indexing),
   each tap's channels one vector load, and prefetches each next sample, without which rotated reads
   wait on memory (4-5x slower than a shift);
-* blur, noise and holes, in that order, in one pass per sample in place (no gathered subsets).
+* blur, noise and holes, in that order, in one pass per sample in place (no gathered subsets); the
+  noise is counter-based (SplitMix64 + Box-Muller), made where it is added, on every core.
 
 Same parameters (the same function as :meth:`TorchAugment.sample`), ops and order as the eager paths.
 Flip/rot90-only samples stay exact (their taps carry weight 1 and 0); warped samples agree with
@@ -26,7 +26,6 @@ is stored so) is read in place, any other layout costs one transposing copy firs
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import torch
@@ -66,47 +65,14 @@ def _taps(theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     return (fy0 * w + fx0).int(), torch.stack([ix - fx0, iy - fy0])
 
 
-# SplitMix64 (Steele et al. 2014; java.util.SplittableRandom): a Weyl sequence through a 64-bit mixer,
-# as signed int64 constants (torch has no uint64 arithmetic; products wrap the same way).
-_GAMMA, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
-
-
-def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
-    return (z >> k) & ((1 << (64 - k)) - 1)
-
-
-def _normals(seed: torch.Tensor, n: int, h: int, w: int, c: int) -> torch.Tensor:
-    """``(n, h, w, c)`` standard normals from the int64 ``seed``: counter-based, so one compiled loop on
-    every core makes them (``torch.randn`` on a CPU is one thread, and the costliest op left here).
-
-    Element pair ``i`` is SplitMix64's ``i``-th output after ``seed``; its top and middle 24 bits are
-    two uniforms that Box-Muller turns into two independent normals (channels ``2j`` and ``2j + 1``).
-    24-bit uniforms cap |z| at 5.8: a Gaussian past that is one draw in 10^8.
-    """
-    pairs = (c + 1) // 2
-    i = torch.arange(n * h * w * pairs, dtype=torch.int64, device=seed.device).view(n, h, w, pairs, 1)
-    z = seed + (i + 1) * _GAMMA
-    z = (z ^ _srl(z, 30)) * _MIX1
-    z = (z ^ _srl(z, 27)) * _MIX2
-    z = z ^ _srl(z, 31)
-    u1 = (_srl(z, 40) + 1).float() * 2.0**-24           # (0, 1]
-    u2 = ((z >> 16) & 0xFFFFFF).float() * 2.0**-24      # [0, 1)
-    r, a = torch.sqrt(-2 * torch.log(u1)), (2 * math.pi) * u2
-    z = torch.cat([r * torch.cos(a), r * torch.sin(a)], -1).view(n, h, w, 2 * pairs)  # pairs side by side: 2x faster
-    return z if c % 2 == 0 else z[..., :c]
-
-
 _KERNELS: dict[str, object] = {}  # compiled once per process: their graphs serve every augmenter
 
 
 def _kernel(name: str):
     if name not in _KERNELS:
-        # The geometry's batch size is fixed in training, so its first shape compiles static (a second one
-        # recompiles once, dynamic); noise is drawn for however many samples drew it: dynamic from the start.
-        fn, dynamic = {"params": (params_from_uniforms, None), "taps": (_taps, None),
-                       "normals": (_normals, True)}[name]
-        _KERNELS[name] = torch.compile(fn, fullgraph=True, dynamic=dynamic)
+        # The batch size is fixed in training, so its first shape compiles static (a second one recompiles
+        # once, dynamic).
+        _KERNELS[name] = torch.compile({"params": params_from_uniforms, "taps": _taps}[name], fullgraph=True)
     return _KERNELS[name]
 
 
@@ -134,10 +100,11 @@ def resolve_kernel(requested: str, backend: str, device: torch.device) -> str:
 
 
 def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None = None,
-                   index: torch.Tensor | None = None) -> torch.Tensor:
+                   index: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
     """Apply ``p`` to ``x (B, C, H, W)``, or to ``x[index]``, float32 on the CPU: the geometry (compiled
-    taps, then the native gather), then blur, noise (``noise`` as for :func:`~landslide.augment.torch.apply`)
-    and holes on the samples that drew them (native, in place). ``(B, C, H, W)`` float32, channels-last."""
+    taps, then the native gather), then blur, noise (``noise`` as for :func:`~landslide.augment.torch.apply`,
+    or made in the kernel from ``seed``: ``native.finish``) and holes on the samples that drew them
+    (native, in place). ``(B, C, H, W)`` float32, channels-last."""
     if x.device.type != "cpu":
         raise ValueError(f"apply_compiled is the CPU path; got a batch on {x.device}")
     _, _, h, w = x.shape
@@ -146,16 +113,17 @@ def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None
     index = torch.arange(x.shape[0]) if index is None else index
     p00, frac = _kernel("taps")(p.theta.float(), h, w)
     out = native.interpolate(hwc, index, p00, frac)
-    return native.finish(out, p.blur_sigma > 0, gaussian_kernels(p.blur_sigma), noise, p.noise_std, p.holes)
+    return native.finish(out, p.blur_sigma > 0, gaussian_kernels(p.blur_sigma), noise, p.noise_std, p.holes, seed)
 
 
 class CompiledAugment:
     """The torch backend on a CPU with its ops compiled: ``aug(x, g, index=None)`` like :class:`TorchAugment`.
 
     Parameters are made from ``TorchAugment.uniforms`` by the same function as ``TorchAugment.sample``
-    (compiled), so the same generator state draws the same augmentations. The noise fields come from
-    :func:`_normals` seeded by one draw from ``g``: reproducible under a seed, the same distribution as
-    ``torch.randn``'s, not the same numbers. The first call compiles (seconds; logged apart, ``compile_s``).
+    (compiled), so the same generator state draws the same augmentations. The noise fields are made in
+    the native kernel (``native.normals``) from one draw from ``g``: reproducible under a seed, the same
+    distribution as ``torch.randn``'s, not the same numbers. The first call compiles (seconds; logged
+    apart, ``compile_s``).
     """
 
     memory_format = torch.channels_last  # the fold stored so is read in place (no transposing copy)
@@ -165,26 +133,16 @@ class CompiledAugment:
         self.sampler = TorchAugment(cfg)  # its uniforms; the parameters are made from them by a compiled kernel
         self.compile_s: float | None = None
 
-    def draw_noise(self, p: AugmentParams, shape, g: torch.Generator | None) -> torch.Tensor | None:
-        """Unit normal rows ``(R, C, H, W)`` (channels-last memory, the batch's), one per sample with
-        ``noise_std > 0``; ``None`` when none has."""
-        seed = torch.randint(-2**63, 2**63 - 1, (), generator=g)  # drawn every call: g's stream stays fixed
-        rows = int((p.noise_std > 0).sum())
-        if rows == 0:
-            return None
-        c, h, w = shape[1:]
-        # At least 2 rows: torch.compile specialises a size of 1, so a lone row would compile a second graph.
-        return _kernel("normals")(seed, max(rows, 2), h, w, c)[:rows].permute(0, 3, 1, 2)
-
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None,
                  index: torch.Tensor | None = None) -> torch.Tensor:
         """Augment ``x (B, C, H, W)``, or the batch ``x[index]`` of a fold ``x`` (gathered in the kernel)."""
         t0 = time.perf_counter()
         fresh = not _KERNELS  # this process compiles on this call
-        _, c, h, w = x.shape
+        h, w = x.shape[2:]
         b = x.shape[0] if index is None else index.shape[0]
         p = _kernel("params")(self.sampler.uniforms(b, g, x.device), self.cfg, h, w)
-        out = apply_compiled(x, p, self.draw_noise(p, (b, c, h, w), g), index)
+        seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=g))  # drawn every call: g's stream stays fixed
+        out = apply_compiled(x, p, index=index, seed=seed)
         if self.compile_s is None:
             self.compile_s = time.perf_counter() - t0
             if fresh:

@@ -11,6 +11,7 @@
 // int32 flat index y * W + x of the top-left tap, frac (2, B, H, W) float32 fractions fx, fy towards
 // the other three taps; out (B, H, W, C) float32. Taps past the last pixel are clamped in (their
 // weight is 0 there: the position sits on the border), as compiled.py's _taps documents.
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,8 @@ struct Job {
 struct FinishArgs {
   int64_t b, h, w, c;
   const uint8_t *blur; const float *kern; int64_t kw;  // (B,) flags, (B, kw) 1-D kernels
-  const float *z; const int32_t *zrow; const float *std;  // noise rows (R, H, W, C); row per sample or -1; (B,)
+  const float *z; const int32_t *zrow; const float *std;  // noise rows (R, H, W, C) or null; row per sample or -1; (B,)
+  uint64_t seed;                                       // with z null: the rows are made here, from this seed
   const int64_t *holes; int64_t k;                     // (B, K, 4)
 };
 
@@ -101,6 +103,81 @@ void dispatch(const Job &j) {
   }
 }
 
+// Counter-based standard normals: pair i is SplitMix64's i-th output after `seed` (Steele et al. 2014),
+// its top and middle 24 bits two uniforms that Box-Muller turns into two normals (24-bit uniforms cap
+// |z| at 5.8: a Gaussian past that is one draw in 10^8). The same numbers as the formula in float64
+// torch ops (tests/test_native.py, to 2e-6); log and sin/cos are short polynomials (errors below
+// float32's) that the compiler vectorises, which libm's calls are not.
+inline float log_unit(float u) {  // ln u for u in (0, 1]
+  int32_t bits;
+  memcpy(&bits, &u, sizeof bits);
+  int32_t e = ((bits >> 23) & 0xFF) - 127;
+  const int32_t mb = (bits & 0x7FFFFF) | 0x3F800000;
+  float m;
+  memcpy(&m, &mb, sizeof m);  // u = m * 2^e, m in [1, 2)
+  const bool big = m > 1.41421356f;  // centre m on 1: m in [0.707, 1.414]
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f, t = f / (2.0f + f), t2 = t * t;  // ln m = 2 atanh(t), |t| < 0.172
+  const float ln_m = 2.0f * t * (1.0f + t2 * (1.0f / 3 + t2 * (1.0f / 5 + t2 * (1.0f / 7 + t2 * (1.0f / 9)))));
+  return (float)e * 0.693147180559945f + ln_m;
+}
+
+inline void sincos_turns(float u, float &s, float &c) {  // sin, cos of 2 pi u for u in [0, 1)
+  const int32_t q = (int32_t)(u * 4.0f + 0.5f);  // nearest quarter turn, 0..4
+  const float x = (u - (float)q * 0.25f) * 6.28318530717959f, x2 = x * x;  // |x| <= pi/4 (u - q/4 is exact)
+  const float sx = x * (1.0f - x2 / 6 * (1.0f - x2 / 20 * (1.0f - x2 / 42 * (1.0f - x2 / 72))));
+  const float cx = 1.0f - x2 / 2 * (1.0f - x2 / 12 * (1.0f - x2 / 30 * (1.0f - x2 / 56 * (1.0f - x2 / 90))));
+  const int32_t k = q & 3;
+  s = k == 0 ? sx : (k == 1 ? cx : (k == 2 ? -sx : -cx));
+  c = k == 0 ? cx : (k == 1 ? -sx : (k == 2 ? -cx : sx));
+}
+
+inline void normal_pair(uint64_t seed, uint64_t i, float &n1, float &n2) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const float u1 = (float)((z >> 40) + 1) * 5.9604644775390625e-8f;   // (0, 1], 2^-24 steps
+  const float u2 = (float)((z >> 16) & 0xFFFFFF) * 5.9604644775390625e-8f;  // [0, 1)
+  const float r = sqrtf(-2.0f * log_unit(u1));
+  float s, c;
+  sincos_turns(u2, s, c);
+  n1 = r * c;
+  n2 = r * s;
+}
+
+// Adds sd times noise row `row` to img (H*W pixels of c channels): pair (pixel, j) of the row's
+// hw * pairs counters fills channel j (cos) and channel pairs + j (sin, when there is one).
+template <int64_t CC>
+void add_noise(float *__restrict__ img, uint64_t seed, int64_t row, int64_t hw, int64_t c_rt, float sd) {
+  const int64_t c = CC > 0 ? CC : c_rt, pairs = (c + 1) / 2;
+  constexpr int64_t CHUNK = 1024;  // pairs made at a time, into two stack buffers
+  const int64_t step = CHUNK / pairs > 0 ? CHUNK / pairs : 1;  // pixels a chunk
+  float n1[CHUNK], n2[CHUNK];
+  for (int64_t p0 = 0; p0 < hw; p0 += step) {
+    const int64_t np = hw - p0 < step ? hw - p0 : step, m = np * pairs;
+    const uint64_t base = (uint64_t)((row * hw + p0) * pairs);
+    if (m <= CHUNK) {
+#pragma GCC ivdep
+      for (int64_t t = 0; t < m; t++) normal_pair(seed, base + t, n1[t], n2[t]);
+      for (int64_t p = 0; p < np; p++) {
+        float *px = img + (p0 + p) * c;
+        for (int64_t j = 0; j < pairs; j++) px[j] += n1[p * pairs + j] * sd;
+        for (int64_t j = 0; j < c - pairs; j++) px[pairs + j] += n2[p * pairs + j] * sd;
+      }
+    } else {  // more than 2 * CHUNK channels: one pair at a time
+      for (int64_t t = 0; t < m; t++) {
+        float a, b;
+        normal_pair(seed, base + t, a, b);
+        const int64_t p = t / pairs, j = t - p * pairs;
+        img[(p0 + p) * c + j] += a * sd;
+        if (pairs + j < c) img[(p0 + p) * c + pairs + j] += b * sd;
+      }
+    }
+  }
+}
+
 // Blur (separable, reflect-101 borders as cv2 and torch's "reflect"), then noise, then holes: the order
 // of the eager paths, on one sample of out (H, W, C) in place. `scratch` holds H * W * C floats.
 template <int64_t CC>
@@ -129,10 +206,12 @@ void finish_one(float *__restrict__ img, float *__restrict__ scratch, const Fini
         }
       }
   }
-  if (a.zrow[s] >= 0) {
+  if (a.zrow[s] >= 0 && a.z) {
     const float *z = a.z + a.zrow[s] * h * w * c;
     const float sd = a.std[s];
     for (int64_t e = 0; e < h * w * c; e++) img[e] += z[e] * sd;
+  } else if (a.zrow[s] >= 0) {
+    add_noise<CC>(img, a.seed, a.zrow[s], h * w, c, a.std[s]);
   }
   for (int64_t k = 0; k < a.k; k++) {  // half-open boxes y0, x0, y1, x1; an empty one has y1 <= y0
     const int64_t *box = a.holes + (s * a.k + k) * 4;
@@ -171,8 +250,8 @@ extern "C" int ls_interpolate(const float *x, const int64_t *index, const int32_
 // blur cost a pass over their noise and holes only. Returns 0, or 1 when the scratch could not be had.
 extern "C" int ls_finish(float *out, int64_t b, int64_t h, int64_t w, int64_t c, const uint8_t *blur,
                          const float *kern, int64_t kw, const float *z, const int32_t *zrow, const float *std,
-                         const int64_t *holes, int64_t k, int threads) {
-  const FinishArgs a{b, h, w, c, blur, kern, kw, z, zrow, std, holes, k};
+                         int64_t seed, const int64_t *holes, int64_t k, int threads) {
+  const FinishArgs a{b, h, w, c, blur, kern, kw, z, zrow, std, (uint64_t)seed, holes, k};
   threads = threads < 1 ? 1 : threads;
   int failed = 0;
 #pragma omp parallel num_threads(threads)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("gather.cpp")
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fopenmp", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp", "-std=c++17")
 
 
 def cpp_compiler() -> str | None:
@@ -51,7 +51,7 @@ def library(*defines: str) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.ls_interpolate.restype = lib.ls_finish.restype = ctypes.c_int
     lib.ls_interpolate.argtypes = [ptr] * 5 + [i64] * 4 + [ctypes.c_int]
-    lib.ls_finish.argtypes = [ptr] + [i64] * 4 + [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ctypes.c_int]
+    lib.ls_finish.argtypes = [ptr] + [i64] * 4 + [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, i64, ctypes.c_int]
     lib.build_s = time.perf_counter() - t0
     return lib
 
@@ -81,32 +81,37 @@ def interpolate(x: torch.Tensor, index: torch.Tensor, p00: torch.Tensor, frac: t
 
 
 def finish(out: torch.Tensor, blur: torch.Tensor, kern: torch.Tensor, noise: torch.Tensor | None,
-           noise_std: torch.Tensor, holes: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+           noise_std: torch.Tensor, holes: torch.Tensor, seed: int | None = None,
+           lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """In place on ``out (B, C, H, W)`` (channels-last memory, :func:`interpolate`'s), per sample and in
     the eager paths' order: the separable blur with ``kern[s]`` where ``blur[s]`` (reflect-101 borders),
     then ``noise_std[s]`` times sample ``s``'s field of ``noise`` where ``noise_std[s] > 0`` (``(B, C, H, W)``,
     or ``(R, C, H, W)``: one row per such sample in sample order, as ``draw_noise`` makes them on a CPU;
-    ``None``: no noise), then the ``holes (B, K, 4)`` boxes
-    (half-open y0, x0, y1, x1) set to 0. Returns ``out``."""
+    ``None``: no noise, unless ``seed``), then the ``holes (B, K, 4)`` boxes (half-open y0, x0, y1, x1)
+    set to 0. With ``seed`` (an int64) and no ``noise``, the kernel makes the noise rows itself: row ``r``
+    (the ``r``-th noisy sample) is :func:`normals`' ``(r, ...)``, never written to memory. Returns ``out``."""
     b, c, h, w = out.shape
     if out.dtype != torch.float32 or not out.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("finish works in place on a float32 channels-last batch")
     std = noise_std.to(torch.float32).contiguous()
-    noisy = std > 0 if noise is not None else torch.zeros(b, dtype=torch.bool)  # no noise given: none added
+    if noise is not None and seed is not None:
+        raise ValueError("give the noise rows or the seed to make them from, not both")
+    made = seed is not None
+    noisy = std > 0 if noise is not None or made else torch.zeros(b, dtype=torch.bool)  # neither: none added
     rows = int(noisy.sum())
-    if rows and noise.shape[0] == b:  # a field for every sample (the GPU's draw_noise)
-        zrow = torch.where(noisy, torch.arange(b, dtype=torch.int32), -1)
-    elif rows and noise.shape[0] == rows:  # one per noisy sample, in sample order (the CPU's)
+    if made or (rows and noise.shape[0] == rows):  # one per noisy sample, in sample order (the CPU's)
         zrow = torch.where(noisy, noisy.int().cumsum(0, dtype=torch.int32) - 1, -1)
+    elif rows and noise.shape[0] == b:  # a field for every sample (the GPU's draw_noise)
+        zrow = torch.where(noisy, torch.arange(b, dtype=torch.int32), -1)
     elif rows:
         raise ValueError(f"noise has {noise.shape[0]} rows; expected {b} (all samples) or {rows} "
                          "(one per sample with noise_std > 0)")
     else:
         zrow = torch.full((b,), -1, dtype=torch.int32)
-    if rows and tuple(noise.shape[1:]) != (c, h, w):
+    if rows and not made and tuple(noise.shape[1:]) != (c, h, w):
         raise ValueError(f"noise fields of {tuple(noise.shape[1:])} for a batch of {(c, h, w)}")
     # (R, H, W, C) for the kernel: a view when the rows are channels-last (draw_noise's), else one copy
-    z = noise.to(torch.float32).permute(0, 2, 3, 1).contiguous() if rows else torch.zeros(1)
+    z = noise.to(torch.float32).permute(0, 2, 3, 1).contiguous() if rows and not made else None
     zrow = zrow.to(torch.int32).contiguous()
     flags = blur.to(torch.uint8).contiguous()
     kern = kern.to(torch.float32).contiguous()
@@ -115,8 +120,17 @@ def finish(out: torch.Tensor, blur: torch.Tensor, kern: torch.Tensor, noise: tor
         raise ValueError(f"blur {tuple(flags.shape)}, kernels {tuple(kern.shape)} and holes {tuple(holes.shape)} "
                          f"must each have one row per sample ({b})")
     rc = (lib or library()).ls_finish(out.data_ptr(), b, h, w, c, flags.data_ptr(), kern.data_ptr(), kern.shape[1],
-                                      z.data_ptr(), zrow.data_ptr(), std.data_ptr(), holes.data_ptr(),
-                                      holes.shape[1], torch.get_num_threads())
+                                      None if z is None else z.data_ptr(), zrow.data_ptr(), std.data_ptr(),
+                                      seed or 0, holes.data_ptr(), holes.shape[1], torch.get_num_threads())
     if rc:
         raise MemoryError(f"the blur's scratch ({h * w * c * 4} bytes per thread) could not be allocated")
     return out
+
+
+def normals(seed: int, rows: int, h: int, w: int, c: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """``(rows, C, H, W)`` standard normals (channels-last memory) as :func:`finish` makes them from
+    ``seed``: the noise fields themselves, for tests and for anyone who wants to see them."""
+    out = torch.zeros(rows, h, w, c).permute(0, 3, 1, 2)
+    none = torch.zeros(rows, dtype=torch.bool)
+    return finish(out, none, torch.zeros(rows, 1), None, torch.ones(rows), torch.zeros(rows, 0, 4, dtype=torch.int64),
+                  seed=seed, lib=lib)

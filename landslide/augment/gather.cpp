@@ -1,16 +1,18 @@
-// The bilinear gather (and the blur, noise and holes after it) of the compiled CPU augmentation path (landslide/augment/native.py builds and
-// loads this file; compiled.py calls it). Plain C ABI, no torch headers: it builds in a fraction of a
-// second with the C++ compiler Inductor already needs.
+// The compiled CPU augmentation path's hand-written loops (landslide/augment/native.py builds and
+// loads this file; compiled.py calls it): the bilinear gather, then blur, noise and holes per sample.
+// Plain C ABI, no torch headers: it builds in a fraction of a second with the C++ compiler Inductor
+// already needs.
 //
 // Why by hand: a warped sample reads its 196 KB (12 x 64 x 64 float32) source along rotated lines,
 // which the hardware prefetchers do not follow, so a generated loop waits on memory for most of its
 // time (a 20-degree rotation ran 4-5x slower than a pure shift). Here each thread prefetches the next
 // sample of its share into L2 while it interpolates the current one: one cache line per output pixel.
+// The second loop makes the noise where it adds it, so the noise fields never go through memory.
 //
-// Layout: x (N, H, W, C) float32 (a channels-last fold), index (B,) int64 rows of x, p00 (B, H, W)
-// int32 flat index y * W + x of the top-left tap, frac (2, B, H, W) float32 fractions fx, fy towards
-// the other three taps; out (B, H, W, C) float32. Taps past the last pixel are clamped in (their
-// weight is 0 there: the position sits on the border), as compiled.py's _taps documents.
+// Gather layout: x (N, H, W, C) float32 (a channels-last fold), index (B,) int64 rows of x, p00
+// (B, H, W) int32 flat index y * W + x of the top-left tap, frac (2, B, H, W) float32 fractions fx, fy
+// towards the other three taps; out (B, H, W, C) float32. Taps past the last pixel are clamped in
+// (their weight is 0 there: the position sits on the border), as compiled.py's _taps documents.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

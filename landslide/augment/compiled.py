@@ -108,8 +108,7 @@ def apply_compiled(x: torch.Tensor, p: AugmentParams, noise: torch.Tensor | None
     if x.device.type != "cpu":
         raise ValueError(f"apply_compiled is the CPU path; got a batch on {x.device}")
     _, _, h, w = x.shape
-    hwc = x.float().permute(0, 2, 3, 1)
-    hwc = hwc if hwc.is_contiguous() else hwc.contiguous()
+    hwc = x.float().permute(0, 2, 3, 1).contiguous()  # a view of a channels-last fold: no copy
     index = torch.arange(x.shape[0]) if index is None else index
     p00, frac = _kernel("taps")(p.theta.float(), h, w)
     out = native.interpolate(hwc, index, p00, frac)

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <type_traits>
 #if defined(__AVX512F__) && !defined(LS_NO_AVX512)
 #include <immintrin.h>
 #define LS_AVX512 1
@@ -96,12 +98,15 @@ void run(const Job &j) {
   }
 }
 
-void dispatch(const Job &j) {
-  switch (j.c) {  // the band layouts this project ships (12 Zindi, 4 optical, 3 RGB) get unrolled loops
-    case 12: run<12>(j); break;
-    case 4: run<4>(j); break;
-    case 3: run<3>(j); break;
-    default: run<0>(j);
+// Calls f(std::integral_constant<int64_t, CC>) with CC = c for the band layouts this project ships
+// (12 Zindi, 4 optical, 3 RGB), whose loops the compiler unrolls, and CC = 0 (c read at run time) else.
+template <class F>
+void with_channels(int64_t c, F &&f) {
+  switch (c) {
+    case 12: f(std::integral_constant<int64_t, 12>{}); break;
+    case 4: f(std::integral_constant<int64_t, 4>{}); break;
+    case 3: f(std::integral_constant<int64_t, 3>{}); break;
+    default: f(std::integral_constant<int64_t, 0>{});
   }
 }
 
@@ -180,33 +185,32 @@ void add_noise(float *__restrict__ img, uint64_t seed, int64_t row, int64_t hw, 
   }
 }
 
-// Blur (separable, reflect-101 borders as cv2 and torch's "reflect"), then noise, then holes: the order
-// of the eager paths, on one sample of out (H, W, C) in place. `scratch` holds H * W * C floats.
+// One pass of the separable blur, src -> dst (H, W, C), along rows (x) or columns (y), with the 1-D
+// kernel `kern` of kw taps centred on the pixel; reflect-101 borders, as cv2 and torch's "reflect".
+template <int64_t CC>
+void blur_pass(const float *__restrict__ src, float *__restrict__ dst, const float *kern, int64_t kw, int64_t h,
+               int64_t w, int64_t c_rt, bool along_x) {
+  const int64_t c = CC > 0 ? CC : c_rt, r = kw / 2;
+  auto reflect = [](int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+  for (int64_t y = 0; y < h; y++)
+    for (int64_t x = 0; x < w; x++) {
+      float *out = dst + (y * w + x) * c;
+      for (int64_t ch = 0; ch < c; ch++) out[ch] = 0.0f;
+      for (int64_t i = 0; i < kw; i++) {
+        const float *in = src + (along_x ? y * w + reflect(x + i - r, w) : reflect(y + i - r, h) * w + x) * c;
+        for (int64_t ch = 0; ch < c; ch++) out[ch] += kern[i] * in[ch];
+      }
+    }
+}
+
+// Blur, then noise, then holes: the order of the eager paths, on one sample of out (H, W, C) in
+// place. `scratch` holds H * W * C floats.
 template <int64_t CC>
 void finish_one(float *__restrict__ img, float *__restrict__ scratch, const FinishArgs &a, int64_t s) {
   const int64_t h = a.h, w = a.w, c = CC > 0 ? CC : a.c;
-  auto reflect = [](int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
   if (a.blur[s]) {
-    const float *kern = a.kern + s * a.kw;
-    const int64_t r = a.kw / 2;
-    for (int64_t y = 0; y < h; y++)  // rows: img -> scratch
-      for (int64_t x = 0; x < w; x++) {
-        float *dst = scratch + (y * w + x) * c;
-        for (int64_t ch = 0; ch < c; ch++) dst[ch] = 0.0f;
-        for (int64_t i = 0; i < a.kw; i++) {
-          const float *src = img + (y * w + reflect(x + i - r, w)) * c;
-          for (int64_t ch = 0; ch < c; ch++) dst[ch] += kern[i] * src[ch];
-        }
-      }
-    for (int64_t y = 0; y < h; y++)  // columns: scratch -> img
-      for (int64_t x = 0; x < w; x++) {
-        float *dst = img + (y * w + x) * c;
-        for (int64_t ch = 0; ch < c; ch++) dst[ch] = 0.0f;
-        for (int64_t i = 0; i < a.kw; i++) {
-          const float *src = scratch + (reflect(y + i - r, h) * w + x) * c;
-          for (int64_t ch = 0; ch < c; ch++) dst[ch] += kern[i] * src[ch];
-        }
-      }
+    blur_pass<CC>(img, scratch, a.kern + s * a.kw, a.kw, h, w, c, true);  // rows: img -> scratch
+    blur_pass<CC>(scratch, img, a.kern + s * a.kw, a.kw, h, w, c, false);  // columns: scratch -> img
   }
   if (a.zrow[s] >= 0 && a.z) {
     const float *z = a.z + a.zrow[s] * h * w * c;
@@ -224,15 +228,6 @@ void finish_one(float *__restrict__ img, float *__restrict__ scratch, const Fini
   }
 }
 
-void finish_dispatch(float *img, float *scratch, const FinishArgs &a, int64_t s) {
-  switch (a.c) {
-    case 12: finish_one<12>(img, scratch, a, s); break;
-    case 4: finish_one<4>(img, scratch, a, s); break;
-    case 3: finish_one<3>(img, scratch, a, s); break;
-    default: finish_one<0>(img, scratch, a, s);
-  }
-}
-
 }  // namespace
 
 // Splits the batch into `threads` contiguous shares, one per OpenMP thread. Built with -fopenmp, this
@@ -244,7 +239,9 @@ extern "C" int ls_interpolate(const float *x, const int64_t *index, const int32_
   if (threads > b) threads = b > 0 ? (int)b : 1;
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
   for (int t = 0; t < threads; t++)
-    dispatch(Job{x, index, p00, frac, out, b, h, w, c, b * t / threads, b * (t + 1) / threads});
+    with_channels(c, [&](auto cc) {
+      run<decltype(cc)::value>(Job{x, index, p00, frac, out, b, h, w, c, b * t / threads, b * (t + 1) / threads});
+    });
   return 0;
 }
 
@@ -265,7 +262,8 @@ extern "C" int ls_finish(float *out, int64_t b, int64_t h, int64_t w, int64_t c,
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t s = 0; s < b; s++)
-      if (scratch) finish_dispatch(out + s * h * w * c, scratch, a, s);
+      if (scratch)
+        with_channels(c, [&](auto cc) { finish_one<decltype(cc)::value>(out + s * h * w * c, scratch, a, s); });
     free(scratch);
   }
   return failed;

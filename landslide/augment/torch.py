@@ -130,7 +130,7 @@ class TorchAugment:
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None,
                  index: torch.Tensor | None = None) -> torch.Tensor:
         """Augment the batch ``x (B, C, H, W)``, or ``x[index]`` when ``index`` is given (the interface's
-        gather, which the compiled CPU path fuses into its first kernel)."""
+        gather, which the compiled CPU path's native gather does in place)."""
         x = x if index is None else x[index]
         p = self.sample(x.shape[0], x.shape[2], x.shape[3], g, x.device)
         return apply(x, p, draw_noise(p, x.shape, g, x.device, x.dtype))

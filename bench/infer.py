@@ -139,6 +139,10 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
         for prov in providers:
             values = base | ({"provider": prov} if prov else {})
             label = backend + (f"-{prov.removesuffix('ExecutionProvider')}" if prov else "")
+            if gpu and prov == "CPUExecutionProvider":  # beside the CUDA/TensorRT EPs of onnxruntime-gpu
+                out.append((label, "the CPU provider on a GPU host: minutes per call on the host cores, "
+                                   "and not what a GPU deployment runs (bench it with --device cpu)"))
+                continue
             out.append((label, lambda v=values: _make_with_export(v)))
     if not gpu:
         out.append(compiled)

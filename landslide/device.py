@@ -70,6 +70,13 @@ def resolve_device(requested: str = "auto") -> torch.device:
                           fix="drop --device (auto picks the CPU here) or run on a GPU machine")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {requested!r} unsupported", fix="use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and dev.index is not None:
+        if dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {requested}: this host has {torch.cuda.device_count()} GPU(s)",
+                              fix=f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        # Streams, events and CUDA-graph captures made without a device argument use the *current*
+        # device: make that the one asked for, or they would land on cuda:0 beside work on cuda:N.
+        torch.cuda.set_device(dev)
     return dev
 
 

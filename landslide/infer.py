@@ -160,6 +160,10 @@ def make_runner(cfg: InferConfig) -> Runner:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend {cfg.backend!r} unknown", fix=f"use one of {BACKENDS}")
     backend, path, why = resolve_artefact(cfg)
+    if backend != "torch":  # the engines run on the current CUDA device: --device cuda:N makes it N
+        from landslide.device import resolve_device
+
+        resolve_device(cfg.device)
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
 
@@ -167,7 +171,7 @@ def make_runner(cfg: InferConfig) -> Runner:
     elif backend == "onnxruntime":
         from landslide.runtime.onnxruntime import OnnxRunner
 
-        runner = OnnxRunner(path, cfg.provider)
+        runner = OnnxRunner(path, cfg.provider, cfg.batch_size)
     elif backend == "aoti":
         from landslide.runtime.aoti import AotiRunner
 

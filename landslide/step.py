@@ -126,3 +126,39 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, rt: R
                                  fused=rt.device.type == "cuda")
     return torch.optim.AdamW(model.parameters(), lr=torch.tensor(lr, device=rt.device), weight_decay=weight_decay,
                              fused=True, capturable=True)
+
+
+IMPL_FLAGS = ("fused", "capturable", "foreach", "differentiable")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, keeping this run's implementation and the parameters' layout.
+
+    ``load_state_dict`` replaces each param group with the saved one, so a run resumed on another
+    device or with other flags would inherit the saved ``fused``/``capturable``/``foreach`` choice (a
+    CPU run resumed on a GPU: not fused; a GPU run on the CPU: fused with channels-last moments beside
+    contiguous parameters, which the fused CPU kernel updates element-misaligned without an error).
+    The choice ``make_optimizer`` just made is put back, the moments take their parameter's layout,
+    and ``step`` goes where that implementation reads it (the device when fused or capturable).
+    """
+    keep = [{k: g[k] for k in IMPL_FLAGS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, flags in zip(opt.param_groups, keep, strict=True):
+        group.update(flags)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for name, v in list(st.items()):
+                if not torch.is_tensor(v):
+                    continue
+                if name == "step":
+                    st[name] = v.to(dtype=torch.float32, device=p.device if on_device else "cpu")
+                elif v.shape == p.shape:
+                    st[name] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Resume the grad scaler; a run started in bf16/fp32 (disabled scaler, empty state) resumed with
+    ``--precision fp16`` starts a fresh scale instead of failing in ``GradScaler.load_state_dict``."""
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)

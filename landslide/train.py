@@ -43,7 +43,7 @@ from landslide.losses import focal_loss
 from landslide.model import LandslideModel, LandslideNet, ModelConfig, parse_arch, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
 from landslide.sampler import BalancedSampler
-from landslide.step import TrainStep, check_cuda_graphs, make_optimizer
+from landslide.step import TrainStep, check_cuda_graphs, load_optimizer_state, load_scaler_state, make_optimizer
 from landslide.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -196,9 +196,9 @@ class FoldTrainer:
         start_epoch, best, best_epoch, bad = 0, (-1.0, 0.0), -1, 0
         if state is not None:
             model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
+            load_optimizer_state(opt, state["optimizer"])  # this run's device and flags, not the saved ones
             sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            load_scaler_state(scaler, state["scaler"])  # --precision may change on resume
             start_epoch, best, best_epoch, bad, rows = (state["epoch"] + 1, tuple(state["best"]),
                                                         state["best_epoch"], state["bad"], state["rows"])
             log.info("fold %d %s: resuming after epoch %d", self.fold, self.arch, state["epoch"])

@@ -130,3 +130,25 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
     lines = [json.loads(s) for s in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
     assert len(lines) == 1 + len(bdata.backend_names()) + 2  # data: baseline + each backend (run or skipped); train: 2
     assert list(tmp_path.glob("*-data.md")) and list(tmp_path.glob("*-train.md")) and list(tmp_path.glob("*.png"))
+
+
+def test_infer_runners_on_a_gpu_host_skip_ort_cpu_with_a_reason(monkeypatch, tmp_path):
+    """With onnxruntime-gpu on a GPU host, ONNX Runtime is timed on its CUDA and TensorRT EPs; its CPU
+    provider is recorded as skipped (never silently dropped), and nothing is built while listing."""
+    import onnxruntime as ort
+
+    import landslide.device as device
+    from bench.infer import InferBenchConfig, runner_factories
+    from landslide.config import make_config
+
+    monkeypatch.setattr(device, "resolve_device", lambda requested="auto": torch.device("cuda"))
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider",
+                                                                 "CUDAExecutionProvider", "CPUExecutionProvider"])
+    got = dict(runner_factories(make_config(InferBenchConfig, {"device": "cuda"}), tmp_path, compile_on=True))
+    assert callable(got["onnxruntime-Tensorrt"]) and callable(got["onnxruntime-CUDA"])
+    assert "CPU provider on a GPU host" in got["onnxruntime-CPU"]
+    labels = list(got)  # on a GPU the compiled torch runner comes before the exported ones
+    assert labels.index("torch-fused-compiled") < labels.index("onnxruntime-Tensorrt")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    got = dict(runner_factories(make_config(InferBenchConfig, {"device": "cuda"}), tmp_path, compile_on=True))
+    assert "pip install onnxruntime-gpu" in got["onnxruntime"]

@@ -131,3 +131,18 @@ def test_gpu_pipeline_matches_torch_and_stays_on_device():
     a = dali(x, g.manual_seed(3))
     b = dali(x, g.manual_seed(3))
     assert torch.equal(a, b)  # params seeded from the device generator's state: reproducible
+
+
+def test_host_seed_from_cuda_generator_state_does_not_repeat_across_epochs():
+    """A CUDA generator's state is (seed, philox offset) as 16 bytes; epoch seeds step by 1 and offsets
+    by 4, so the host seed must not be a linear mix of the two (it was ``seed + 2 * offset``)."""
+    from landslide.augment.dali import host_seed
+
+    def state(seed: int, offset: int) -> torch.Tensor:
+        return torch.tensor(list(seed.to_bytes(8, "little") + offset.to_bytes(8, "little")), dtype=torch.uint8)
+
+    seeds = {host_seed(state(s, o)) for s in range(100, 140) for o in range(0, 400, 4)}
+    assert len(seeds) == 40 * 100  # every (epoch seed, offset) pair its own stream
+    assert host_seed(state(5, 8)) == host_seed(state(5, 8))
+    assert all(0 <= v < 2**63 for v in seeds)
+    torch.Generator().manual_seed(max(seeds))  # accepted as a seed

@@ -103,6 +103,31 @@ def test_verification_refuses_past_tolerance(exported, reference, tmp_path, monk
     assert not sidecar_path(tmp_path / "fused.onnx").exists()
 
 
+def test_fp16_graph_is_also_checked_on_the_cuda_ep_where_there_is_one(exported, reference, tmp_path, monkeypatch):
+    """ORT's CPU EP computes FP16 convolutions in FP32, so where the CUDA EP runs the FP16 graph is
+    checked there too: an FP16-arithmetic error there fails the export, and a CUDA EP that does not
+    start is an error, not a silent second CPU check."""
+    run, _ = exported
+    fused, info, x, ref = reference
+    calls, real = [], ox.ort_run
+
+    def gpu_off_by_005(p, a, batch_size=64, provider="CPUExecutionProvider"):
+        calls.append(provider)
+        return real(p, a, batch_size) + (0.05 if provider == "CUDAExecutionProvider" else 0.0)
+
+    monkeypatch.setattr(ox, "gpu_check_provider", lambda: True)
+    monkeypatch.setattr(ox, "ort_run", gpu_off_by_005)
+    with pytest.raises(VerificationError, match="CUDA EP"):
+        ox.export_fp16(fused, info, x[:8], ref[:8], tmp_path / "fused_fp16.onnx")
+    assert calls == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+    monkeypatch.setattr(ox, "ort_run", real)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(VerificationError, match="CUDAExecutionProvider did not start"):
+            ox.ort_run(run / "export" / "fused_fp16.onnx", x[:2], provider="CUDAExecutionProvider")
+
+
 def _copy_artefact(src: Path, dst_dir: Path) -> Path:
     dst_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(src, dst_dir / src.name)

@@ -59,6 +59,27 @@ def test_ort_reports_providers_used(exported):
     assert "providers used=['CPUExecutionProvider']" in r.describe()
 
 
+def test_tensorrt_ep_options_pin_one_profile_and_cache_engines(exported):
+    """The options the TensorRT EP gets (it cannot start on this host): one explicit batch profile over
+    the sidecar's input, engine and timing caches beside the graph; the CUDA EP only its device."""
+    from landslide.export.sidecar import read_sidecar
+    from landslide.runtime.onnxruntime import TRT_MAX_BATCH, provider_options
+
+    run, _ = exported
+    graph = run / "export" / "fused.onnx"
+    side = read_sidecar(graph, kind="onnx-fused")
+    c = side["contract"]["input_shape"][-1]
+    o = provider_options("tensorrt", 1, graph, side, batch_size=32)
+    assert o["device_id"] == 1
+    assert o["trt_profile_min_shapes"] == f"patches:1x64x64x{c}"
+    assert o["trt_profile_opt_shapes"] == f"patches:32x64x64x{c}"
+    assert o["trt_profile_max_shapes"] == f"patches:{TRT_MAX_BATCH}x64x64x{c}"
+    assert provider_options("tensorrt", 0, graph, side, batch_size=1000)["trt_profile_max_shapes"].startswith("patches:1000x")
+    assert o["trt_engine_cache_enable"] and o["trt_timing_cache_enable"]
+    assert Path(o["trt_engine_cache_path"]).parent == graph.parent == Path(o["trt_timing_cache_path"]).parent
+    assert provider_options("cuda", 2, graph, side) == {"device_id": 2}
+
+
 def test_backend_resolution(exported, tmp_path, monkeypatch):
     import onnxruntime as ort
     import torch

@@ -21,6 +21,8 @@ back as a ``(B, C, H, W)`` view of that memory, i.e. already channels-last for t
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from landslide.augment.torch import BLUR_K, MIN_SIGMA, AugmentConfig, AugmentParams, TorchAugment, dense_noise, draw_noise
@@ -53,6 +55,17 @@ def erase_args(holes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (holes[..., 2:] - anchor).clamp_min(0)
     b = holes.shape[0]
     return anchor.reshape(b, -1).float(), shape.reshape(b, -1).float()
+
+
+def host_seed(state: torch.Tensor) -> int:
+    """A CPU generator seed from a CUDA generator's state bytes (seed, philox offset), hashed.
+
+    Not the bytes read as one integer: modulo 2**63 - 1 that is ``seed + 2 * offset``, so epoch seed
+    ``s + 8`` at offset ``o`` would repeat epoch ``s`` at offset ``o + 4`` (offsets step by 4, epoch
+    seeds by 1), i.e. the same augmentation parameters drawn again in a later epoch.
+    """
+    digest = hashlib.blake2b(bytes(state.tolist()), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # manual_seed takes < 2**63
 
 
 def _import_dali():
@@ -124,8 +137,7 @@ class DaliAugment:
             return self.sampler.sample(b, h, w, g, torch.device("cpu"))
         # A CUDA generator's state (seed, philox offset) lives on the host: reading it does not
         # wait for the device, and it advances with every draw, so each step gets a fresh seed.
-        state = g.get_state()
-        self._host_gen.manual_seed(int.from_bytes(bytes(state.tolist()), "little") % (2**63 - 1))
+        self._host_gen.manual_seed(host_seed(g.get_state()))
         return self.sampler.sample(b, h, w, self._host_gen, torch.device("cpu"))
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None,

@@ -102,11 +102,14 @@ def gather_weights(tmp: Path, path: Path) -> None:
         piece.unlink(missing_ok=True)
 
 
-def ort_run(path: Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run an ONNX file on the CPU provider, in batches (the reference check needs no GPU)."""
+def ort_run(path: Path, x: np.ndarray, batch_size: int = 64, provider: str = "CPUExecutionProvider") -> np.ndarray:
+    """Run an ONNX file in batches, on the CPU provider by default (the reference check needs no GPU)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), providers=[provider])
+    if sess.get_providers()[0] != provider:  # ORT drops a provider it cannot start; a check must not
+        raise VerificationError(f"{provider} did not start (session runs on {sess.get_providers()})", file=path,
+                                fix="install an onnxruntime build with that provider, or verify on the CPU")
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[s:s + batch_size]})[0] for s in range(0, len(x), batch_size)])
 
@@ -180,4 +183,21 @@ def export_fused(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.nda
 def export_fp16(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.ndarray, path: Path) -> Path:
     export_onnx(half_ensemble(fused, info), torch.from_numpy(x[:2]), path)
     require(compare(path.name, ort_run(path, x), ref, info.threshold, FP16_TOL, FP16_AGREEMENT), path)
+    if gpu_check_provider():  # FP16 arithmetic, not just FP16 weights: see gpu_check_provider
+        require(compare(f"{path.name} (CUDA EP)", ort_run(path, x, provider="CUDAExecutionProvider"), ref,
+                        info.threshold, FP16_TOL, FP16_AGREEMENT), path)
     return path
+
+
+def gpu_check_provider() -> bool:
+    """Whether the FP16 graph is also checked on ONNX Runtime's CUDA EP (a CUDA GPU and onnxruntime-gpu).
+
+    ORT's CPU EP has no FP16 convolution on x86: it wraps those nodes in casts and computes them in
+    FP32, so the CPU check covers the FP16 weights and the graph's structure but not FP16 arithmetic
+    (accumulation, overflow). The CUDA EP computes in FP16; TensorRT engines are checked at build.
+    """
+    if not torch.cuda.is_available():
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()

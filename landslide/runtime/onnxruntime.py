@@ -24,6 +24,31 @@ INSTALL = {"tensorrt": "pip install onnxruntime-gpu tensorrt (and a CUDA GPU)",
            "cuda": "pip install onnxruntime-gpu (instead of onnxruntime; needs a CUDA GPU)", "cpu": "pip install onnxruntime"}
 
 
+TRT_MAX_BATCH = 256  # the TensorRT EP's profile covers batches 1 .. max(this, --batch-size)
+
+
+def provider_options(provider: str, device_id: int, graph: Path, side: dict, batch_size: int = 64) -> dict:
+    """ONNX Runtime options for one of :data:`PROVIDERS` (short name) on CUDA device ``device_id``.
+
+    For the TensorRT EP: one explicit batch profile, because without it the EP builds an engine for
+    the shapes seen so far and rebuilds it (minutes for a whole ensemble) whenever a batch falls
+    outside them (a last partial batch, a benchmark's next size); and engine + timing caches beside
+    the graph, so the next process loads the engine instead of rebuilding it. The graph's own types
+    decide the precision (``fused_fp16.onnx`` for FP16), so ``trt_fp16_enable`` stays off.
+    """
+    opts: dict = {"device_id": device_id}
+    if provider != "tensorrt":
+        return opts
+    name, dims = side["input"]["name"], "x".join(str(d) for d in side["input"]["shape"][1:])
+    cache = graph.parent / "ort-tensorrt-cache"
+    return {**opts,
+            "trt_profile_min_shapes": f"{name}:1x{dims}",
+            "trt_profile_opt_shapes": f"{name}:{batch_size}x{dims}",
+            "trt_profile_max_shapes": f"{name}:{max(batch_size, TRT_MAX_BATCH)}x{dims}",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+
+
 def import_ort():
     try:
         import onnxruntime as ort
@@ -47,7 +72,7 @@ def auto_provider() -> str:
 class OnnxRunner(Runner):
     """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` probabilities through a fused ONNX graph."""
 
-    def __init__(self, path: str | Path, provider: str = "auto") -> None:
+    def __init__(self, path: str | Path, provider: str = "auto", batch_size: int = 64) -> None:
         ort = import_ort()
         self.path = Path(path)
         side = read_sidecar(self.path, kind="onnx-fused")
@@ -64,7 +89,13 @@ class OnnxRunner(Runner):
             raise ConfigError(f"{want} asked for, but this onnxruntime build offers only "
                               f"{ort.get_available_providers()}", fix=INSTALL[self.provider])
         chain = {"tensorrt": ["tensorrt", "cuda"], "cuda": ["cuda"], "cpu": []}[self.provider]
-        providers = [(PROVIDERS[p], {"device_id": 0}) for p in chain] + ["CPUExecutionProvider"]
+        self.device_id = 0
+        if chain:
+            import torch
+
+            self.device_id = torch.cuda.current_device()  # --device cuda:N made N current (resolve_device)
+        providers = [(PROVIDERS[p], provider_options(p, self.device_id, self.path, side, batch_size)) for p in chain]
+        providers.append("CPUExecutionProvider")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
@@ -92,8 +123,8 @@ class OnnxRunner(Runner):
         xt = torch.from_numpy(x).pin_memory().to("cuda", non_blocking=True)
         out = torch.empty(len(x), dtype=torch.float32, device="cuda")
         b = self.session.io_binding()
-        b.bind_input(self.input_name, "cuda", 0, np.float32, tuple(xt.shape), xt.data_ptr())
-        b.bind_output(self.output_name, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
+        b.bind_input(self.input_name, "cuda", self.device_id, np.float32, tuple(xt.shape), xt.data_ptr())
+        b.bind_output(self.output_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream().synchronize()  # the copy must land before ORT's stream reads it
         self.session.run_with_iobinding(b)
         return out.cpu().numpy()

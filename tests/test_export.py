@@ -186,11 +186,14 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     fused, info, x, ref = reference
     fused = copy.deepcopy(fused)  # build_package moves it to the package's device; the fixture stays on the CPU
     host = "cuda" if torch.cuda.is_available() else "cpu"
-    path = build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref)
+    # Verified over x in batches of 16 (the profile's max) and a last one of 7, padded to the min of 8.
+    path = build_package(fused, info, run_hash(info), tmp_path / "engines", (8, 8, 16), x[:23], ref[:23])
     assert path.suffix == ".pt2" and read_sidecar(path, kind="aoti")["device"] == host
     runner = AotiRunner(path)
     got = np.concatenate([runner.predict(x[s:s + 16]) for s in range(0, len(x), 16)])
     assert np.abs(got - ref).max() <= (1e-5 if host == "cpu" else 1e-4)  # the runner keeps cuDNN's TF32
+    one = runner.predict(x[:1])  # under the profile's minimum: padded, one probability back
+    assert one.shape == (1,) and abs(one[0] - got[0]) <= 1e-6
     with pytest.raises(ContractError, match="profile"):
         runner.predict(x[:1].repeat(17, 0))
     # A run folder finds the package built from it in the engine folder.
@@ -206,13 +209,13 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
 
     made = export_main(make_config(ExportConfig, {
         "run": str(run), "engine": "aoti", "onnx": False, "out": str(tmp_path / "x"), "n_verify": 16,
-        "engine_dir": str(tmp_path / "engines"), "min_batch": 1, "opt_batch": 8, "max_batch": 16}))
+        "engine_dir": str(tmp_path / "engines"), "min_batch": 8, "opt_batch": 8, "max_batch": 16}))
     assert made == {"engine": str(path)} and not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="--no-onnx leaves nothing"):
         export_main(make_config(ExportConfig, {"run": str(run), "onnx": False}))
     # Built again with the same key: reused, not recompiled (same bytes).
     sha = file_sha256(path)
-    assert build_package(fused, info, run_hash(info), tmp_path / "engines", (1, 8, 16), x, ref) == path
+    assert build_package(fused, info, run_hash(info), tmp_path / "engines", (8, 8, 16), x, ref) == path
     assert file_sha256(path) == sha
     side = json.loads(sidecar_path(path).read_text())
     side["versions"]["torch"] = "0.0.1"

@@ -59,6 +59,15 @@ def test_ort_reports_providers_used(exported):
     assert "providers used=['CPUExecutionProvider']" in r.describe()
 
 
+def test_pad_batch_repeats_the_last_patch_up_to_the_minimum():
+    from landslide.runtime import pad_batch
+
+    x = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)
+    p = pad_batch(x, 5)
+    assert p.shape == (5, 2) and (p[:3] == x).all() and (p[3:] == x[-1]).all()
+    assert pad_batch(x, 3) is x and pad_batch(x, 1) is x
+
+
 def test_tensorrt_ep_options_pin_one_profile_and_cache_engines(exported):
     """The options the TensorRT EP gets (it cannot start on this host): one explicit batch profile over
     the sidecar's input, engine and timing caches beside the graph; the CUDA EP only its device."""

@@ -20,6 +20,7 @@ from landslide.device import ieee_fp32
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.export.onnx import FP32_TOL, compare, require, torch_run
 from landslide.export.sidecar import read_sidecar, write_sidecar
+from landslide.runtime import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,18 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
     if path.is_file() and not rebuild:
         read_sidecar(path, kind="aoti")
         log.info("aoti: reusing %s (same run, torch, device and profile; --rebuild to force)", path)
-        _verify(path, str(path), device, x, ref, info.threshold, profile[2])
+        _verify(path, str(path), device, x, ref, info.threshold, profile[2], profile[0])
         return path
     module = fused.to(device).eval()
     lo, hi = profile[0], profile[2]
-    example = torch.from_numpy(x[:max(2, min(profile[1], len(x)))]).to(device)
+    # torch.export specialises a dimension traced at size 1, so a dynamic batch is traced at >= 2
+    # (within the profile); a profile of batch 1 alone is exported static.
+    n = min(max(2, profile[1]), hi)
+    example = torch.from_numpy(pad_batch(x[:n], n)).to(device)
+    dynamic = ({0: torch.export.Dim("batch", min=lo, max=hi)},) if hi >= 2 else None
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.no_grad():
-        ep = torch.export.export(module, (example,),
-                                 dynamic_shapes=({0: torch.export.Dim("batch", min=lo, max=hi)},))
+        ep = torch.export.export(module, (example,), dynamic_shapes=dynamic)
     engine_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=engine_dir, prefix=".aoti-"))
     try:
@@ -57,7 +61,7 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
         built = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp / path.name))
         dt = time.perf_counter() - t0
         log.info("aoti: compiled %s on %s in %.1f s", path.name, device_name(device), dt)
-        _verify(path, built, device, x, ref, info.threshold, hi)
+        _verify(path, built, device, x, ref, info.threshold, hi, lo)
         Path(built).replace(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -68,9 +72,9 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
 
 
 def _verify(path: Path, package: str, device: torch.device, x: np.ndarray, ref: np.ndarray, threshold: float,
-            batch_size: int) -> None:
+            batch_size: int, min_batch: int = 1) -> None:
     """Load ``package`` and hold it to the CPU reference at fp32 tolerance (true fp32 on CUDA, not TF32)."""
     fn = torch._inductor.aoti_load_package(package)
     with ieee_fp32(device):
-        got = torch_run(fn, x, batch_size, device)
+        got = torch_run(fn, x, batch_size, device, min_batch)
     require(compare(path.name, got, ref, threshold, FP32_TOL), path)

@@ -115,10 +115,14 @@ def ort_run(path: Path, x: np.ndarray, batch_size: int = 64, provider: str = "CP
 
 
 @torch.inference_mode()
-def torch_run(module, x: np.ndarray, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
-    """``module`` (an ``nn.Module`` or a loaded AOTInductor package) over ``x`` in batches on ``device``."""
-    return np.concatenate([module(torch.from_numpy(x[s:s + batch_size]).to(device)).float().cpu().numpy()
-                           for s in range(0, len(x), batch_size)])
+def torch_run(module, x: np.ndarray, batch_size: int = 64, device: torch.device | str = "cpu",
+              min_batch: int = 1) -> np.ndarray:
+    """``module`` (an ``nn.Module`` or a loaded AOTInductor package) over ``x`` in batches on ``device``;
+    a last batch under ``min_batch`` (a package's profile) is padded and its extra rows dropped."""
+    from landslide.runtime import pad_batch
+
+    return np.concatenate([module(torch.from_numpy(pad_batch(xb, min_batch)).to(device)).float().cpu().numpy()[:len(xb)]
+                           for xb in (x[s:s + batch_size] for s in range(0, len(x), batch_size))])
 
 
 @dataclass

@@ -23,3 +23,12 @@ class Runner(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+def pad_batch(x: np.ndarray, min_batch: int) -> np.ndarray:
+    """``x`` with its last patch repeated up to ``min_batch`` rows, for an engine whose profile starts
+    above a last, partial batch. Every patch is scored on its own (no batch statistics at inference),
+    so the padding changes no real row's probability; the caller keeps the first ``len(x)`` outputs."""
+    if len(x) >= min_batch or len(x) == 0:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], min_batch - len(x), axis=0)])

@@ -13,7 +13,7 @@ import numpy as np
 from landslide.errors import ContractError
 from landslide.export.sidecar import read_sidecar
 from landslide.export.tensorrt import gpu_name, import_trt
-from landslide.runtime import Runner
+from landslide.runtime import Runner, pad_batch
 
 REBUILD = "rebuild it on this machine: python export.py RUN_DIR --engine tensorrt --rebuild"
 
@@ -50,14 +50,15 @@ class TensorRTRunner(Runner):
     def predict(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        if not self.min_batch <= len(x) <= self.max_batch:
-            raise ContractError(f"batch of {len(x)} outside the engine's profile [{self.min_batch}, "
+        if len(x) > self.max_batch:
+            raise ContractError(f"batch of {len(x)} over the engine's profile [{self.min_batch}, "
                                 f"{self.max_batch}]", file=self.path,
-                                fix="pass --batch-size within it, or rebuild with --min-batch/--max-batch")
-        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).pin_memory()
+                                fix="pass --batch-size within it, or rebuild with --max-batch")
+        n = len(x)  # a last batch under the profile's minimum is padded (pad_batch), its extra rows dropped
+        host = torch.from_numpy(np.ascontiguousarray(pad_batch(x, self.min_batch), dtype=np.float32)).pin_memory()
         with torch.cuda.stream(self.stream):
             xt = host.to("cuda", non_blocking=True)
-            out = torch.empty(len(x), dtype=torch.float32, device="cuda")
+            out = torch.empty(len(xt), dtype=torch.float32, device="cuda")
             self.context.set_input_shape(self.input, tuple(xt.shape))
             self.context.set_tensor_address(self.input, xt.data_ptr())
             self.context.set_tensor_address(self.output, out.data_ptr())
@@ -65,7 +66,7 @@ class TensorRTRunner(Runner):
                 raise ContractError("TensorRT execution failed", file=self.path, fix=REBUILD)
             res = out.to("cpu", non_blocking=True)
         self.stream.synchronize()
-        return res.numpy()
+        return res.numpy()[:n]
 
     def describe(self) -> str:
         return (f"tensorrt ({self.path.name}, TensorRT {self.sidecar['versions'].get('tensorrt')}, "

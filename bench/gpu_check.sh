@@ -105,7 +105,10 @@ want train && step bench.train-v2l 180 $PY -m bench.train --device cuda --model 
   --windows 3 --steps 10 --data-backend "$DB" --baseline-loader --per-sample "$PS" --baseline-precision fp32 --baseline-compile off \
   --baseline-channels-last off --out-dir "$TMP"
 # A module that fails to import (a package the image lacks) must not stop the GPU tests of the others.
-want pytest && step pytest-gpu 180 bash -c "$PY -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors >'$OUT/pytest.txt' 2>&1"
+# Four workers where pytest-xdist is installed (the GPU image has it): the end-to-end cases are
+# training subprocesses that mostly wait on compilation, and one GPU has room for all of them.
+XD=""; $PY -c "import xdist" >/dev/null 2>&1 && XD="-n 4"
+want pytest && step pytest-gpu 180 bash -c "$PY -m pytest -m gpu -q -rs -p no:cacheprovider $XD --continue-on-collection-errors >'$OUT/pytest.txt' 2>&1"
 # The real ensemble's larger member (tf_efficientnetv2_l@224 x 5 folds x 4 views; the full ensemble adds
 # efficientnet_b5@384), random weights: speed does not depend on them. Runners come in the order
 # torch fused, looped, compiled, then the exported ones, so a cut costs the slowest to build.

@@ -50,8 +50,11 @@ def standardise(normalize, x: torch.Tensor, rows: np.ndarray, device: torch.devi
         for s in range(0, len(rows), 1024):
             z, c = normalize(x[rows[s:s + 1024]].to(device))
             if out is None:  # filled in place: chunks + a final cat would need twice the fold's memory
-                out = torch.empty((len(rows), *z.shape[1:]), dtype=dtype,
-                                  device=device if placement == "device" else "cpu", memory_format=memory_format)
+                # A host fold for a GPU is pinned from the start (HostFold's pin_memory() is then a no-op):
+                # pinning it afterwards would copy it, twice the fold in host memory at the peak.
+                pin = placement == "host" and device.type == "cuda"
+                out = torch.empty((len(rows), *z.shape[1:]), dtype=dtype, device=device if placement == "device"
+                                  else "cpu", memory_format=memory_format, pin_memory=pin)
             out[s:s + len(z)] = z.to(dtype)
             cs.append(c)
     return out, torch.cat(cs)
@@ -85,7 +88,7 @@ class HostFold:
                  batch_size: int) -> None:
         self.device = device
         self.pin = device.type == "cuda"
-        self.x = x.pin_memory() if self.pin else x
+        self.x = x.pin_memory() if self.pin and not x.is_pinned() else x
         self.cloud, self.y = cloud.to(device), y.to(device)
         self.labels = y.cpu()
         self.bufs = [torch.empty((batch_size, *x.shape[1:]), dtype=x.dtype, pin_memory=self.pin) for _ in range(2)]

@@ -121,8 +121,11 @@ def torch_run(module, x: np.ndarray, batch_size: int = 64, device: torch.device 
     a last batch under ``min_batch`` (a package's profile) is padded and its extra rows dropped."""
     from landslide.runtime import pad_batch
 
-    return np.concatenate([module(torch.from_numpy(pad_batch(xb, min_batch)).to(device)).float().cpu().numpy()[:len(xb)]
-                           for xb in (x[s:s + batch_size] for s in range(0, len(x), batch_size))])
+    out = []
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size]
+        out.append(module(torch.from_numpy(pad_batch(xb, min_batch)).to(device)).float().cpu().numpy()[:len(xb)])
+    return np.concatenate(out)
 
 
 @dataclass

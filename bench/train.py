@@ -159,8 +159,58 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         b = idx[next(k)]
         return mixer(augment(xd, gen, index=b), yd[b], cd[b], gen)
 
+    out = cfg.out_dir or common.RESULTS_DIR
+    written = [0]
+
+    def report(final: bool) -> list[dict]:
+        """Records, table and plot from the pipelines timed so far: written after each one, so a run cut
+        by a time limit (the device pipeline's compile of a large model) keeps what it measured."""
+        records, rows, dists = [], [], {}
+        base_name = next(iter(results))
+        tps = {name: common.throughput_stats(st.total(cfg.batch_size)) for name, st in results.items()}
+        for name, st in results.items():
+            tot = (st.data + st.compute).reshape(-1)
+            tp, step_lat = tps[name], common.latency_stats(tot)
+            dl, cl = common.latency_stats(st.data), common.latency_stats(st.compute)
+            m = {"images_per_s": tp, "step": step_lat, "data": dl, "compute": cl, "first_step_s": st.first_s,
+                 "compile_s": st.first_s if compiled[name] else None,
+                 "data_fraction": float(st.data.sum() / (st.data.sum() + st.compute.sum())), "params": n_params}
+            if name != base_name:
+                m["device_pipeline_speedup"] = tps[base_name]["median"] / tp["median"]
+            records.append(common.record("train", name, env, {**conf, "pipeline": name}, metrics=m))
+            rows.append({"pipeline": name, "images/s median (min-max)": common.spread(tp, 1),
+                         "ms/step p50": step_lat["p50_ms"], "ms/step p95": step_lat["p95_ms"],
+                         "data ms p50": dl["p50_ms"], "compute ms p50": cl["p50_ms"],
+                         "first step s": round(st.first_s, 2)})
+            short = name.split(" ")[0]
+            dists |= {f"{short} data": st.data.reshape(-1), f"{short} compute": st.compute.reshape(-1),
+                      f"{short} step": tot}
+
+        slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
+        what = (f"{cfg.model}@{cfg.img_size or 64} batch {cfg.batch_size} {rt.precision} channels_last="
+                f"{'on' if rt.channels_last else 'off'} compile={'on' if rt.compile else 'off'}")
+        head = (f"# bench.train — {what} — {env['device_name']}\n\n`{common.command_line('bench.train')}`; "
+                f"{windows} windows x {steps} steps after {cfg.warmup} warm-up; torch threads {env['torch_threads']}; "
+                f"load avg {env['loadavg_1m']} at start; {n_params / 1e6:.2f} M parameters\n\n")
+        table = common.format_table(rows, ["pipeline", "images/s median (min-max)", "ms/step p50", "ms/step p95",
+                                           "data ms p50", "compute ms p50", "first step s"])
+        if len(results) > 1:
+            ratio = records[1]["metrics"]["device_pipeline_speedup"]
+            table += f"\n\ndevice pipeline / conventional pipeline: {ratio:.2f}x images/s"
+            table += f" (conventional pipeline's runtime: {conf['baseline_runtime']})"
+        if rt.compile:
+            table += f"\n\ncompile + first step: {results[base_name].first_s:.1f} s (excluded from the step times)"
+        if final:
+            print(head + table)
+        common.append_jsonl(common.results_path(env, out), records[written[0]:])  # each record once
+        written[0] = len(records)
+        common.write_text(f"{out}/{slug}-train.md", head + table + "\n")
+        common.plot_latency(dists, f"{out}/{slug}-train.png", title=f"train step phases — {what}")
+        return records
+
     results = {f"device ({backend})": time_steps(device_data, compute, dev, cfg.warmup, windows, steps)}
     compiled = {f"device ({backend})": rt.compile}
+    report(final=False)
 
     # --- the conventional pipeline: same model, same runtime unless --baseline-* say otherwise
     if cfg.baseline_loader:
@@ -191,47 +241,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         compiled[name] = brt.compile
         del it, loader
 
-    records, rows, dists = [], [], {}
-    base_name = next(iter(results))
-    tps = {name: common.throughput_stats(st.total(cfg.batch_size)) for name, st in results.items()}
-    for name, st in results.items():
-        tot = (st.data + st.compute).reshape(-1)
-        tp, step_lat = tps[name], common.latency_stats(tot)
-        dl, cl = common.latency_stats(st.data), common.latency_stats(st.compute)
-        m = {"images_per_s": tp, "step": step_lat, "data": dl, "compute": cl, "first_step_s": st.first_s,
-             "compile_s": st.first_s if compiled[name] else None,
-             "data_fraction": float(st.data.sum() / (st.data.sum() + st.compute.sum())), "params": n_params}
-        if name != base_name:
-            m["device_pipeline_speedup"] = tps[base_name]["median"] / tp["median"]
-        records.append(common.record("train", name, env, {**conf, "pipeline": name}, metrics=m))
-        rows.append({"pipeline": name, "images/s median (min-max)": common.spread(tp, 1),
-                     "ms/step p50": step_lat["p50_ms"], "ms/step p95": step_lat["p95_ms"],
-                     "data ms p50": dl["p50_ms"], "compute ms p50": cl["p50_ms"],
-                     "first step s": round(st.first_s, 2)})
-        short = name.split(" ")[0]
-        dists |= {f"{short} data": st.data.reshape(-1), f"{short} compute": st.compute.reshape(-1),
-                  f"{short} step": tot}
-
-    out = cfg.out_dir or common.RESULTS_DIR
-    slug = env["device_slug"] + (f"-t{cfg.threads}" if cfg.threads else "")  # file names only
-    what = (f"{cfg.model}@{cfg.img_size or 64} batch {cfg.batch_size} {rt.precision} channels_last="
-            f"{'on' if rt.channels_last else 'off'} compile={'on' if rt.compile else 'off'}")
-    head = (f"# bench.train — {what} — {env['device_name']}\n\n`{common.command_line('bench.train')}`; "
-            f"{windows} windows x {steps} steps after {cfg.warmup} warm-up; torch threads {env['torch_threads']}; "
-            f"load avg {env['loadavg_1m']} at start; {n_params / 1e6:.2f} M parameters\n\n")
-    table = common.format_table(rows, ["pipeline", "images/s median (min-max)", "ms/step p50", "ms/step p95",
-                                       "data ms p50", "compute ms p50", "first step s"])
-    if len(results) > 1:
-        ratio = records[1]["metrics"]["device_pipeline_speedup"]
-        table += f"\n\ndevice pipeline / conventional pipeline: {ratio:.2f}x images/s"
-        table += f" (conventional pipeline's runtime: {conf['baseline_runtime']})"
-    if rt.compile:
-        table += f"\n\ncompile + first step: {results[base_name].first_s:.1f} s (excluded from the step times)"
-    print(head + table)
-    common.append_jsonl(common.results_path(env, out), records)
-    common.write_text(f"{out}/{slug}-train.md", head + table + "\n")
-    common.plot_latency(dists, f"{out}/{slug}-train.png", title=f"train step phases — {what}")
-    return records
+    return report(final=True)
 
 
 if __name__ == "__main__":

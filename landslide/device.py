@@ -6,11 +6,18 @@ and the start-up line says so; an explicit request the host cannot honour raises
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import shutil
+import sysconfig
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from landslide.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -80,6 +87,24 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return dev
 
 
+def compile_toolchain(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot build kernels on this host, or None when it can.
+
+    Inductor's CPU backend compiles C++ (g++, c++ or clang++); on CUDA, Triton builds each kernel's
+    launcher with a C compiler (``$CC``, else gcc or clang, as Triton looks for it) against Python.h.
+    A slim GPU image without them would otherwise fail inside the first training step.
+    """
+    if device_type == "cuda":
+        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+            return "Triton needs a C compiler (gcc or clang, or $CC) and none was found"
+        if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+            return f"Triton needs the Python headers and {sysconfig.get_paths()['include']}/Python.h is missing"
+        return None
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "Inductor's CPU backend needs a C++ compiler (g++, c++ or clang++) and none is on PATH"
+    return None
+
+
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
                     compile: str = "auto") -> Runtime:
     """``auto`` = bf16 + channels-last + compile on a CUDA GPU (fp16 where bf16 is unsupported), fp32 and off on CPU."""
@@ -104,4 +129,11 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
             return False
         raise ConfigError(f"--{name} {v!r}", fix=f"use --{name} auto|on|off")
 
-    return Runtime(dev, precision, flag(channels_last, "channels-last"), flag(compile, "compile"))
+    compiled = flag(compile, "compile")
+    if compiled and (missing := compile_toolchain(dev.type)):
+        if compile != "auto":
+            raise ConfigError(f"--compile {compile}: {missing}",
+                              fix="install gcc/g++ and the Python headers (python3-dev), or use --compile off")
+        log.warning("compile auto -> off: %s", missing)  # degrade, but say so
+        compiled = False
+    return Runtime(dev, precision, flag(channels_last, "channels-last"), compiled)

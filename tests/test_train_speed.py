@@ -135,6 +135,31 @@ def test_cuda_graphs_refused_on_cpu():
     assert "--compile-mode default" in str(e.value)
 
 
+def test_compile_without_a_toolchain_is_refused_or_turned_off_with_a_warning(monkeypatch, caplog):
+    """torch.compile needs a compiler on the host (C++ for Inductor's CPU backend, C + Python.h for
+    Triton): asked for, its absence is an error naming the fix; under auto on a GPU, compile is off
+    and a warning says why, instead of a crash inside the first training step."""
+    import landslide.device as device
+
+    monkeypatch.setattr(device.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(ConfigError, match=r"C\+\+ compiler") as e:
+        resolve_runtime("cpu", "fp32", "off", "on")
+    assert "--compile off" in str(e.value)
+    assert "C compiler" in device.compile_toolchain("cuda")
+    # A GPU host as resolve_runtime sees it (no CUDA call is made on the way to the compile decision).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    with caplog.at_level("WARNING", logger="landslide.device"):
+        rt = resolve_runtime("auto")
+    assert rt.device.type == "cuda" and rt.precision == "bf16" and not rt.compile
+    assert "compile auto -> off: Triton needs a C compiler" in caplog.text
+    with pytest.raises(ConfigError, match="--compile on: Triton"):
+        resolve_runtime("auto", compile="on")
+    monkeypatch.setenv("CC", "/usr/bin/cc")
+    assert resolve_runtime("auto").compile == (device.compile_toolchain("cuda") is None)
+
+
 @pytest.mark.slow
 def test_train_with_dali_backend_and_a_host_resident_fold_on_cpu(tmp_path):
     from landslide.synth import SynthConfig, write_dataset

@@ -90,12 +90,11 @@ need = ["torch", "timm", "numpy", "onnx", "onnxruntime", "matplotlib", "tqdm", "
 missing = [m for m in need if not has(m)]
 absent = [m for m in ("nvidia.dali", "albumentations") if not has(m)]
 print("preflight: missing required:", ", ".join(missing) or "none", "| optional absent:", ", ".join(absent) or "none")
-# torch.compile on CUDA (Triton) builds its launchers with a C compiler against Python.h at first use.
-import shutil, sysconfig
-from pathlib import Path
-cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-print("preflight: C compiler:", cc or "NONE (compile on CUDA will fail)", "| Python.h:",
-      "yes" if (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file() else "NO (compile on CUDA will fail)")
+# torch.compile on CUDA (Triton) builds its launchers with a C compiler against Python.h at first use;
+# without them compile=auto turns off (landslide.device.compile_toolchain): say so before the steps.
+if not missing:
+    from landslide.device import compile_toolchain
+    print("preflight: torch.compile toolchain for CUDA:", compile_toolchain("cuda") or "ok")
 PY
 echo "| step | exit code | seconds |" >"$STEPS"
 echo "|---|---|---|" >>"$STEPS"

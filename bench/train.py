@@ -160,11 +160,12 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         return mixer(augment(xd, gen, index=b), yd[b], cd[b], gen)
 
     out = cfg.out_dir or common.RESULTS_DIR
-    written = [0]
+    written = 0  # records already appended to the JSONL
 
     def report(final: bool) -> list[dict]:
         """Records, table and plot from the pipelines timed so far: written after each one, so a run cut
         by a time limit (the device pipeline's compile of a large model) keeps what it measured."""
+        nonlocal written
         records, rows, dists = [], [], {}
         base_name = next(iter(results))
         tps = {name: common.throughput_stats(st.total(cfg.batch_size)) for name, st in results.items()}
@@ -202,8 +203,8 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
             table += f"\n\ncompile + first step: {results[base_name].first_s:.1f} s (excluded from the step times)"
         if final:
             print(head + table)
-        common.append_jsonl(common.results_path(env, out), records[written[0]:])  # each record once
-        written[0] = len(records)
+        common.append_jsonl(common.results_path(env, out), records[written:])  # each record once
+        written = len(records)
         common.write_text(f"{out}/{slug}-train.md", head + table + "\n")
         common.plot_latency(dists, f"{out}/{slug}-train.png", title=f"train step phases — {what}")
         return records

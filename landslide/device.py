@@ -87,6 +87,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return dev
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor's CPU backend (and ``augment/native.py``) would call, or None when there
+    is none on PATH."""
+    for name in ("g++", "c++", "clang++"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
 def compile_toolchain(device_type: str) -> str | None:
     """Why ``torch.compile`` cannot build kernels on this host, or None when it can.
 
@@ -100,7 +109,7 @@ def compile_toolchain(device_type: str) -> str | None:
         if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
             return f"Triton needs the Python headers and {sysconfig.get_paths()['include']}/Python.h is missing"
         return None
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if cpp_compiler() is None:
         return "Inductor's CPU backend needs a C++ compiler (g++, c++ or clang++) and none is on PATH"
     return None
 

@@ -88,7 +88,7 @@ class HostFold:
                  batch_size: int) -> None:
         self.device = device
         self.pin = device.type == "cuda"
-        self.x = x.pin_memory() if self.pin and not x.is_pinned() else x
+        self.x = x.pin_memory() if self.pin else x  # returns x itself when already pinned
         self.cloud, self.y = cloud.to(device), y.to(device)
         self.labels = y.cpu()
         self.bufs = [torch.empty((batch_size, *x.shape[1:]), dtype=x.dtype, pin_memory=self.pin) for _ in range(2)]

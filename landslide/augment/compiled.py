@@ -31,8 +31,8 @@ import time
 import torch
 
 from landslide.augment import native
-from landslide.augment.native import cpp_compiler
 from landslide.augment.torch import AugmentConfig, AugmentParams, TorchAugment, _centres, gaussian_kernels, params_from_uniforms
+from landslide.device import cpp_compiler
 
 log = logging.getLogger(__name__)
 

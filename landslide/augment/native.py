@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import shutil
 import subprocess
 import tempfile
 import time
@@ -20,16 +19,10 @@ from pathlib import Path
 
 import torch
 
+from landslide.device import cpp_compiler
+
 SOURCE = Path(__file__).with_name("gather.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp", "-std=c++17")
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler Inductor's CPU backend would call, or None when there is none on PATH."""
-    for name in ("g++", "c++", "clang++"):
-        if path := shutil.which(name):
-            return path
-    return None
 
 
 @functools.cache

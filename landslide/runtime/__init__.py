@@ -25,10 +25,22 @@ class Runner(ABC):
         return self.name
 
 
+def fit_profile(x: np.ndarray, profile: tuple[int, int], path, what: str) -> np.ndarray:
+    """``x`` ready for an engine whose batch ``profile`` is ``(min, max)``: a batch over the max is refused;
+    one under the min (a last, partial batch) is padded with repeats of its last patch. Every patch is
+    scored on its own (no batch statistics at inference), so the padding changes no real row's
+    probability; the caller keeps the first ``len(x)`` outputs."""
+    from landslide.errors import ContractError
+
+    lo, hi = profile
+    if len(x) > hi:
+        raise ContractError(f"batch of {len(x)} over the {what}'s profile [{lo}, {hi}]", file=path,
+                            fix="pass --batch-size within it, or rebuild with --max-batch")
+    return pad_batch(x, lo)
+
+
 def pad_batch(x: np.ndarray, min_batch: int) -> np.ndarray:
-    """``x`` with its last patch repeated up to ``min_batch`` rows, for an engine whose profile starts
-    above a last, partial batch. Every patch is scored on its own (no batch statistics at inference),
-    so the padding changes no real row's probability; the caller keeps the first ``len(x)`` outputs."""
+    """``x`` with its last patch repeated up to ``min_batch`` rows (see :func:`fit_profile`)."""
     if len(x) >= min_batch or len(x) == 0:
         return x
     return np.concatenate([x, np.repeat(x[-1:], min_batch - len(x), axis=0)])

@@ -12,7 +12,7 @@ import torch
 
 from landslide.errors import ContractError
 from landslide.export.sidecar import read_sidecar
-from landslide.runtime import Runner, pad_batch
+from landslide.runtime import Runner, fit_profile
 
 REBUILD = "rebuild it: python export.py RUN_DIR --engine aoti --rebuild"
 
@@ -41,12 +41,9 @@ class AotiRunner(Runner):
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
-        if len(x) > self.max_batch:
-            raise ContractError(f"batch of {len(x)} over the package's profile "
-                                f"[{self.min_batch}, {self.max_batch}]", file=self.path,
-                                fix="pass --batch-size within it, or rebuild with --max-batch")
         n = len(x)
-        xt = torch.from_numpy(np.ascontiguousarray(pad_batch(x, self.min_batch), dtype=np.float32))
+        xp = fit_profile(x, (self.min_batch, self.max_batch), self.path, "package")
+        xt = torch.from_numpy(np.ascontiguousarray(xp, dtype=np.float32))
         if self.device.type == "cuda":
             xt = xt.pin_memory().to(self.device, non_blocking=True)
         return self.fn(xt).float().cpu().numpy()[:n]

@@ -13,7 +13,7 @@ import numpy as np
 from landslide.errors import ContractError
 from landslide.export.sidecar import read_sidecar
 from landslide.export.tensorrt import gpu_name, import_trt
-from landslide.runtime import Runner, pad_batch
+from landslide.runtime import Runner, fit_profile
 
 REBUILD = "rebuild it on this machine: python export.py RUN_DIR --engine tensorrt --rebuild"
 
@@ -50,12 +50,9 @@ class TensorRTRunner(Runner):
     def predict(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        if len(x) > self.max_batch:
-            raise ContractError(f"batch of {len(x)} over the engine's profile [{self.min_batch}, "
-                                f"{self.max_batch}]", file=self.path,
-                                fix="pass --batch-size within it, or rebuild with --max-batch")
-        n = len(x)  # a last batch under the profile's minimum is padded (pad_batch), its extra rows dropped
-        host = torch.from_numpy(np.ascontiguousarray(pad_batch(x, self.min_batch), dtype=np.float32)).pin_memory()
+        n = len(x)  # a last batch under the profile's minimum is padded (fit_profile), its extra rows dropped
+        xp = fit_profile(x, (self.min_batch, self.max_batch), self.path, "engine")
+        host = torch.from_numpy(np.ascontiguousarray(xp, dtype=np.float32)).pin_memory()
         with torch.cuda.stream(self.stream):
             xt = host.to("cuda", non_blocking=True)
             out = torch.empty(len(xt), dtype=torch.float32, device="cuda")

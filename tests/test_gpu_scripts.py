@@ -148,3 +148,54 @@ def _has(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a missing parent package
         return False
+
+
+def test_gpu_wheels_fetch_packs_parts_under_the_limit_and_prints_the_calls(tmp_path):
+    # pip download is faked (no registry in a test): one wheel over the part size, three small ones.
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    shutil.copy(ROOT / "bench/gpu_wheels.sh", tree / "bench/gpu_wheels.sh")
+    (tree / ".gitignore").write_text(".whl/\n")
+    sizes = {"big-1.0-py3-none-any.whl": 2_600_000, "a-1.0-py3-none-any.whl": 300_000,
+             "b-1.0-py3-none-any.whl": 600_000, "c-1.0-py3-none-any.whl": 400_000}
+    made = "; ".join(f'head -c {n} /dev/urandom >"$d/{name}"' for name, n in sizes.items())
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").write_text(
+        "#!/bin/bash\n"
+        'if [ "$1 $2 $3" = "-m pip download" ]; then\n'
+        '  while [ $# -gt 0 ]; do [ "$1" = -d ] && d=$2; shift; done\n'
+        f"  {made}\n  exit 0\nfi\n"
+        f'exec "{sys.executable}" "$@"\n')
+    (shim / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PART_MIB": "1"}
+    r = subprocess.run(["bash", str(tree / "bench/gpu_wheels.sh"), "fetch"], cwd=tree, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    parts = sorted((tree / ".whl").iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    limit = 1024 * 1024
+    assert all(sum(f.stat().st_size for f in p.iterdir()) <= limit for p in parts)
+    files = {f.name: f for p in parts for f in p.iterdir()}
+    big = [files[n] for n in sorted(files) if n.startswith("big-1.0-py3-none-any.whl.")]
+    assert [f.name[-3:] for f in big] == ["000", "001", "002"]  # cut in order, one piece a part
+    assert len({f.parent for f in big}) == 3
+    # First fit: a (0.3 MB) joins the big wheel's last piece (0.5 MB); b (0.6 MB) does not fit there and
+    # opens part 4, which c (0.4 MB) then fills; the manifest goes into the first part with room.
+    assert [sorted(f.name for f in p.iterdir() if not f.name.startswith("big")) for p in parts] == [
+        [], [], ["MANIFEST.sha256", "a-1.0-py3-none-any.whl"], ["b-1.0-py3-none-any.whl", "c-1.0-py3-none-any.whl"]]
+    # the manifest checks the wheels as they will be once rejoined
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    (joined / "big-1.0-py3-none-any.whl").write_bytes(b"".join(f.read_bytes() for f in big))
+    for name in sizes:
+        if name in files:
+            shutil.copy(files[name], joined / name)
+    shutil.copy(files["MANIFEST.sha256"], joined)
+    assert (joined / "big-1.0-py3-none-any.whl").stat().st_size == sizes["big-1.0-py3-none-any.whl"]
+    assert subprocess.run(["sha256sum", "--quiet", "-c", "MANIFEST.sha256"], cwd=joined).returncode == 0
+    # one call per part, back to back: the first also benchmarks inference, the last installs and checks
+    calls = [line for line in r.stdout.splitlines() if line.strip().startswith("carry=")]
+    assert len(calls) == 4
+    assert calls[0].endswith("stash && bash bench/gpu_check.sh $OUT infer")
+    assert calls[1].endswith("stash") and calls[2].endswith("stash")
+    assert "install && PYTHONPATH=/tmp/site bash bench/gpu_check.sh $OUT data train pytest" in calls[3]

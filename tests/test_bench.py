@@ -127,9 +127,37 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
     recs = btrain.main(btrain.TrainBenchConfig(n=64, batch_size=8, windows=1, steps=1, warmup=1, workers=0,
                                                baseline_loader=True, data_backend="torch", out_dir=str(tmp_path)))
     assert len(recs) == 2 and all("metrics" in r for r in recs)
+    for r in recs:
+        m = r["metrics"]
+        assert m["data_wait_fraction"]["rounds"] == 1 and m["data_wait_fraction"]["median"] < 1
+        assert m["pipelined_images_per_s"]["median"] > 0 and m["compute_only_images_per_s"]["median"] > 0
+    assert recs[1]["metrics"]["device_pipeline_speedup_pipelined"] > 0
+    assert "data wait % (pipelined)" in next(tmp_path.glob("*-train.md")).read_text()
     lines = [json.loads(s) for s in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
     assert len(lines) == 1 + len(bdata.backend_names()) + 2  # data: baseline + each backend (run or skipped); train: 2
     assert list(tmp_path.glob("*-data.md")) and list(tmp_path.glob("*-train.md")) and list(tmp_path.glob("*.png"))
+
+
+def test_train_bench_data_wait_is_the_pipelined_step_minus_compute_only():
+    """With a data phase of 20 ms and a compute phase of 80 ms (sleeps: nothing overlaps on a CPU), the
+    device waits for data a fifth of a pipelined step; the synchronised split says the same."""
+    import time
+
+    from bench.train import steps_needed, time_steps
+
+    drawn = []
+
+    def data():
+        drawn.append(1)
+        time.sleep(0.02)
+        return ()
+
+    st = time_steps(data, lambda: time.sleep(0.08), torch.device("cpu"), warmup=1, windows=2, steps=3)
+    assert len(drawn) == steps_needed(1, 2, 3)  # what the device pipeline's sampler is sized for
+    assert st.data.shape == st.compute.shape == (2, 3) and st.pipelined.shape == st.compute_only.shape == (2, 1)
+    assert st.data_wait() == pytest.approx([0.2, 0.2], abs=0.06)
+    assert st.compute_only == pytest.approx(np.full((2, 1), 0.08), abs=0.02)
+    assert st.data.mean() / (st.data + st.compute).mean() == pytest.approx(0.2, abs=0.06)
 
 
 def test_infer_runners_on_a_gpu_host_skip_ort_cpu_with_a_reason(monkeypatch, tmp_path):

@@ -3,6 +3,8 @@
 
     python train.py --data DIR --preset full --out runs/full      # the seed recipe (GPU)
     python train.py --data DIR --preset demo --out runs/demo      # minutes on a CPU
+    python train.py --out runs/demo --resume                      # continue it: its saved config, plus
+                                                                  # any flag typed (device, precision, ...)
 """
 import sys
 
@@ -13,8 +15,13 @@ from landslide.utils import run_script
 
 def main(argv=None):
     from landslide.train import main as train_main
+    from landslide.train import saved_config
 
     cfg = parse_config(TrainConfig, argv, __doc__, presets=PRESETS)
+    if cfg.resume and (saved := saved_config(cfg.out)) is not None:
+        # The run's own config in the defaults' place: what is typed still wins, and a typed change to
+        # what the run trains is refused by prepare_run_dir, naming the field.
+        cfg = parse_config(TrainConfig, argv, __doc__, presets=PRESETS, base=saved)
     return train_main(cfg)
 
 

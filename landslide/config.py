@@ -65,8 +65,10 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
 
 def build_parser(cls: type, description: str, presets: dict[str, dict] | None = None,
                  positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Raw description: the scripts' docstrings are usage examples, one per line. No abbreviations:
+    # `--epoch 2` must fail like any unknown key instead of quietly meaning --epochs.
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     hints = typing.get_type_hints(cls)
     if presets:
         p.add_argument("--preset", choices=sorted(presets), default=None,
@@ -95,13 +97,15 @@ def build_parser(cls: type, description: str, presets: dict[str, dict] | None = 
 
 
 def parse_config(cls: type[T], argv: list[str] | None, description: str,
-                 presets: dict[str, dict] | None = None, positional: tuple[str, ...] = ()) -> T:
-    """Parse ``argv`` into an instance of the dataclass ``cls`` (see module docstring)."""
+                 presets: dict[str, dict] | None = None, positional: tuple[str, ...] = (),
+                 base: dict[str, Any] | None = None) -> T:
+    """Parse ``argv`` into an instance of the dataclass ``cls`` (see module docstring). ``base`` takes
+    the defaults' place (``train.py --resume``: the run's saved config, so only changes need typing)."""
     parser = build_parser(cls, description, presets, positional)
     ns = vars(parser.parse_args(argv))
     preset = ns.pop("preset", None)
     config_file = ns.pop("config", None)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     if preset:
         values.update(presets[preset])  # type: ignore[index]
         values["preset"] = preset
@@ -118,6 +122,10 @@ def load_json_config(cls: type, path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config: {e}", file=path, fix="pass a JSON object of field values") from None
     if not isinstance(data, dict):
         raise ConfigError("config is not a JSON object", file=path, fix="write {\"field\": value, ...}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:  # named here, with the file, rather than later as if a flag were wrong
+        raise ConfigError(f"unknown config key(s) {unknown}", file=path, fix=f"valid keys: {', '.join(sorted(names))}")
     return data
 
 

@@ -65,17 +65,24 @@ class SARBranch(nn.Module):
         return self.net(x).mean((2, 3))
 
 
-def create_backbone(cfg: ModelConfig, in_chans: int, announce: bool = True) -> nn.Module:
+def check_model_config(cfg: ModelConfig) -> None:
+    """What would only fail once a fold starts (a backbone name, a weights file), checked up front."""
     import timm
 
     if cfg.backbone not in timm.list_models():
         raise ConfigError(f"unknown timm backbone {cfg.backbone!r}", fix="pick a name from timm.list_models()")
+    if cfg.pretrained and not Path(cfg.pretrained).is_file():
+        raise ConfigError("pretrained checkpoint not found", file=cfg.pretrained,
+                          fix="pass a local timm checkpoint file (no network access at run time)")
+
+
+def create_backbone(cfg: ModelConfig, in_chans: int, announce: bool = True) -> nn.Module:
+    import timm
+
+    check_model_config(cfg)
     kw = dict(in_chans=in_chans, num_classes=0, global_pool="avg")
     if cfg.pretrained:
         path = Path(cfg.pretrained)
-        if not path.is_file():
-            raise ConfigError("pretrained checkpoint not found", file=path,
-                              fix="pass a local timm checkpoint file (no network access at run time)")
         # timm loads the file and adapts the 3-channel stem to in_chans (adapt_input_conv).
         model = timm.create_model(cfg.backbone, pretrained=True,
                                   pretrained_cfg_overlay=dict(file=str(path)), **kw)

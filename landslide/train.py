@@ -19,7 +19,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from landslide.errors import ConfigError, DataError
 from landslide.fold import make_fold
 from landslide.io import atomic_write, read_json, write_json
 from landslide.losses import focal_loss
-from landslide.model import LandslideModel, LandslideNet, ModelConfig, parse_arch, tta_mean, tta_views
+from landslide.model import LandslideModel, LandslideNet, ModelConfig, check_model_config, parse_arch, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
 from landslide.sampler import BalancedSampler
 from landslide.step import TrainStep, check_cuda_graphs, load_optimizer_state, load_scaler_state, make_optimizer
@@ -119,6 +119,22 @@ def predict(net: torch.nn.Module, x: torch.Tensor, rt: Runtime, batch_size: int,
     return torch.cat(out).cpu().numpy()
 
 
+def arch_model_config(cfg: TrainConfig, arch_i: int) -> ModelConfig:
+    name, size = parse_arch(cfg.archs[arch_i])
+    pretrained = cfg.pretrained[arch_i] if arch_i < len(cfg.pretrained) else ""
+    return ModelConfig(backbone=name, img_size=size, fusion=cfg.fusion, modalities=cfg.modalities,
+                       dropout=cfg.dropout, pretrained=pretrained)
+
+
+def check_archs(cfg: TrainConfig) -> None:
+    """Every architecture buildable before anything is written: a typo must not leave a run folder behind."""
+    if len(cfg.pretrained) > len(cfg.archs):
+        raise ConfigError(f"{len(cfg.pretrained)} --pretrained files for {len(cfg.archs)} --archs",
+                          fix="pass at most one checkpoint per architecture, in --archs order")
+    for i in range(len(cfg.archs)):
+        check_model_config(arch_model_config(cfg, i))
+
+
 class FoldTrainer:
     """Trains one architecture on one fold; resumable from ``<run>/fold<k>/<arch>.state.pt``."""
 
@@ -128,10 +144,7 @@ class FoldTrainer:
         self.cfg, self.rt, self.fold, self.arch_i = cfg, rt, fold, arch_i
         self.env = env or DistEnv()
         self.arch = cfg.archs[arch_i]
-        name, size = parse_arch(self.arch)
-        pretrained = cfg.pretrained[arch_i] if arch_i < len(cfg.pretrained) else ""
-        self.mcfg = ModelConfig(backbone=name, img_size=size, fusion=cfg.fusion, modalities=cfg.modalities,
-                                dropout=cfg.dropout, pretrained=pretrained)
+        self.mcfg = arch_model_config(cfg, arch_i)
         self.layout = split.layout
         self.tr_idx = np.flatnonzero(fold_of != fold)
         self.va_idx = np.flatnonzero(fold_of == fold)
@@ -201,7 +214,7 @@ class FoldTrainer:
             load_scaler_state(scaler, state["scaler"])  # --precision may change on resume
             start_epoch, best, best_epoch, bad, rows = (state["epoch"] + 1, tuple(state["best"]),
                                                         state["best_epoch"], state["bad"], state["rows"])
-            log.info("fold %d %s: resuming after epoch %d", self.fold, self.arch, state["epoch"])
+            log.info("fold %d %s: resuming after epoch %d/%d", self.fold, self.arch, state["epoch"] + 1, cfg.epochs)
 
         # A run killed after its early stop (but before its OOF pass) must not train on.
         end_epoch = cfg.epochs if bad < cfg.patience else start_epoch
@@ -313,16 +326,41 @@ def lr_multiplier(world_size: int, rule: str) -> float:
     raise ConfigError(f"--lr-scale {rule!r} unknown", fix="use sqrt, linear or none")
 
 
+def saved_config(out: str) -> dict | None:
+    """The config the run folder ``out`` was started with (what ``--resume`` starts from), or None."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the run's config ({e})", file=path,
+                          fix="restore it, or start a new run with --out a new folder") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ConfigError("not a run's config.json (no \"config\" object)", file=path,
+                          fix="point --out at a run folder written by train.py, or start a new one")
+    names = {f.name for f in fields(TrainConfig)}
+    dropped = sorted(set(saved["config"]) - names)
+    if dropped:  # a run started by an older version; its other fields still apply
+        log.warning("%s: key(s) %s are not fields of this version's TrainConfig; ignored", path, dropped)
+    return {k: v for k, v in saved["config"].items() if k in names}
+
+
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     run = Path(cfg.out)
     cfg_path = run / "config.json"
     if cfg_path.exists() and not cfg.resume:
-        raise ConfigError(f"run folder {run} already holds a run", file=cfg_path,
-                          fix="pass --resume to continue it, or --out a new folder")
+        if any(run.glob("fold*/*.pt")):
+            raise ConfigError(f"run folder {run} already holds a run", file=cfg_path,
+                              fix="pass --resume to continue it, or --out a new folder")
+        # Only the files a start writes (config, contract, folds) and no trained epoch: a start that
+        # failed (data, out of memory, Ctrl-C in the first epoch) holds nothing worth keeping.
+        log.info("run folder %s holds no trained epoch: starting it afresh", run)
     if cfg.resume and cfg_path.exists():
         old = read_json(cfg_path)["config"]
-        keep = ("resume", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel", "cache_dir",
-                "eval_batch_size", "fold_on")
+        # How and where it runs may change on resume (a copied run folder too); what it trains may not.
+        keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
+                "cache_dir", "eval_batch_size", "fold_on")
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if k not in keep and old.get(k) != v}
         if diff:
             raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
@@ -376,6 +414,7 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
 
     if cfg.deterministic:
         set_determinism()
+    check_archs(cfg)
     rt = resolve_runtime(device, cfg.precision, cfg.channels_last, cfg.compile)
     if cfg.cuda_graphs:
         check_cuda_graphs(rt, env.ddp, cfg.compile_mode)

@@ -9,9 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _not_cuda_home_noise(record: logging.LogRecord) -> bool:
+    # torch's C++ builder (Inductor on a CPU, the native augmentation kernels) warns "No CUDA runtime is
+    # found, using CUDA_HOME=..." on every GPU-less host that has a CUDA toolkit: noise next to the one
+    # line landslide.device logs about what runs where.
+    return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    cpp = logging.getLogger("torch.utils.cpp_extension")
+    if _not_cuda_home_noise not in cpp.filters:
+        cpp.addFilter(_not_cuda_home_noise)
 
 
 def set_determinism() -> None:

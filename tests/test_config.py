@@ -33,11 +33,31 @@ def test_full_preset_is_the_seed_recipe():
     assert (cfg.focal_alpha, cfg.focal_gamma, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.patience) == (0.25, 2.0, 0.2, 1.0, 7)
 
 
-def test_unknown_config_key_fails(tmp_path):
+def test_unknown_config_key_fails_naming_the_file(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"epoch": 3}))
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown config key") as e:
         parse(["--config", str(f)])
+    assert str(f) in str(e.value) and "epochs" in str(e.value)  # the file, and the valid keys
+
+
+def test_abbreviated_flags_are_refused():
+    with pytest.raises(SystemExit):  # argparse would otherwise take --epoch for --epochs
+        parse(["--epoch", "3"])
+
+
+def test_base_replaces_the_defaults_and_typed_flags_win():
+    base = {"data": "saved", "epochs": 9, "archs": ["a@224"], "lr": 0.5}
+    cfg = parse_config(TrainConfig, ["--epochs", "2"], "t", presets=PRESETS, base=base)
+    assert (cfg.data, cfg.epochs, cfg.archs, cfg.lr) == ("saved", 2, ["a@224"], 0.5)
+    assert parse_config(TrainConfig, [], "t", base=base).batch_size == TrainConfig().batch_size
+
+
+def test_help_keeps_the_usage_examples_one_per_line(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--help"], "Train.\n\n    python train.py --a\n    python train.py --b\n")
+    out = capsys.readouterr().out
+    assert "    python train.py --a\n    python train.py --b\n" in out
 
 
 def test_bad_type_fails(tmp_path):

@@ -1,0 +1,70 @@
+"""The run folder's life cycle through the real CLI: a start that fails writes nothing; a start that
+trained nothing can be run again; ``--resume`` alone continues a run from its saved config."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_reliability import _assert_user_error
+
+from landslide.errors import ConfigError
+
+from conftest import run_script, write_zindi
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_data, tmp_path_factory):
+    from landslide import train
+    from landslide.config import make_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    run = tmp_path_factory.mktemp("runs") / "run"
+    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run),
+                                         "cache_dir": str(tmp_path_factory.mktemp("c"))}))
+    return run, synth_data
+
+
+def test_a_bad_arch_is_refused_before_anything_is_written(tmp_path):
+    d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                   "--archs", "resnet_bogus")
+    _assert_user_error(r, "unknown timm backbone 'resnet_bogus'", "timm.list_models()")
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                   "--pretrained", str(tmp_path / "missing.pth"))
+    _assert_user_error(r, "pretrained checkpoint not found", "missing.pth")
+    assert not (tmp_path / "r").exists()  # so the corrected command just works
+
+
+def test_a_start_that_trained_nothing_can_be_started_again(trained_run, tmp_path):
+    from landslide.config import make_config
+    from landslide.train import prepare_run_dir
+    from landslide.train_config import TrainConfig
+
+    run, _ = trained_run
+    start = tmp_path / "run"
+    start.mkdir()
+    for name in ("config.json", "contract.json", "folds.csv"):  # what a start writes before epoch 1
+        (start / name).write_bytes((run / name).read_bytes())
+    cfg = make_config(TrainConfig, {"out": str(start)})
+    assert prepare_run_dir(cfg) == start
+    (start / "fold0").mkdir()
+    (start / "fold0" / "test_efficientnet.state.pt").write_bytes(b"an epoch's state")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run_dir(cfg)
+
+
+def test_resume_takes_the_runs_saved_config(trained_run, tmp_path):
+    """`--out RUN --resume` alone: the saved config fills in every flag, in a copied folder too."""
+    import shutil
+
+    run, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    r = run_script("train.py", "--out", str(copy), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "finished earlier, reusing its checkpoint" in r.stderr
+    assert json.loads((copy / "calibration.json").read_text()) == json.loads((run / "calibration.json").read_text())
+    saved = json.loads((copy / "config.json").read_text())["config"]
+    assert saved["out"] == str(copy) and saved["data"] == json.loads((run / "config.json").read_text())["config"]["data"]
+
+

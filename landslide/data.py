@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landslide.bands import BandLayout
+from landslide.bands import ALL_BANDS, BANDS_FILE, BandLayout
 from landslide.errors import BadFilesError, DataError
 from landslide.io import atomic_write
 
@@ -96,12 +96,32 @@ def patch_dir(data_dir: Path, split: str) -> Path:
     return base
 
 
-def load_patch(path: Path, id_: str, n_channels: int) -> np.ndarray:
-    """Load and validate one patch; returns ``(64, 64, C)`` float32. Raises :class:`DataError`."""
-    fix_shape = f"each patch must be a (64, 64, {n_channels}) array, channels last, matching bands.txt"
+def bands_file(data_dir: str | Path) -> Path | None:
+    """The data folder's ``bands.txt`` when it has one (else the default 12-band layout is meant)."""
+    path = Path(data_dir) / BANDS_FILE
+    return path if path.exists() else None  # the same test BandLayout.from_dir makes
+
+
+def _channel_fix(n_channels: int, bands: Path | None, found: int) -> tuple[str, str]:
+    """(what the channel count is held against, the fix): ``bands.txt``, or the default layout without one."""
+    if bands is not None:
+        return (f"{BANDS_FILE} declares {n_channels}",
+                f"each patch must be a (64, 64, {n_channels}) array, channels last, matching {bands}")
+    return (f"the default layout has {n_channels} bands (no {BANDS_FILE} beside the CSV)",
+            f"add a {BANDS_FILE} beside the CSV listing the file's {found} bands in channel order, one name per "
+            f"line, or save all {n_channels} bands; the names, in the default order: {', '.join(ALL_BANDS)}")
+
+
+def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = None) -> np.ndarray:
+    """Load and validate one patch; returns ``(64, 64, C)`` float32. Raises :class:`DataError`.
+
+    ``bands`` is the data folder's ``bands.txt`` (None: there is none, the default layout is meant);
+    it only shapes the message when the channel count is wrong. Each fix holds for training and
+    scoring alike; the caller's :class:`BadFilesError` says what to do next in its own context.
+    """
     if not path.is_file():
         raise DataError("patch file is missing", file=path, id=id_,
-                        fix="restore the file, or remove the ID from the CSV (inference: --skip-bad)")
+                        fix="restore the file, or remove its row from the CSV")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/OSError/EOFError/UnpicklingError on bad files
@@ -111,23 +131,24 @@ def load_patch(path: Path, id_: str, n_channels: int) -> np.ndarray:
         raise DataError(f"dtype {getattr(arr, 'dtype', type(arr))} is not a real number type", file=path,
                         id=id_, fix="store patches as integer or float arrays")
     if arr.ndim != 3 or arr.shape[:2] != PATCH_HW:
-        raise DataError(f"shape {arr.shape} is not (64, 64, C)", file=path, id=id_, fix=fix_shape)
+        raise DataError(f"shape {arr.shape} is not (64, 64, C)", file=path, id=id_,
+                        fix=f"each patch must be a (64, 64, {n_channels}) array, channels last")
     if arr.shape[2] != n_channels:
-        raise DataError(f"{arr.shape[2]} channels but bands.txt declares {n_channels}", file=path, id=id_,
-                        fix=fix_shape)
+        against, fix = _channel_fix(n_channels, bands, arr.shape[2])
+        raise DataError(f"{arr.shape[2]} channels but {against}", file=path, id=id_, fix=fix)
     with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf, reported below
         out = arr.astype(np.float32, copy=False)
     if not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
         raise DataError(f"{bad} NaN/Inf value(s) (or values beyond float32 range)", file=path, id=id_,
-                        fix="replace missing values (e.g. with the band median) before scoring")
+                        fix="replace them (e.g. with the band median) and save the file again")
     return out
 
 
-def try_load_patch(folder: Path, id_: str, n_channels: int) -> np.ndarray | DataError:
+def try_load_patch(folder: Path, id_: str, n_channels: int, *, bands: Path | None = None) -> np.ndarray | DataError:
     """:func:`load_patch` of ``folder/<id_>.npy`` that returns the error instead of raising (for batch checks)."""
     try:
-        return load_patch(folder / f"{id_}.npy", id_, n_channels)
+        return load_patch(folder / f"{id_}.npy", id_, n_channels, bands=bands)
     except DataError as e:
         return e
 
@@ -136,27 +157,33 @@ def try_load_patch(folder: Path, id_: str, n_channels: int) -> np.ndarray | Data
 IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 
 
-def read_patches(pool: ThreadPoolExecutor, folder: Path, ids: list[str],
-                 n_channels: int) -> tuple[np.ndarray | None, list[str], list[DataError]]:
+def read_patches(pool: ThreadPoolExecutor, folder: Path, ids: list[str], n_channels: int, *,
+                 bands: Path | None = None) -> tuple[np.ndarray | None, list[str], list[DataError]]:
     """Read ``ids`` on ``pool``: (the good patches stacked ``(n, 64, 64, C)`` or None, their IDs, bad files)."""
-    results = list(pool.map(lambda i: try_load_patch(folder, i, n_channels), ids))
+    results = list(pool.map(lambda i: try_load_patch(folder, i, n_channels, bands=bands), ids))
     keep = [i for i, r in enumerate(results) if not isinstance(r, DataError)]
     x = np.stack([results[i] for i in keep]) if keep else None
     return x, [ids[i] for i in keep], [r for r in results if isinstance(r, DataError)]
 
 
-def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout, *,
-                 skip_bad: bool = False) -> tuple[np.ndarray, list[str], list[DataError]]:
+def bad_files_fix(data_dir: Path, split: str, then: str) -> str:
+    """The overall fix of a :class:`BadFilesError`: mend the files or drop their rows, then ``then``."""
+    return f"fix these files or remove their rows from {Path(data_dir) / SPLITS[split][0]}, then {then}"
+
+
+def load_patches(data_dir: Path, split: str, ids: list[str], layout: BandLayout, *, skip_bad: bool = False,
+                 then: str = "run again") -> tuple[np.ndarray, list[str], list[DataError]]:
     """Load every patch of ``ids`` as read, ``(N, 64, 64, C)`` float32 (channels last).
 
-    All files are checked before anything is returned, and every bad file is named at once. With
-    ``skip_bad`` the bad ones are dropped and returned as errors instead.
+    All files are checked before anything is returned, and every bad file is named at once (``then``
+    ends the fix: what to run once they are mended). With ``skip_bad`` the bad ones are dropped and
+    returned as errors instead.
     """
     folder = patch_dir(data_dir, split)
     with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
-        x, good, errors = read_patches(pool, folder, ids, layout.n_channels)
+        x, good, errors = read_patches(pool, folder, ids, layout.n_channels, bands=bands_file(data_dir))
     if errors and not skip_bad:
-        raise BadFilesError(errors, fix="fix or remove these files (inference: --skip-bad scores the rest)")
+        raise BadFilesError(errors, fix=bad_files_fix(data_dir, split, then))
     if x is None:
         raise DataError("no readable patches", file=folder, fix="check the folder and the CSV IDs")
     return x, good, errors
@@ -220,7 +247,9 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
             return Split(blob["ids"], blob["x"], labels, layout, [])
         except Exception as e:  # a corrupt cache is rebuilt, and says so
             log.warning("cache %s unreadable (%s): rebuilding", cache_file, e)
-    x_np, ids, skipped = load_patches(data_dir, split, table.ids, layout, skip_bad=skip_bad)
+    # load_split is what training reads its data with (and the baseline its test split).
+    then = "train again" if split == "train" else "run again"
+    x_np, ids, skipped = load_patches(data_dir, split, table.ids, layout, skip_bad=skip_bad, then=then)
     x = median_filter_sar(torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous(), layout.sar_idx)
     labels = None
     if table.labels is not None:

@@ -42,9 +42,14 @@ class BadFilesError(DataError):
 
     def __init__(self, errors: list[DataError], *, fix: str) -> None:
         self.errors = errors
-        lines = "\n".join(f"  - {e.format()}" for e in errors[:50])
+        # One line per file: a reader's own message (numpy's, say) may hold a newline of its own.
+        lines = "\n".join("  - " + " ".join(e.format().split("\n")) for e in errors[:50])
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{len(errors)} bad patch file(s):\n{lines}{more}\n", fix=fix)
+        super().__init__(f"{len(errors)} bad patch file(s), one line per file:\n{lines}{more}", fix=fix)
+
+    def format(self) -> str:
+        # The list ends a line: the overall fix goes on a line of its own, not glued to the last file.
+        return f"{self.problem}\nFix: {self.fix}"
 
 
 class ContractError(LandslideError):

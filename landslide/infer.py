@@ -5,12 +5,14 @@ picks the backend: ``.onnx`` onnxruntime, ``.pt2`` AOTInductor, ``.engine`` Tens
 the best this host can run for what was given, and says which in one log line. Patches are read by a
 reader thread one batch ahead of the runner, so file I/O overlaps compute. Every file's .npy header
 is checked before any compute (missing, truncated, wrong shape or dtype); bad files are all named at
-once, and no submission is written unless ``--skip-bad``.
+once, those the header check finds together with those whose values are NaN/Inf, and no submission is
+written unless ``--skip-bad``. A ``--shard K/N`` run writes ``<out stem>.shard<K>of<N>.csv``; once all N
+are written, ``--merge-shards`` checks and joins them into the submission (see :func:`merge_shards`).
 """
 from __future__ import annotations
 
-import csv
 import logging
+import shlex
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -24,10 +26,11 @@ from tqdm import tqdm
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data
-from landslide.data import IO_WORKERS, PATCH_HW, SPLITS, load_patch, patch_dir, read_csv, read_patches
+from landslide.data import IO_WORKERS, PATCH_HW, SPLITS, bad_files_fix, bands_file, load_patch, patch_dir, read_csv, read_patches
 from landslide.errors import BadFilesError, ConfigError, DataError
-from landslide.io import atomic_write, read_json
+from landslide.io import read_json
 from landslide.runtime import Runner
+from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +42,17 @@ SUFFIX_BACKEND = {".onnx": "onnxruntime", ".pt2": "aoti", ".engine": "tensorrt"}
 class InferConfig:
     run: str = field("", "run folder written by train.py, or an artefact (.onnx, .pt2, .engine) from export.py")
     data: str = field("", "Zindi-layout folder with Test.csv and test_data/")
-    out: str = field("", "submission path (default: RUN/submission.csv, or beside the artefact)")
+    out: str = field("", "submission path (default: RUN/submission.csv; beside a .onnx file; for a .pt2/.engine "
+                         "file the run folder its sidecar names, else the current folder); "
+                         "with --shard K/N the shard goes to <out stem>.shard<K>of<N>.csv")
     split: str = field("test", "which CSV to score", choices=("test", "train"))
     backend: str = field("auto", "inference backend", choices=BACKENDS)
     batch_size: int = field(64, "patches per runner call")
-    probs: bool = field(False, "also write probabilities (<out stem>_probs.csv)")
+    probs: bool = field(False, "also write probabilities (<out stem>_probs.csv; a shard: "
+                               "<out stem>_probs.shard<K>of<N>.csv)")
     shard: str = field("", "score slice i of n of the IDs, as i/n (0-based)")
+    merge_shards: bool = field(False, "join the N shard files of --out (or the default submission) into it, in "
+                                      "Test.csv order when --data is given; scores nothing")
     skip_bad: bool = field(False, "score the readable patches and list the bad ones, instead of failing")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     precision: str = field("fp32", "torch: fp32|bf16|fp16; onnxruntime on a run folder: fp16 uses fused_fp16.onnx",
@@ -54,23 +62,6 @@ class InferConfig:
                           choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
                                    "TensorrtExecutionProvider"))
     engine_dir: str = field("engines", "where export.py put engines: a run folder finds its .engine/.pt2 here")
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-        return i, n
-    except ValueError:
-        raise ConfigError(f"--shard {shard!r}", fix="write i/n with 0 <= i < n, e.g. --shard 0/4") from None
-
-
-def shard_ids(ids: list[str], shard: str) -> list[str]:
-    if not shard:
-        return ids
-    i, n = parse_shard(shard)
-    return ids[i * len(ids) // n:(i + 1) * len(ids) // n]
 
 
 def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
@@ -187,10 +178,10 @@ def make_runner(cfg: InferConfig) -> Runner:
 def iter_batches(data: Path, split: str, ids: list[str], layout: BandLayout, batch_size: int,
                  ahead: int = 2) -> Iterator[tuple[np.ndarray | None, list[str], list[DataError]]]:
     """Yield ``(x (b, 64, 64, C) float32 | None, ids, bad files)`` per batch, read ``ahead`` batches early."""
-    folder = patch_dir(data, split)
+    folder, bands = patch_dir(data, split), bands_file(data)
 
     def read(chunk: list[str]):  # the file pool overlaps the I/O of one batch
-        return read_patches(files, folder, chunk, layout.n_channels)
+        return read_patches(files, folder, chunk, layout.n_channels, bands=bands)
 
     chunks = iter([ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
     with ThreadPoolExecutor(max_workers=IO_WORKERS) as files, \
@@ -234,14 +225,14 @@ def prescan(data: Path, split: str, ids: list[str], n_channels: int) -> list[Dat
 
     Only what the values themselves show (NaN/Inf) is left to the streaming reader.
     """
-    folder = patch_dir(data, split)
+    folder, bands = patch_dir(data, split), bands_file(data)
 
     def one(id_: str) -> DataError | None:
         path = folder / f"{id_}.npy"
         if _header_ok(path, n_channels):
             return None
         try:
-            load_patch(path, id_, n_channels)  # the full check names the problem
+            load_patch(path, id_, n_channels, bands=bands)  # the full check names the problem
         except DataError as e:
             return e
         return None
@@ -262,9 +253,13 @@ class Scored:
 def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool) -> Scored:
     """Run ``runner`` over the patches of ``ids``; every bad file is named at once (unless ``skip_bad``)."""
     layout = BandLayout.from_dir(data)
+    order = {id_: k for k, id_ in enumerate(ids)}
     bad = prescan(data, split, ids, layout.n_channels)
     if bad and not skip_bad:
-        raise BadFilesError(bad, fix="fix or remove these files (inference: --skip-bad scores the rest)")
+        # No compute now (the loop below skips it), but the other files are still read: a NaN shows only
+        # in the values, and the user should get every bad file in one message, not one pass per kind.
+        log.warning("%d file(s) failed the header check; reading the other %d for NaN/Inf before failing",
+                    len(bad), len(ids) - len(bad))
     skip = {e.id for e in bad}
     ids = [i for i in ids if i not in skip]
     out_ids: list[str] = []
@@ -281,26 +276,60 @@ def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: in
         probs.append(runner.predict(x))
         compute += time.perf_counter() - t
         out_ids += ok
+    bad.sort(key=lambda e: order.get(e.id, -1))  # CSV order, whichever pass found each file
     if bad and not skip_bad:
-        raise BadFilesError(bad, fix="fix or remove these files (inference: --skip-bad scores the rest)")
+        raise BadFilesError(bad, fix=bad_files_fix(data, split, "score again, or pass --skip-bad to score the "
+                                                                "rest (no submission was written)"))
     if not out_ids:
         raise DataError("no readable patches", file=patch_dir(data, split), fix="check the folder and the CSV IDs")
     return Scored(out_ids, np.concatenate(probs).astype(np.float32), bad, compute, time.perf_counter() - t0)
 
 
-def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: float, with_probs: bool) -> None:
-    with atomic_write(path) as f:
-        w = csv.writer(f)
-        w.writerow(["ID", "Target"])
-        w.writerows(zip(ids, (probs >= threshold).astype(int).tolist()))
-    if with_probs:
-        with atomic_write(path.with_name(path.stem + "_probs.csv")) as f:
-            w = csv.writer(f)
-            w.writerow(["ID", "prob"])
-            w.writerows((i, f"{p:.6f}") for i, p in zip(ids, probs))
+def default_out(cfg: InferConfig) -> tuple[Path, str]:
+    """(submission path, why) when ``--out`` is not given."""
+    run = Path(cfg.run)
+    if run.is_dir():
+        return run / "submission.csv", "the run folder"
+    if run.suffix == ".onnx":  # a graph lives in its run's export/ folder (or one of the user's choosing)
+        return run.parent / "submission.csv", "beside the graph"
+    # An engine lives in the engine cache that every run shares: its submission goes to the run it was built
+    # from, which the sidecar names, or else here (the runner refuses an engine whose sidecar is unreadable;
+    # --merge-shards loads no runner, so an unreadable one just means "here").
+    from landslide.export.sidecar import sidecar_path
+
+    side = sidecar_path(run)
+    try:
+        source = Path(read_json(side).get("source_run") or "") if side.is_file() else None
+    except (ValueError, AttributeError):
+        source = None
+    if source is not None and source != Path() and source.is_dir():
+        return source / "submission.csv", f"the run folder named by {side.name}"
+    return Path.cwd() / "submission.csv", "the current folder: the engine's source run is not on this host"
+
+
+def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: float,
+                     probs_out: Path | None) -> None:
+    write_csv(path, ["ID", "Target"], zip(ids, (probs >= threshold).astype(int).tolist()))
+    if probs_out is not None:
+        write_csv(probs_out, ["ID", "prob"], ((i, f"{p:.6f}") for i, p in zip(ids, probs)))
+
+
+def _merge(cfg: InferConfig) -> dict:
+    if not cfg.run and not cfg.out:
+        raise ConfigError("--merge-shards needs the run (or --out) the shards were written for",
+                          fix="python infer.py RUN_DIR --merge-shards [--data DIR]")
+    if cfg.shard:
+        raise ConfigError("--merge-shards joins the shard files; it scores nothing", fix="drop --shard")
+    out = Path(cfg.out) if cfg.out else default_out(cfg)[0]
+    rerun = (f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')} "
+             f"--shard {{i}}/{{n}}{' --out ' + shlex.quote(cfg.out) if cfg.out else ''}")
+    table = read_csv(Path(cfg.data) / SPLITS[cfg.split][0], labelled=False) if cfg.data else None
+    return merge_shards(out, table, rerun, allow_missing=cfg.skip_bad)
 
 
 def main(cfg: InferConfig) -> dict:
+    if cfg.merge_shards:
+        return _merge(cfg)
     if not cfg.run or not cfg.data:
         raise ConfigError("infer needs a run folder (or artefact) and --data", fix="python infer.py RUN_DIR --data DIR")
     data = Path(cfg.data)
@@ -313,13 +342,20 @@ def main(cfg: InferConfig) -> dict:
     r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad)
     for e in r.skipped:
         log.warning("skipped: %s", e.format())
-    run = Path(cfg.run)
-    out = Path(cfg.out) if cfg.out else (run if run.is_dir() else run.parent) / "submission.csv"
-    write_submission(out, r.ids, r.probs, runner.threshold, cfg.probs)
-    log.info("wrote %s: %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
-             "%.1f patches/s compute (%.2f s)", out, len(r.ids), int((r.probs >= runner.threshold).sum()),
+    out, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
+    pout = probs_path(out) if cfg.probs else None
+    if cfg.shard:
+        i, n = parse_shard(cfg.shard)
+        out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
+    write_submission(out, r.ids, r.probs, runner.threshold, pout)
+    log.info("wrote %s (%s): %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
+             "%.1f patches/s compute (%.2f s)", out, why, len(r.ids), int((r.probs >= runner.threshold).sum()),
              runner.threshold, len(r.ids) / r.total_s, r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
+    if cfg.shard:
+        log.info("shard %d of %d: once all %d are written, join them with: python infer.py %s --merge-shards "
+                 "--data %s%s", i, n, n, shlex.quote(cfg.run), shlex.quote(cfg.data),
+                 f" --out {shlex.quote(cfg.out)}" if cfg.out else "")
     if r.skipped:
         log.warning("%d bad patch file(s) skipped (listed above)", len(r.skipped))
     return {"out": str(out), "n": len(r.ids), "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
-            "compute_seconds": r.compute_s, "backend": runner.name}
+            "compute_seconds": r.compute_s, "backend": runner.name, **({"probs": str(pout)} if pout else {})}

@@ -57,7 +57,7 @@ def test_any_real_dtype_loads_as_float32(tmp_path, dtype):
 @pytest.mark.parametrize("arr,msg", [
     (np.zeros((64, 64), np.float32), "shape"),
     (np.zeros((12, 64, 64), np.float32), "shape"),
-    (np.zeros((64, 64, 3), np.float32), "3 channels but bands.txt declares 12"),
+    (np.zeros((64, 64, 3), np.float32), r"3 channels but the default layout has 12 bands \(no bands.txt beside"),
     (np.full((64, 64, 12), np.nan, np.float32), "NaN/Inf"),
     (np.full((64, 64, 12), np.inf), "NaN/Inf"),
     (np.full((64, 64, 12), 1e300), "NaN/Inf"),  # overflows float32
@@ -96,7 +96,8 @@ def test_every_bad_file_is_named_at_once(zindi):
     with pytest.raises(BadFilesError) as e:
         load_patches(zindi, "test", ids, BandLayout())
     msg = str(e.value)
-    assert "2 bad patch file(s)" in msg and "ID_TE0001" in msg and "ID_TE0003" in msg and "--skip-bad" in msg
+    assert "2 bad patch file(s)" in msg and "ID_TE0001" in msg and "ID_TE0003" in msg
+    assert msg.endswith(f"Fix: fix these files or remove their rows from {zindi / 'Test.csv'}, then run again")
     x, ok, skipped = load_patches(zindi, "test", ids, BandLayout(), skip_bad=True)
     assert x.shape == (6, 64, 64, 12) and len(ok) == 6 and {s.id for s in skipped} == {"ID_TE0001", "ID_TE0003"}
 
@@ -117,6 +118,52 @@ def test_channel_count_disagreeing_with_bands_file(tmp_path):
     d = write_zindi(tmp_path / "d", channels=12, bands=["red", "green", "blue"])
     with pytest.raises(BadFilesError, match="12 channels but bands.txt declares 3"):
         load_split(d, "train", cache_dir=tmp_path / "c")
+
+
+def test_channel_message_names_where_the_band_count_comes_from(tmp_path):
+    # Without bands.txt the count is the default layout's, and the fix is to add one, not to "match" it.
+    d = write_zindi(tmp_path / "d", n_train=2, n_test=2)
+    np.save(patch_dir(d, "test") / "ID_TE0001.npy", np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(BadFilesError) as e:
+        load_patches(d, "test", ["ID_TE0000", "ID_TE0001"], BandLayout.from_dir(d))
+    line = str(e.value).splitlines()[1]
+    assert "ID_TE0001" in line and "3 channels but the default layout has 12 bands (no bands.txt beside the CSV)" in line
+    assert "add a bands.txt beside the CSV listing the file's 3 bands in channel order" in line
+    assert "bands.txt declares" not in str(e.value)
+    (d / "bands.txt").write_text("red\ngreen\n")
+    np.save(patch_dir(d, "test") / "ID_TE0000.npy", np.zeros((64, 64, 2), np.float32))
+    with pytest.raises(BadFilesError) as e:
+        load_patches(d, "test", ["ID_TE0000", "ID_TE0001"], BandLayout.from_dir(d))
+    assert "3 channels but bands.txt declares 2" in str(e.value) and str(d / "bands.txt") in str(e.value)
+    assert "default layout" not in str(e.value)
+
+
+def test_bad_files_message_is_one_line_per_file_then_the_fix():
+    errors = [DataError("cannot read .npy (ValueError: two\nlines)", file="a.npy", id="ID_A", fix="re-extract it"),
+              DataError("patch file is missing", file="b.npy", id="ID_B", fix="restore it")]
+    lines = str(BadFilesError(errors, fix="fix them, then run again")).splitlines()
+    assert lines[0] == "2 bad patch file(s), one line per file:"
+    assert lines[1].startswith("  - file a.npy, ID ID_A: ") and lines[1].endswith("Fix: re-extract it")
+    assert lines[2] == "  - file b.npy, ID ID_B: patch file is missing. Fix: restore it"
+    assert lines[3] == "Fix: fix them, then run again" and len(lines) == 4
+
+
+def test_training_reports_every_bad_file_with_a_training_fix(tmp_path):
+    d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
+    folder = patch_dir(d, "train")
+    np.save(folder / "ID_TR0001.npy", np.zeros((64, 32, 12)))
+    x = np.load(folder / "ID_TR0004.npy")
+    x[1, 2, 3] = np.nan
+    np.save(folder / "ID_TR0004.npy", x)
+    (folder / "ID_TR0005.npy").unlink()
+    with pytest.raises(BadFilesError) as e:
+        load_split(d, "train", cache_dir=tmp_path / "c")
+    msg = str(e.value)
+    assert msg.startswith("3 bad patch file(s)")
+    assert [line.split(", ID ")[1].split(":")[0] for line in msg.splitlines()[1:4]] == ["ID_TR0001", "ID_TR0004",
+                                                                                        "ID_TR0005"]
+    assert msg.splitlines()[-1] == f"Fix: fix these files or remove their rows from {d / 'Train.csv'}, then train again"
+    assert "scor" not in msg and "--skip-bad" not in msg  # nothing that only inference has
 
 
 def test_cache_is_reused_and_rebuilt_on_change(tmp_path, caplog):

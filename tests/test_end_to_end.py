@@ -79,14 +79,21 @@ def test_infer_writes_submission(trained, synth_data, tmp_path):
 
 def test_sharded_inference_equals_unsharded(trained, synth_data, tmp_path):
     run, _ = trained
-    outs = []
-    for shard in ("", "0/2", "1/2"):
-        out = tmp_path / f"s{shard.replace('/', '_')}.csv"
-        args = ["infer.py", str(run), "--data", str(synth_data), "--out", str(out), "--probs"]
-        r = run_script(*args, *(["--shard", shard] if shard else []))
+    base = ["infer.py", str(run), "--data", str(synth_data), "--out", str(tmp_path / "sub.csv"), "--probs"]
+    r = run_script(*base)
+    assert r.returncode == 0, r.stderr
+    whole = {f: (tmp_path / f).read_text() for f in ("sub.csv", "sub_probs.csv")}
+    for f in whole:
+        (tmp_path / f).unlink()
+    for shard in ("0/2", "1/2"):  # each shard to its own file, and the log says where and how to merge
+        r = run_script(*base, "--shard", shard)
         assert r.returncode == 0, r.stderr
-        outs.append(list(csv.reader(open(tmp_path / f"{out.stem}_probs.csv")))[1:])
-    assert outs[0] == outs[1] + outs[2]
+        k = shard[0]
+        assert f"wrote {tmp_path / f'sub.shard{k}of2.csv'}" in r.stderr and "--merge-shards" in r.stderr
+    assert not (tmp_path / "sub.csv").exists()
+    r = run_script("infer.py", str(run), "--merge-shards", "--data", str(synth_data), "--out", str(tmp_path / "sub.csv"))
+    assert r.returncode == 0, r.stderr
+    assert {f: (tmp_path / f).read_text() for f in whole} == whole
 
 
 def test_torch_ensemble_tta_is_flip_invariant(trained):

@@ -38,13 +38,15 @@ def _assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
     ("missing", ["ID_TR0002", "patch file is missing", "Fix:"]),
     ("truncated", ["ID_TR0002", "cannot read .npy", "Fix:"]),
     ("shape", ["ID_TR0002", "shape (64, 32, 12)", "Fix:"]),
-    ("nan", ["ID_TR0002", "NaN/Inf", "Fix:"]),
+    ("nan", ["ID_TR0002", "NaN/Inf", "Fix:", "then train again"]),
     ("dtype", ["ID_TR0002", "not a real number type", "Fix:"]),
     ("dup", ["duplicate ID", "Train.csv", "Fix:"]),
     ("label", ["label '3' is not 0 or 1", "Fix:"]),
     ("empty", ["CSV is empty", "Fix:"]),
     ("bands", ["unknown band name", "bands.txt", "Fix:"]),
     ("channels", ["12 channels but bands.txt declares 4", "Fix:"]),
+    ("default_channels", ["3 channels but the default layout has 12 bands (no bands.txt beside the CSV)",
+                          "add a bands.txt beside the CSV listing the file's 3 bands in channel order"]),
 ])
 def test_train_cli_bad_input(tmp_path, breakage, needles):
     d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
@@ -72,9 +74,14 @@ def test_train_cli_bad_input(tmp_path, breakage, needles):
         (d / "bands.txt").write_text("red\nswir1\n")
     elif breakage == "channels":
         (d / "bands.txt").write_text("red\ngreen\nblue\nnir\n")
+    elif breakage == "default_channels":
+        np.save(f, np.zeros((64, 64, 3)))
     out = tmp_path / "run"
     r = run_script("train.py", "--data", str(d), "--out", str(out), "--preset", "tiny", "--cache-dir", str(tmp_path / "c"))
     _assert_user_error(r, *needles)
+    assert not any(line.startswith(".") for line in r.stderr.splitlines())  # no "\n. Fix:" after a file list
+    if "bad patch file(s)" in r.stderr:  # training has no --skip-bad: its fix must not offer one
+        assert "--skip-bad" not in r.stderr and "scor" not in r.stderr.split("error: ")[1]
 
 
 def test_infer_fails_before_compute_naming_every_bad_file_and_keeps_old_submission(trained_run, tmp_path):
@@ -91,6 +98,23 @@ def test_infer_fails_before_compute_naming_every_bad_file_and_keeps_old_submissi
     assert r.returncode == 0, r.stderr
     ids = [row[0] for row in csv.reader(open(out))][1:]
     assert len(ids) == 4 and "ID_TE0001" not in ids and "skipped" in r.stderr and "ID_TE0004" in r.stderr
+
+
+def test_infer_lists_header_and_value_errors_in_one_message(trained_run, tmp_path):
+    # A wrong shape is found by the header check, a NaN only in the values: both in the first run's error.
+    run, _ = trained_run
+    bad = write_zindi(tmp_path / "bad", n_train=2, n_test=6)
+    np.save(bad / "test_data" / "ID_TE0004.npy", np.zeros((64, 64, 3)))
+    x = np.load(bad / "test_data" / "ID_TE0001.npy")
+    x[5, 5, 5] = np.nan
+    np.save(bad / "test_data" / "ID_TE0001.npy", x)
+    r = run_script("infer.py", str(run), "--data", str(bad))
+    _assert_user_error(r, "2 bad patch file(s), one line per file:")
+    err = r.stderr[r.stderr.index("error: "):].splitlines()
+    assert "ID ID_TE0001: 1 NaN/Inf value(s)" in err[1] and "ID ID_TE0004: 3 channels but the default layout" in err[2]
+    assert err[3] == (f"Fix: fix these files or remove their rows from {bad / 'Test.csv'}, then score again, "
+                      "or pass --skip-bad to score the rest (no submission was written)") and len(err) == 4
+    assert not (run / "submission.csv").exists()
 
 
 def test_infer_refuses_data_with_other_bands(trained_run, tmp_path):

@@ -122,13 +122,25 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
 
 
 def test_sharded_inference_equals_unsharded(exported, tmp_path):
+    from landslide.shards import probs_path, shard_path
+
     run, data = exported
     whole = _infer(run, data, tmp_path / "all.csv", batch_size=5)
-    parts = {}
+    out = tmp_path / "sub.csv"
     for i in (0, 1):
-        parts.update(_infer(run, data, tmp_path / f"s{i}.csv", shard=f"{i}/2", batch_size=5))
-    assert list(parts) == list(whole)  # same IDs, same order once concatenated
-    assert parts == whole
+        got = infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out), "probs": True,
+                                                   "shard": f"{i}/2", "batch_size": 5}))
+        # Each shard has its own file: neither overwrites the other nor the full submission.
+        assert got["out"] == str(shard_path(out, i, 2)) == str(tmp_path / f"sub.shard{i}of2.csv")
+        assert got["probs"] == str(tmp_path / f"sub_probs.shard{i}of2.csv")
+    assert not out.exists()
+    parts = {**_probs(shard_path(probs_path(out), 0, 2)), **_probs(shard_path(probs_path(out), 1, 2))}
+    assert list(parts) == list(whole) and parts == whole  # same IDs, same order once concatenated
+    made = infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out),
+                                                "merge_shards": True}))
+    assert made == {"out": str(out), "n": len(whole), "shards": 2, "probs": str(probs_path(out))}
+    assert _probs(probs_path(out)) == whole and list(_probs(probs_path(out))) == list(whole)
+    assert out.read_text() == (tmp_path / "all.csv").read_text()
 
 
 def test_onnx_infer_matches_torch_infer(exported, tmp_path):
@@ -201,3 +213,33 @@ def test_bad_headers_fail_before_any_compute(exported, tmp_path):
     np.save(files[0], x)
     with pytest.raises(BadFilesError, match="NaN"):
         score(Boom(), d, "test", ids[:4], 4, skip_bad=False)
+    # Header errors and a NaN together: all three in one message, in the order of the IDs given.
+    with pytest.raises(BadFilesError) as e:
+        score(Boom(), d, "test", ids, 4, skip_bad=False)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "3 bad patch file(s), one line per file:"
+    assert [line.split(", ID ")[1].split(":")[0] for line in lines[1:4]] == [ids[0], ids[-2], ids[-1]]
+    assert "NaN/Inf" in lines[1] and "cannot read .npy" in lines[2] and "3 channels" in lines[3]
+    assert lines[4].startswith("Fix: ") and "--skip-bad" in lines[4] and len(lines) == 5
+
+
+def test_default_output_path(exported, tmp_path, monkeypatch):
+    import json
+
+    from landslide.infer import default_out
+
+    run, _ = exported
+    monkeypatch.chdir(tmp_path)
+    at = lambda path: default_out(make_config(InferConfig, {"run": str(path)}))[0]
+    assert at(run) == run / "submission.csv"
+    assert at(run / "export" / "fused.onnx") == run / "export" / "submission.csv"
+    # An engine sits in the cache every run shares: its submission goes to the run its sidecar names...
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    engine = engines / "fused-0123.pt2"
+    engine.write_bytes(b"package")
+    (engines / "fused-0123.pt2.json").write_text(json.dumps({"source_run": str(run.resolve())}))
+    assert at(engine) == run.resolve() / "submission.csv"
+    # ...or, when that run is not on this host, to the current folder; never into the cache.
+    (engines / "fused-0123.pt2.json").write_text(json.dumps({"source_run": str(tmp_path / "gone")}))
+    assert at(engine) == tmp_path / "submission.csv"

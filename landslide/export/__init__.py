@@ -51,7 +51,7 @@ def reference_inputs(info, data: str, n: int, seed: int = 0) -> np.ndarray:
         check_data(info.contract, layout, artefact=info.run_dir, data_dir=d)
         split = "test" if (d / SPLITS["test"][0]).is_file() else "train"
         ids = read_csv(d / SPLITS[split][0], labelled=False).ids[:n]
-        x, _, _ = load_patches(d, split, ids, layout)
+        x, _, _ = load_patches(d, split, ids, layout, then="export again, or drop --data to verify on synthetic patches")
         log.info("verification inputs: %d %s patches from %s", len(x), split, d)
         return x
     from landslide.synth import generate

@@ -1,0 +1,152 @@
+"""Sharded scoring's files and ``infer.py --merge-shards``: every shard there, one header, no ID twice or
+missing, rows in Test.csv order, the submission written only when all of that holds. No model is needed:
+the shard files are written here as ``infer.py --shard K/N`` writes them."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from landslide.config import make_config, parse_config
+from landslide.errors import ConfigError, DataError
+from landslide.infer import InferConfig
+from landslide.infer import main as infer_main
+from landslide.shards import probs_path, shard_ids, shard_path
+
+from conftest import write_zindi
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(run folder, data folder, the Test.csv IDs): 9 test IDs, so 3 shards of 3."""
+    data = write_zindi(tmp_path / "data", n_train=1, n_test=9)
+    run = tmp_path / "run"
+    run.mkdir()
+    ids = [f"ID_TE{i:04d}" for i in range(9)]
+    return run, data, ids
+
+
+def _write_shards(run: Path, ids: list[str], n: int, *, probs: bool = False, skip: tuple[int, ...] = ()) -> None:
+    for k in range(n):
+        if k in skip:
+            continue
+        part = shard_ids(ids, f"{k}/{n}")
+        rows = [[i, str(j % 2)] for j, i in enumerate(part)]
+        _csv(shard_path(run / "submission.csv", k, n), ["ID", "Target"], rows[::-1])  # order inside is not kept
+        if probs:
+            _csv(shard_path(probs_path(run / "submission.csv"), k, n), ["ID", "prob"],
+                 [[i, f"0.{j}00000"] for i, j in rows])
+
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def _merge(run: Path, data: Path | None = None, **kw) -> dict:
+    return infer_main(make_config(InferConfig, {"run": str(run), "merge_shards": True,
+                                                **({"data": str(data)} if data else {}), **kw}))
+
+
+def _ids(path: Path) -> list[str]:
+    return [r[0] for r in csv.reader(open(path))][1:]
+
+
+def test_merge_writes_test_csv_order_and_keeps_the_shards(setup):
+    run, data, ids = setup
+    _write_shards(run, ids, 3, probs=True)
+    made = _merge(run, data)
+    assert made == {"out": str(run / "submission.csv"), "n": 9, "shards": 3, "probs": str(run / "submission_probs.csv")}
+    assert _ids(run / "submission.csv") == ids and _ids(run / "submission_probs.csv") == ids
+    rows = {r[0]: r[1] for r in csv.reader(open(run / "submission.csv"))}
+    assert rows["ID"] == "Target" and rows["ID_TE0000"] == "0" and rows["ID_TE0001"] == "1"
+    assert len(list(run.glob("*.shard*of3.csv"))) == 6  # the shards stay: merging again gives the same file
+    # Without --data there is no CSV to order by: the shards' own order (infer.py writes each in CSV order).
+    (run / "submission.csv").unlink()
+    assert _merge(run)["n"] == 9
+    assert _ids(run / "submission.csv") == [i for k in range(3) for i in shard_ids(ids, f"{k}/3")[::-1]]
+
+
+def test_the_flag_and_its_conflicts():
+    cfg = parse_config(InferConfig, ["runs/x", "--merge-shards"], "", positional=("run",))  # as infer.py parses
+    assert cfg.merge_shards and cfg.run == "runs/x"
+    with pytest.raises(ConfigError, match="drop --shard"):
+        infer_main(make_config(InferConfig, {"run": "runs/x", "merge_shards": True, "shard": "0/2"}))
+
+
+def test_a_missing_shard_is_named_with_the_command_that_scores_it(setup):
+    run, data, ids = setup
+    _write_shards(run, ids, 3, skip=(1,))
+    with pytest.raises(DataError) as e:
+        _merge(run, data)
+    msg = str(e.value)
+    assert str(run / "submission.shard1of3.csv") in msg and "shard 1 of 3 is missing" in msg
+    assert f"python infer.py {run} --data {data} --shard 1/3" in msg
+    assert not (run / "submission.csv").exists()
+    for f in run.glob("*.shard*"):
+        f.unlink()
+    with pytest.raises(DataError, match="no shard files to merge") as e:
+        _merge(run, data)
+    assert "submission.shard<K>of<N>.csv" in str(e.value) and "--shard K/N" in str(e.value)
+
+
+def test_inconsistent_shards_are_refused(setup):
+    run, data, ids = setup
+    out = run / "submission.csv"
+    _write_shards(run, ids, 3)
+    _csv(shard_path(out, 1, 3), ["ID", "label"], [[i, "0"] for i in shard_ids(ids, "1/3")])
+    with pytest.raises(DataError, match="header") as e:
+        _merge(run, data)
+    assert str(shard_path(out, 1, 3)) in str(e.value)
+
+    _write_shards(run, ids, 3)
+    _csv(shard_path(out, 2, 3), ["ID", "Target"], [[ids[0], "1"], *[[i, "0"] for i in shard_ids(ids, "2/3")]])
+    with pytest.raises(DataError, match="ID also in") as e:
+        _merge(run, data)
+    assert ids[0] in str(e.value) and str(shard_path(out, 0, 3)) in str(e.value)
+
+    _write_shards(run, ids, 3)
+    _write_shards(run, ids, 2)  # a stale set from an earlier --shard K/2 run
+    with pytest.raises(DataError, match="more than one shard count") as e:
+        _merge(run, data)
+    assert "submission.shard0of2.csv" in str(e.value) and "submission.shard0of3.csv" in str(e.value)
+    assert not out.exists()
+
+
+def test_ids_are_checked_against_test_csv(setup):
+    run, data, ids = setup
+    out = run / "submission.csv"
+    _write_shards(run, ids, 3)
+    _csv(shard_path(out, 1, 3), ["ID", "Target"], [[ids[3], "0"], [ids[5], "1"]])  # ids[4] was skipped as bad
+    with pytest.raises(DataError) as e:
+        _merge(run, data)
+    msg = str(e.value)
+    assert "1 ID(s) of the CSV are in no shard file" in msg and ids[4] in msg and str(shard_path(out, 1, 3)) in msg
+    assert "--shard 1/3" in msg and "--skip-bad" in msg and not out.exists()
+    assert _merge(run, data, skip_bad=True)["n"] == 8 and _ids(out) == [i for i in ids if i != ids[4]]
+
+    _csv(shard_path(out, 1, 3), ["ID", "Target"], [[i, "0"] for i in [*shard_ids(ids, "1/3"), "ID_OTHER"]])
+    with pytest.raises(DataError, match="not in the CSV") as e:
+        _merge(run, data)
+    assert "ID_OTHER" in str(e.value) and str(data / "Test.csv") in str(e.value)
+
+
+def test_an_incomplete_probability_set_writes_nothing(setup):
+    run, data, ids = setup
+    _write_shards(run, ids, 3, probs=True)
+    shard_path(probs_path(run / "submission.csv"), 2, 3).unlink()
+    with pytest.raises(DataError, match="shard 2 of 3 is missing") as e:
+        _merge(run, data)
+    assert "submission_probs.shard2of3.csv" in str(e.value) and "--probs" in str(e.value)
+    assert not (run / "submission.csv").exists() and not (run / "submission_probs.csv").exists()
+
+
+def test_merge_into_an_explicit_out(setup, tmp_path):
+    run, data, ids = setup
+    out = tmp_path / "final" / "sub.csv"
+    out.parent.mkdir()
+    for k in range(2):
+        _csv(shard_path(out, k, 2), ["ID", "Target"], [[i, "1"] for i in shard_ids(ids, f"{k}/2")])
+    assert _merge(run, data, out=str(out))["out"] == str(out) and _ids(out) == ids
+    assert not (run / "submission.csv").exists()

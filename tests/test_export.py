@@ -15,8 +15,8 @@ import torch
 from landslide.contract import file_sha256
 from landslide.ensemble import build_ensemble
 from landslide.errors import ConfigError, ContractError, VerificationError
+from landslide.export import ExportConfig, reference_inputs
 from landslide.export import onnx as ox
-from landslide.export import reference_inputs
 from landslide.export.sidecar import read_sidecar, sidecar_path
 
 from export_helpers import exported_run
@@ -149,10 +149,41 @@ def test_tampered_artefact_refused(exported, tmp_path):
         f.write(bytes([b[0] ^ 0xFF]))
     with pytest.raises(ContractError, match="sha256") as e:
         OnnxRunner(path, "cpu")
-    assert "export.py" in str(e.value) and str(path) in str(e.value)
+    # The fix is the real command: the run the sidecar names, and --out since the graph is not in RUN/export.
+    assert str(path) in str(e.value) and "RUN_DIR" not in str(e.value)
+    assert str(e.value).endswith(f"Fix: rebuild it: python export.py {run.resolve()} --out {tmp_path}")
     sidecar_path(path).unlink()
-    with pytest.raises(ContractError, match="sidecar missing"):
+    with pytest.raises(ContractError, match="sidecar missing") as e:
         OnnxRunner(path, "cpu")
+    # Nothing left names the run: the placeholder says what it stands for.
+    assert str(e.value).endswith(f"python export.py RUN_DIR --out {tmp_path} (RUN_DIR: the run folder it was exported from)")
+
+
+def test_tampered_graph_in_a_copied_run_names_the_copy(exported, tmp_path):
+    from landslide.config import make_config
+    from landslide.infer import InferConfig, make_runner
+
+    run, _ = exported
+    copy = tmp_path / "run copy"  # a space: the command is quoted for the shell
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.pt2*", "submission*"))
+    graph = copy / "export" / "fused.onnx"
+    graph.write_bytes(graph.read_bytes()[:-1] + bytes([graph.read_bytes()[-1] ^ 0xFF]))
+    with pytest.raises(ContractError, match="sha256") as e:
+        make_runner(make_config(InferConfig, {"run": str(copy), "backend": "onnxruntime"}))
+    assert str(e.value).endswith(f"Fix: rebuild it: python export.py '{copy}'")  # the copy, not the original
+
+
+def test_rebuild_command_for_an_engine_forces_the_rebuild(exported, tmp_path):
+    from landslide.export.sidecar import rebuild_command
+
+    run, _ = exported
+    pkg = tmp_path / "fused-0.pt2"
+    assert rebuild_command(pkg, {"source_run": str(run), "profile": [8, 8, 16]}) == (
+        f"python export.py {run} --engine aoti --engine-dir {tmp_path} --min-batch 8 --opt-batch 8 --max-batch 16 "
+        "--rebuild")
+    assert rebuild_command(tmp_path / "fused-0.engine", {"source_run": str(run), "profile": [1, 64, 256]}) == (
+        f"python export.py {run} --engine tensorrt --engine-dir {tmp_path} --rebuild")
+    assert {"rebuild", "engine_dir", "min_batch", "out"} <= set(ExportConfig.__dataclass_fields__)  # real flags
 
 
 def test_wrong_bands_refused(exported, tmp_path):
@@ -205,8 +236,12 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     found = make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti",
                                                   "engine_dir": str(tmp_path / "engines")}))
     assert found.name == "aoti" and found.path == path
+    # Scored directly, the package's submission goes to the run it was built from, not the shared cache.
+    from landslide.infer import main as infer_main
+
+    wrote = infer_main(make_config(InferConfig, {"run": str(path), "data": str(exported[1]), "batch_size": 16}))
+    assert wrote["out"] == str(run.resolve() / "submission.csv") and not list(path.parent.glob("submission*"))
     # --no-onnx: the package alone (found again and re-verified here), no ONNX graph traced or written.
-    from landslide.export import ExportConfig
     from landslide.export import main as export_main
 
     made = export_main(make_config(ExportConfig, {
@@ -225,6 +260,13 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     with pytest.raises(ContractError, match="torch 0.0.1") as e:
         AotiRunner(path)
     assert "--engine aoti --rebuild" in str(e.value)
+    # A tampered package: the fix names the real run, engine folder and profile, and forces the rebuild.
+    tampered = _copy_artefact(path, tmp_path / "tampered")
+    tampered.write_bytes(tampered.read_bytes()[:-1] + bytes([tampered.read_bytes()[-1] ^ 0xFF]))
+    with pytest.raises(ContractError, match="sha256") as e:
+        AotiRunner(tampered)
+    assert str(e.value).endswith(f"python export.py {run.resolve()} --engine aoti --engine-dir {tampered.parent} "
+                                 "--min-batch 8 --opt-batch 8 --max-batch 16 --rebuild")
     # A package built for the other device is not picked for this host.
     side["device"] = "cpu" if host == "cuda" else "cuda"
     sidecar_path(path).write_text(json.dumps(side))

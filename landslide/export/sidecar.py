@@ -8,6 +8,7 @@ libraries disagree with its sidecar, naming the file and the command that rebuil
 from __future__ import annotations
 
 import platform
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from landslide.io import read_json, write_json
 from landslide.preprocess import PREPROCESS_VERSION
 
 SIDECAR_FORMAT = "landslide-artefact/1"
-REBUILD = "re-export it: python export.py RUN_DIR"
+ENGINE_OF_SUFFIX = {".pt2": "aoti", ".engine": "tensorrt"}
+DEFAULT_PROFILE = [1, 64, 256]  # ExportConfig's --min/--opt/--max-batch defaults
 
 
 def weights_path(graph: str | Path) -> Path:
@@ -29,6 +31,45 @@ def weights_path(graph: str | Path) -> Path:
 def sidecar_path(artefact: str | Path) -> Path:
     p = Path(artefact)
     return p.with_name(p.name + ".json")
+
+
+def _source_run(artefact: Path, side: dict[str, Any] | None) -> Path | None:
+    """The run folder ``artefact`` was exported from: the one whose ``export/`` holds it, else the sidecar's."""
+    if artefact.suffix == ".onnx" and artefact.parent.name == "export" \
+            and (artefact.parent.parent / "calibration.json").is_file():
+        return artefact.parent.parent  # also right for a copied run folder, whose sidecars name the original
+    source = (side or {}).get("source_run")
+    return Path(source) if source else None
+
+
+def rebuild_command(artefact: str | Path, side: dict[str, Any] | None = None) -> str:
+    """The ``export.py`` command that writes ``artefact`` again, with its real run folder and flags.
+
+    ONNX graphs are rewritten by every export; an engine (``.pt2``, ``.engine``) in the cache is reused
+    when its key matches, so its command carries ``--rebuild``, and the engine folder and batch profile
+    it was built with. ``side`` is the sidecar when readable; without it the run folder is a placeholder.
+    """
+    artefact = Path(artefact)
+    if side is None and sidecar_path(artefact).is_file():
+        try:
+            side = read_json(sidecar_path(artefact))
+        except ValueError:
+            side = None
+    run = _source_run(artefact, side)
+    cmd = ["python", "export.py", shlex.quote(str(run)) if run else "RUN_DIR"]
+    engine = ENGINE_OF_SUFFIX.get(artefact.suffix)
+    if engine is None:
+        home = (run / "export").resolve() if run else None  # where export.py writes without --out
+        if artefact.parent.resolve() != home and not (home is None and artefact.parent.name == "export"):
+            cmd += ["--out", shlex.quote(str(artefact.parent))]
+    else:
+        cmd += ["--engine", engine, "--engine-dir", shlex.quote(str(artefact.parent))]
+        profile = (side or {}).get("profile")
+        if profile and list(profile) != DEFAULT_PROFILE:
+            cmd += [f"--{k}-batch {v}" for k, v in zip(("min", "opt", "max"), profile)]
+        cmd.append("--rebuild")
+    where = "" if run else " (RUN_DIR: the run folder it was exported from)"
+    return " ".join(cmd) + where
 
 
 def library_versions(*extra: str) -> dict[str, str]:
@@ -88,30 +129,32 @@ def read_sidecar(artefact: str | Path, kind: str | None = None) -> dict[str, Any
     artefact = Path(artefact)
     side_p = sidecar_path(artefact)
     if not artefact.is_file():
-        raise ContractError("artefact not found", file=artefact, fix=REBUILD)
+        raise ContractError("artefact not found", file=artefact, fix=f"export it: {rebuild_command(artefact)}")
     if not side_p.is_file():
         raise ContractError("sidecar missing: the artefact's contract is unknown", file=side_p,
-                            fix=f"keep <file>.json beside the artefact, or {REBUILD}")
+                            fix=f"keep {side_p.name} beside the artefact, or rebuild both: {rebuild_command(artefact)}")
     try:
         side = read_json(side_p)
     except ValueError as e:
-        raise ContractError(f"sidecar is not valid JSON ({e})", file=side_p, fix=REBUILD) from None
+        raise ContractError(f"sidecar is not valid JSON ({e})", file=side_p,
+                            fix=f"rebuild it: {rebuild_command(artefact, {})}") from None
+    rebuild = f"rebuild it: {rebuild_command(artefact, side)}"
     if side.get("format") != SIDECAR_FORMAT:
         raise ContractError(f"sidecar format {side.get('format')!r}, expected {SIDECAR_FORMAT!r}", file=side_p,
-                            fix=REBUILD)
+                            fix=rebuild)
     if kind is not None and not str(side.get("kind", "")).startswith(kind):
         raise ContractError(f"artefact is a {side.get('kind')!r}, not a {kind!r}", file=artefact,
                             fix="pick the backend that matches the file (or --backend auto)")
     if file_sha256(artefact) != side.get("sha256"):
         raise ContractError("artefact bytes do not match the sha256 in its sidecar (modified or replaced)",
-                            file=artefact, fix=REBUILD)
+                            file=artefact, fix=rebuild)
     if "data_sha256" in side:
         data = weights_path(artefact)
         if not data.is_file() or file_sha256(data) != side["data_sha256"]:
             raise ContractError("the graph's weights file is missing or does not match the sha256 in its sidecar",
-                                file=data, fix=f"keep {data.name} beside {artefact.name}, or {REBUILD}")
+                                file=data, fix=f"keep {data.name} beside {artefact.name}, or {rebuild}")
     pv = side.get("contract", {}).get("preprocess_version")
     if pv != PREPROCESS_VERSION:
         raise ContractError(f"artefact made with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
-                            file=artefact, fix=REBUILD)
+                            file=artefact, fix=rebuild)
     return side

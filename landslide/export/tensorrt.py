@@ -18,7 +18,7 @@ import numpy as np
 
 from landslide.contract import stable_hash
 from landslide.errors import ConfigError, ContractError
-from landslide.export.sidecar import read_sidecar, write_sidecar
+from landslide.export.sidecar import read_sidecar, rebuild_command, write_sidecar
 from landslide.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) ->
     if not parser.parse_from_file(str(graph)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ContractError(f"TensorRT cannot parse the graph: {errs}", file=graph,
-                            fix="re-export with this landslide version (python export.py RUN_DIR)")
+                            fix=f"re-export it with this landslide version: {rebuild_command(graph)}")
     config = builder.create_builder_config()
     if not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)

@@ -259,7 +259,8 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     sidecar_path(path).write_text(json.dumps(side))
     with pytest.raises(ContractError, match="torch 0.0.1") as e:
         AotiRunner(path)
-    assert "--engine aoti --rebuild" in str(e.value)
+    assert str(e.value).endswith(f"Fix: rebuild it: python export.py {run.resolve()} --engine aoti --engine-dir "
+                                 f"{path.parent} --min-batch 8 --opt-batch 8 --max-batch 16 --rebuild")
     # A tampered package: the fix names the real run, engine folder and profile, and forces the rebuild.
     tampered = _copy_artefact(path, tmp_path / "tampered")
     tampered.write_bytes(tampered.read_bytes()[:-1] + bytes([tampered.read_bytes()[-1] ^ 0xFF]))

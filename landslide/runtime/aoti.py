@@ -11,27 +11,26 @@ import numpy as np
 import torch
 
 from landslide.errors import ContractError
-from landslide.export.sidecar import read_sidecar
+from landslide.export.sidecar import read_sidecar, rebuild_command
 from landslide.runtime import Runner, fit_profile
-
-REBUILD = "rebuild it: python export.py RUN_DIR --engine aoti --rebuild"
 
 
 class AotiRunner(Runner):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         side = read_sidecar(self.path, kind="aoti")
+        self.rebuild = "rebuild it: " + rebuild_command(self.path, side)  # the real run folder and flags
         built_with = side["versions"].get("torch")
         if built_with != torch.__version__:
             raise ContractError(f"package compiled with torch {built_with}, this is torch {torch.__version__}",
-                                file=self.path, fix=REBUILD)
+                                file=self.path, fix=self.rebuild)
         self.device = torch.device(side["device"])
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise ContractError("package compiled for CUDA, this host has no GPU", file=self.path, fix=REBUILD)
+                raise ContractError("package compiled for CUDA, this host has no GPU", file=self.path, fix=self.rebuild)
             if torch.cuda.get_device_name(0) != side["device_name"]:
                 raise ContractError(f"package compiled for {side['device_name']}, this GPU is "
-                                    f"{torch.cuda.get_device_name(0)}", file=self.path, fix=REBUILD)
+                                    f"{torch.cuda.get_device_name(0)}", file=self.path, fix=self.rebuild)
         self.sidecar = side
         self.contract = side["contract"]
         self.threshold = float(side["threshold"])

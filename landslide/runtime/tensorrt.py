@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from landslide.errors import ContractError
-from landslide.export.sidecar import read_sidecar
+from landslide.export.sidecar import read_sidecar, rebuild_command
 from landslide.export.tensorrt import gpu_name, import_trt
 from landslide.runtime import Runner, fit_profile
-
-REBUILD = "rebuild it on this machine: python export.py RUN_DIR --engine tensorrt --rebuild"
 
 
 class TensorRTRunner(Runner):
@@ -25,13 +23,14 @@ class TensorRTRunner(Runner):
         trt = import_trt()
         self.path = Path(path)
         side = read_sidecar(self.path, kind="tensorrt")
+        self.rebuild = "rebuild it on this machine: " + rebuild_command(self.path, side)  # the real run folder and flags
         # Engines are specific to the TensorRT version and the GPU model they were built on.
         if side["versions"].get("tensorrt") != trt.__version__:
             raise ContractError(f"engine built with TensorRT {side['versions'].get('tensorrt')}, this is "
-                                f"{trt.__version__}", file=self.path, fix=REBUILD)
+                                f"{trt.__version__}", file=self.path, fix=self.rebuild)
         if side["gpu"] != gpu_name():
             raise ContractError(f"engine built for {side['gpu']}, this GPU is {gpu_name()}", file=self.path,
-                                fix=REBUILD)
+                                fix=self.rebuild)
         self.sidecar = side
         self.contract = side["contract"]
         self.threshold = float(side["threshold"])
@@ -39,7 +38,7 @@ class TensorRTRunner(Runner):
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ContractError("TensorRT could not deserialize the engine", file=self.path, fix=REBUILD)
+            raise ContractError("TensorRT could not deserialize the engine", file=self.path, fix=self.rebuild)
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -60,7 +59,7 @@ class TensorRTRunner(Runner):
             self.context.set_tensor_address(self.input, xt.data_ptr())
             self.context.set_tensor_address(self.output, out.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise ContractError("TensorRT execution failed", file=self.path, fix=REBUILD)
+                raise ContractError("TensorRT execution failed", file=self.path, fix=self.rebuild)
             res = out.to("cpu", non_blocking=True)
         self.stream.synchronize()
         return res.numpy()[:n]

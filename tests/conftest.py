@@ -51,6 +51,19 @@ def synth_data(tmp_path_factory) -> Path:
     return write_dataset(SynthConfig(str(tmp_path_factory.mktemp("synth") / "d"), n_train=60, n_test=20, seed=1))
 
 
+@pytest.fixture(scope="session")
+def trained_run(synth_data, tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, data) of a finished tiny-preset run on ``synth_data``; tests only read it (copy to change)."""
+    from landslide import train
+    from landslide.config import make_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run),
+                                         "cache_dir": str(tmp_path_factory.mktemp("c"))}))
+    return run, synth_data
+
+
 def run_script(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a top-level script the way a user would; returns the completed process (text output)."""
     e = {**os.environ, **(env or {})}

@@ -154,18 +154,6 @@ def test_explicit_gpu_request_on_cpu_host_fails_clearly(tmp_path):
     _assert_user_error(r, "fp16 needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def trained_run(synth_data, tmp_path_factory):
-    from landslide import train
-    from landslide.config import make_config
-    from landslide.train_config import PRESETS, TrainConfig
-
-    run = tmp_path_factory.mktemp("rel") / "run"
-    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run),
-                                         "cache_dir": str(tmp_path_factory.mktemp("c"))}))
-    return run, synth_data
-
-
 # ---------------------------------------------------------------- interruption and resume
 RESUME_ARGS = ["--preset", "tiny", "--epochs", "4", "--max-steps", "4", "--patience", "10", "--only-folds", "0",
                "--deterministic"]

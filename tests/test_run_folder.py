@@ -12,18 +12,6 @@ from landslide.errors import ConfigError
 from conftest import run_script, write_zindi
 
 
-@pytest.fixture(scope="module")
-def trained_run(synth_data, tmp_path_factory):
-    from landslide import train
-    from landslide.config import make_config
-    from landslide.train_config import PRESETS, TrainConfig
-
-    run = tmp_path_factory.mktemp("runs") / "run"
-    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run),
-                                         "cache_dir": str(tmp_path_factory.mktemp("c"))}))
-    return run, synth_data
-
-
 def test_a_bad_arch_is_refused_before_anything_is_written(tmp_path):
     d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
     r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",

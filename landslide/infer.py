@@ -250,8 +250,12 @@ class Scored:
     total_s: float
 
 
-def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool) -> Scored:
-    """Run ``runner`` over the patches of ``ids``; every bad file is named at once (unless ``skip_bad``)."""
+def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool,
+          allow_empty: bool = False) -> Scored:
+    """Run ``runner`` over the patches of ``ids``; every bad file is named at once (unless ``skip_bad``).
+
+    ``allow_empty``: no patch to score is a result, not an error (a shard may hold no ID, or only bad ones).
+    """
     layout = BandLayout.from_dir(data)
     order = {id_: k for k, id_ in enumerate(ids)}
     bad = prescan(data, split, ids, layout.n_channels)
@@ -280,9 +284,10 @@ def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: in
     if bad and not skip_bad:
         raise BadFilesError(bad, fix=bad_files_fix(data, split, "score again, or pass --skip-bad to score the "
                                                                 "rest (no submission was written)"))
-    if not out_ids:
+    if not out_ids and not allow_empty:
         raise DataError("no readable patches", file=patch_dir(data, split), fix="check the folder and the CSV IDs")
-    return Scored(out_ids, np.concatenate(probs).astype(np.float32), bad, compute, time.perf_counter() - t0)
+    p = np.concatenate(probs).astype(np.float32) if probs else np.zeros(0, np.float32)
+    return Scored(out_ids, p, bad, compute, time.perf_counter() - t0)
 
 
 def default_out(cfg: InferConfig) -> tuple[Path, str]:
@@ -339,7 +344,8 @@ def main(cfg: InferConfig) -> dict:
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")
-    r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad)
+    # A shard's file is written even when it scores nothing, so --merge-shards finds the whole set.
+    r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad, allow_empty=bool(cfg.shard))
     for e in r.skipped:
         log.warning("skipped: %s", e.format())
     out, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
@@ -350,7 +356,7 @@ def main(cfg: InferConfig) -> dict:
     write_submission(out, r.ids, r.probs, runner.threshold, pout)
     log.info("wrote %s (%s): %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
              "%.1f patches/s compute (%.2f s)", out, why, len(r.ids), int((r.probs >= runner.threshold).sum()),
-             runner.threshold, len(r.ids) / r.total_s, r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
+             runner.threshold, len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
     if cfg.shard:
         log.info("shard %d of %d: once all %d are written, join them with: python infer.py %s --merge-shards "
                  "--data %s%s", i, n, n, shlex.quote(cfg.run), shlex.quote(cfg.data),

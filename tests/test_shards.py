@@ -150,3 +150,37 @@ def test_merge_into_an_explicit_out(setup, tmp_path):
         _csv(shard_path(out, k, 2), ["ID", "Target"], [[i, "1"] for i in shard_ids(ids, f"{k}/2")])
     assert _merge(run, data, out=str(out))["out"] == str(out) and _ids(out) == ids
     assert not (run / "submission.csv").exists()
+
+
+def _small_test_set(synth_data: Path, root: Path, n: int) -> tuple[Path, list[str]]:
+    """A data folder whose Test.csv holds the first ``n`` test IDs of ``synth_data`` (their files copied)."""
+    import shutil
+
+    ids = [r[0] for r in csv.reader(open(synth_data / "Test.csv", encoding="utf-8-sig"))][1:n + 1]
+    (root / "test_data").mkdir(parents=True)
+    for f in synth_data.iterdir():
+        if f.is_file() and f.name != "Test.csv":
+            shutil.copy(f, root / f.name)
+    for i in ids:
+        shutil.copy(synth_data / "test_data" / f"{i}.npy", root / "test_data" / f"{i}.npy")
+    (root / "Test.csv").write_text("ID\n" + "".join(f"{i}\n" for i in ids))
+    return root, ids
+
+
+def test_more_shards_than_ids_and_an_all_bad_shard_still_merge(trained_run, tmp_path):
+    """N > number of IDs leaves some shards empty, and --skip-bad may drop a shard's every file: each still
+    writes its (header-only) file, so --merge-shards finds the whole set."""
+    run, synth = trained_run
+    data, ids = _small_test_set(synth, tmp_path / "d", 3)
+    out = tmp_path / "sub.csv"
+    base = {"run": str(run), "data": str(data), "out": str(out), "backend": "torch", "probs": True}
+    assert shard_ids(ids, "0/4") == []
+    for k in range(4):
+        infer_main(make_config(InferConfig, {**base, "shard": f"{k}/4"}))
+    assert _ids(shard_path(out, 0, 4)) == [] and _ids(shard_path(probs_path(out), 0, 4)) == []
+    assert _merge(run, data, out=str(out))["n"] == 3 and _ids(out) == ids
+
+    (data / "test_data" / f"{ids[2]}.npy").write_bytes(b"truncated")
+    made = infer_main(make_config(InferConfig, {**base, "shard": "3/4", "skip_bad": True}))
+    assert made["n"] == 0 and made["skipped"] == [ids[2]] and _ids(shard_path(out, 3, 4)) == []
+    assert _merge(run, data, out=str(out), skip_bad=True)["n"] == 2 and _ids(out) == ids[:2]

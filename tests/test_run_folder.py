@@ -56,3 +56,28 @@ def test_resume_takes_the_runs_saved_config(trained_run, tmp_path):
     assert saved["out"] == str(copy) and saved["data"] == json.loads((run / "config.json").read_text())["config"]["data"]
 
 
+
+
+def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):
+    """A run started by an older version has no key for a field added since: it ran with that field's
+    default, so resuming (with the saved config as base) must not count the field as a change."""
+    import shutil
+
+    from landslide.config import parse_config
+    from landslide.train import prepare_run_dir, saved_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    run, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    doc = json.loads((copy / "config.json").read_text())
+    for newer in ("lr_scale", "cuda_graphs", "pos_fraction"):
+        del doc["config"][newer]
+    (copy / "config.json").write_text(json.dumps(doc))
+    argv = ["--out", str(copy), "--resume"]
+    cfg = parse_config(TrainConfig, argv, "", presets=PRESETS, base=saved_config(str(copy)))
+    assert prepare_run_dir(cfg) == copy
+    # A typed value other than the default is still a change to what the run trains.
+    cfg = parse_config(TrainConfig, [*argv, "--lr-scale", "linear"], "", presets=PRESETS, base=saved_config(str(copy)))
+    with pytest.raises(ConfigError, match="lr_scale"):
+        prepare_run_dir(cfg)

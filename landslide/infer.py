@@ -319,6 +319,11 @@ def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: f
         write_csv(probs_out, ["ID", "prob"], ((i, f"{p:.6f}") for i, p in zip(ids, probs)))
 
 
+def _split_flag(cfg: InferConfig) -> str:
+    """`` --split train`` in a command that must read the same CSV as this one (test is the default)."""
+    return f" --split {cfg.split}" if cfg.split != "test" else ""
+
+
 def _merge(cfg: InferConfig) -> dict:
     if not cfg.run and not cfg.out:
         raise ConfigError("--merge-shards needs the run (or --out) the shards were written for",
@@ -326,8 +331,8 @@ def _merge(cfg: InferConfig) -> dict:
     if cfg.shard:
         raise ConfigError("--merge-shards joins the shard files; it scores nothing", fix="drop --shard")
     out = Path(cfg.out) if cfg.out else default_out(cfg)[0]
-    rerun = (f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')} "
-             f"--shard {{i}}/{{n}}{' --out ' + shlex.quote(cfg.out) if cfg.out else ''}")
+    rerun = (f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')}"
+             f"{_split_flag(cfg)} --shard {{i}}/{{n}}{' --out ' + shlex.quote(cfg.out) if cfg.out else ''}")
     table = read_csv(Path(cfg.data) / SPLITS[cfg.split][0], labelled=False) if cfg.data else None
     return merge_shards(out, table, rerun, allow_missing=cfg.skip_bad)
 
@@ -359,7 +364,7 @@ def main(cfg: InferConfig) -> dict:
              runner.threshold, len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
     if cfg.shard:
         log.info("shard %d of %d: once all %d are written, join them with: python infer.py %s --merge-shards "
-                 "--data %s%s", i, n, n, shlex.quote(cfg.run), shlex.quote(cfg.data),
+                 "--data %s%s%s", i, n, n, shlex.quote(cfg.run), shlex.quote(cfg.data), _split_flag(cfg),
                  f" --out {shlex.quote(cfg.out)}" if cfg.out else "")
     if r.skipped:
         log.warning("%d bad patch file(s) skipped (listed above)", len(r.skipped))

@@ -184,3 +184,19 @@ def test_more_shards_than_ids_and_an_all_bad_shard_still_merge(trained_run, tmp_
     made = infer_main(make_config(InferConfig, {**base, "shard": "3/4", "skip_bad": True}))
     assert made["n"] == 0 and made["skipped"] == [ids[2]] and _ids(shard_path(out, 3, 4)) == []
     assert _merge(run, data, out=str(out), skip_bad=True)["n"] == 2 and _ids(out) == ids[:2]
+
+
+def test_commands_named_for_a_train_split_shard_keep_split_train(trained_run, tmp_path, caplog):
+    """Shards of --split train are merged against Train.csv: the merge and rescore commands must say so."""
+    import logging
+
+    run, synth = trained_run
+    out = tmp_path / "sub.csv"
+    with caplog.at_level(logging.INFO, logger="landslide.infer"):
+        infer_main(make_config(InferConfig, {"run": str(run), "data": str(synth), "out": str(out), "backend": "torch",
+                                             "split": "train", "shard": "0/30"}))
+    merge_cmd = next(r.getMessage() for r in caplog.records if "--merge-shards" in r.getMessage())
+    assert "--split train" in merge_cmd
+    with pytest.raises(DataError, match="shard 1 of 30 is missing") as e:
+        _merge(run, synth, out=str(out), split="train")
+    assert "--split train --shard 1/30" in str(e.value)

@@ -58,7 +58,8 @@ def shard_sets(out: Path) -> dict[int, dict[int, Path]]:
     """The shard files of ``out`` on disk: ``{n: {i: path}}``."""
     pat = re.compile(re.escape(out.stem) + r"\.shard(\d+)of(\d+)" + re.escape(out.suffix))
     found: dict[int, dict[int, Path]] = {}
-    for p in out.parent.glob(f"{out.stem}.shard*of*{out.suffix}") if out.parent.is_dir() else ():
+    # Listed and matched by the regex, not globbed: a name may hold glob characters ("sub [v2].csv").
+    for p in out.parent.iterdir() if out.parent.is_dir() else ():
         if (m := pat.fullmatch(p.name)) and int(m[1]) < int(m[2]):
             found.setdefault(int(m[2]), {})[int(m[1])] = p
     return found

@@ -330,6 +330,9 @@ def _merge(cfg: InferConfig) -> dict:
                           fix="python infer.py RUN_DIR --merge-shards [--data DIR]")
     if cfg.shard:
         raise ConfigError("--merge-shards joins the shard files; it scores nothing", fix="drop --shard")
+    if cfg.run and not cfg.out and not Path(cfg.run).exists():  # else default_out would look in the current folder
+        raise ConfigError("run folder or artefact not found", file=cfg.run,
+                          fix="pass the run folder (or exported file) the shards were scored with, or --out")
     out = Path(cfg.out) if cfg.out else default_out(cfg)[0]
     rerun = (f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')}"
              f"{_split_flag(cfg)} --shard {{i}}/{{n}}{' --out ' + shlex.quote(cfg.out) if cfg.out else ''}")

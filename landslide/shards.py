@@ -135,7 +135,11 @@ def merge_shards(out: Path, table: Table | None, rerun: str, *, allow_missing: b
         order = [i for i in table.ids if i in rows]
     made = {"out": str(out), "n": len(order), "shards": n}
     pout = probs_path(out)
-    pparts = shard_sets(pout).get(n)
+    psets = shard_sets(pout)
+    pparts = psets.get(n)
+    if set(psets) - {n}:  # left from another shard count: not part of this merge, but say so
+        log.warning("merge: probability shard file(s) for %s shards beside %s are not merged (this set has %d)",
+                    "/".join(map(str, sorted(set(psets) - {n}))), pout.name, n)
     if pparts:  # checked before anything is written: a merge writes both files or neither
         pheader, prows = read_shards(pout, n, pparts, rerun + " --probs")
         if set(prows) != set(rows):

@@ -73,6 +73,9 @@ def test_the_flag_and_its_conflicts():
     assert cfg.merge_shards and cfg.run == "runs/x"
     with pytest.raises(ConfigError, match="drop --shard"):
         infer_main(make_config(InferConfig, {"run": "runs/x", "merge_shards": True, "shard": "0/2"}))
+    with pytest.raises(ConfigError, match="run folder or artefact not found") as e:  # a typo: not "here"
+        infer_main(make_config(InferConfig, {"run": "runs/no-such-run", "merge_shards": True}))
+    assert "runs/no-such-run" in str(e.value)
 
 
 def test_a_missing_shard_is_named_with_the_command_that_scores_it(setup):
@@ -140,6 +143,16 @@ def test_an_incomplete_probability_set_writes_nothing(setup):
         _merge(run, data)
     assert "submission_probs.shard2of3.csv" in str(e.value) and "--probs" in str(e.value)
     assert not (run / "submission.csv").exists() and not (run / "submission_probs.csv").exists()
+
+
+def test_a_stale_probability_set_of_another_count_is_named_not_merged(setup, caplog):
+    run, data, ids = setup
+    _write_shards(run, ids, 3)
+    _csv(shard_path(probs_path(run / "submission.csv"), 0, 2), ["ID", "prob"], [[ids[0], "0.5"]])
+    with caplog.at_level("WARNING"):
+        made = _merge(run, data)
+    assert "probs" not in made and not (run / "submission_probs.csv").exists()
+    assert "probability shard file(s) for 2 shards" in caplog.text
 
 
 def test_merge_into_an_explicit_out(setup, tmp_path):

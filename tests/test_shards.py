@@ -155,9 +155,10 @@ def test_a_stale_probability_set_of_another_count_is_named_not_merged(setup, cap
     assert "probability shard file(s) for 2 shards" in caplog.text
 
 
-def test_merge_into_an_explicit_out(setup, tmp_path):
+@pytest.mark.parametrize("name", ["final/sub.csv", "my runs/sub [v2].csv"])  # spaces and glob characters
+def test_merge_into_an_explicit_out(setup, tmp_path, name):
     run, data, ids = setup
-    out = tmp_path / "final" / "sub.csv"
+    out = tmp_path / name
     out.parent.mkdir()
     for k in range(2):
         _csv(shard_path(out, k, 2), ["ID", "Target"], [[i, "1"] for i in shard_ids(ids, f"{k}/2")])
@@ -213,12 +214,3 @@ def test_commands_named_for_a_train_split_shard_keep_split_train(trained_run, tm
     with pytest.raises(DataError, match="shard 1 of 30 is missing") as e:
         _merge(run, synth, out=str(out), split="train")
     assert "--split train --shard 1/30" in str(e.value)
-
-
-def test_merge_finds_shards_of_an_out_name_with_spaces_and_brackets(setup, tmp_path):
-    run, data, ids = setup
-    out = tmp_path / "my runs" / "sub [v2].csv"
-    out.parent.mkdir()
-    for k in range(2):
-        _csv(shard_path(out, k, 2), ["ID", "Target"], [[i, "1"] for i in shard_ids(ids, f"{k}/2")])
-    assert _merge(run, data, out=str(out))["n"] == 9 and _ids(out) == ids

@@ -96,6 +96,16 @@ def time_steps(data_fn: Callable[[], tuple], compute_fn: Callable[..., None], de
         compute_fn(*data_fn())
     d, c = np.empty((windows, steps)), np.empty((windows, steps))
     pipe, only = np.empty((windows, 1)), np.empty((windows, 1))
+
+    def per_step(step: Callable[[], None]) -> float:
+        """Seconds a step over one window of ``steps`` calls, synchronised only at its ends."""
+        common.sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        common.sync(device)
+        return (time.perf_counter() - t0) / steps
+
     for w in range(windows):
         for s in range(steps):
             common.sync(device)
@@ -106,19 +116,9 @@ def time_steps(data_fn: Callable[[], tuple], compute_fn: Callable[..., None], de
             compute_fn(*batch)
             common.sync(device)
             d[w, s], c[w, s] = t1 - t0, time.perf_counter() - t1
-        common.sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            compute_fn(*data_fn())
-        common.sync(device)
-        pipe[w] = (time.perf_counter() - t0) / steps
+        pipe[w] = per_step(lambda: compute_fn(*data_fn()))
         batch = data_fn()
-        common.sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            compute_fn(*batch)
-        common.sync(device)
-        only[w] = (time.perf_counter() - t0) / steps
+        only[w] = per_step(lambda: compute_fn(*batch))  # one batch, drawn above, for every step
     return StepTimes(first, d, c, pipe, only)
 
 

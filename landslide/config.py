@@ -122,20 +122,22 @@ def load_json_config(cls: type, path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config: {e}", file=path, fix="pass a JSON object of field values") from None
     if not isinstance(data, dict):
         raise ConfigError("config is not a JSON object", file=path, fix="write {\"field\": value, ...}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:  # named here, with the file, rather than later as if a flag were wrong
-        raise ConfigError(f"unknown config key(s) {unknown}", file=path, fix=f"valid keys: {', '.join(sorted(names))}")
+    check_keys(cls, data, file=path)  # here, with the file named, rather than later as if a flag were wrong
     return data
+
+
+def check_keys(cls: type, values: dict[str, Any], file: str | Path | None = None) -> None:
+    """Refuse keys that are not fields of ``cls``, listing the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}", file=file, fix=f"valid keys: {', '.join(sorted(names))}")
 
 
 def make_config(cls: type[T], values: dict[str, Any]) -> T:
     """Build ``cls`` from a dict, coercing types and refusing unknown keys."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}", fix=f"valid keys: {', '.join(sorted(names))}")
+    check_keys(cls, values)
     kwargs = {k: _coerce(k, hints[k], v) for k, v in values.items()}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         choices = f.metadata.get("choices")

@@ -300,15 +300,11 @@ def default_out(cfg: InferConfig) -> tuple[Path, str]:
     # An engine lives in the engine cache that every run shares: its submission goes to the run it was built
     # from, which the sidecar names, or else here (the runner refuses an engine whose sidecar is unreadable;
     # --merge-shards loads no runner, so an unreadable one just means "here").
-    from landslide.export.sidecar import sidecar_path
+    from landslide.export.sidecar import sidecar_path, source_run
 
-    side = sidecar_path(run)
-    try:
-        source = Path(read_json(side).get("source_run") or "") if side.is_file() else None
-    except (ValueError, AttributeError):
-        source = None
-    if source is not None and source != Path() and source.is_dir():
-        return source / "submission.csv", f"the run folder named by {side.name}"
+    source = source_run(run)
+    if source is not None and source.is_dir():
+        return source / "submission.csv", f"the run folder named by {sidecar_path(run).name}"
     return Path.cwd() / "submission.csv", "the current folder: the engine's source run is not on this host"
 
 
@@ -319,9 +315,12 @@ def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: f
         write_csv(probs_out, ["ID", "prob"], ((i, f"{p:.6f}") for i, p in zip(ids, probs)))
 
 
-def _split_flag(cfg: InferConfig) -> str:
-    """`` --split train`` in a command that must read the same CSV as this one (test is the default)."""
-    return f" --split {cfg.split}" if cfg.split != "test" else ""
+def _command(cfg: InferConfig, flag: str) -> str:
+    """``python infer.py RUN --data DIR [--split train] FLAG [--out OUT]``: a command on this one's run,
+    CSV and output (a shard's rescore, the merge of its set)."""
+    split = f" --split {cfg.split}" if cfg.split != "test" else ""
+    out = f" --out {shlex.quote(cfg.out)}" if cfg.out else ""
+    return f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')}{split} {flag}{out}"
 
 
 def _merge(cfg: InferConfig) -> dict:
@@ -334,8 +333,7 @@ def _merge(cfg: InferConfig) -> dict:
         raise ConfigError("run folder or artefact not found", file=cfg.run,
                           fix="pass the run folder (or exported file) the shards were scored with, or --out")
     out = Path(cfg.out) if cfg.out else default_out(cfg)[0]
-    rerun = (f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')}"
-             f"{_split_flag(cfg)} --shard {{i}}/{{n}}{' --out ' + shlex.quote(cfg.out) if cfg.out else ''}")
+    rerun = _command(cfg, "--shard {i}/{n}")
     table = read_csv(Path(cfg.data) / SPLITS[cfg.split][0], labelled=False) if cfg.data else None
     return merge_shards(out, table, rerun, allow_missing=cfg.skip_bad)
 
@@ -366,9 +364,8 @@ def main(cfg: InferConfig) -> dict:
              "%.1f patches/s compute (%.2f s)", out, why, len(r.ids), int((r.probs >= runner.threshold).sum()),
              runner.threshold, len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
     if cfg.shard:
-        log.info("shard %d of %d: once all %d are written, join them with: python infer.py %s --merge-shards "
-                 "--data %s%s%s", i, n, n, shlex.quote(cfg.run), shlex.quote(cfg.data), _split_flag(cfg),
-                 f" --out {shlex.quote(cfg.out)}" if cfg.out else "")
+        log.info("shard %d of %d: once all %d are written, join them with: %s", i, n, n,
+                 _command(cfg, "--merge-shards"))
     if r.skipped:
         log.warning("%d bad patch file(s) skipped (listed above)", len(r.skipped))
     return {"out": str(out), "n": len(r.ids), "skipped": [e.id for e in r.skipped], "seconds": r.total_s,

@@ -357,14 +357,12 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         # failed (data, out of memory, Ctrl-C in the first epoch) holds nothing worth keeping.
         log.info("run folder %s holds no trained epoch: starting it afresh", run)
     if cfg.resume and cfg_path.exists():
-        old = read_json(cfg_path)["config"]
+        # A key the saved config lacks is a field added since that run started: it ran with the default.
+        old = {**asdict(TrainConfig()), **saved_config(cfg.out)}
         # How and where it runs may change on resume (a copied run folder too); what it trains may not.
         keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
                 "cache_dir", "eval_batch_size", "fold_on")
-        # A key the saved config lacks is a field added since that run started: it ran with the default.
-        defaults = asdict(TrainConfig())
-        diff = {k: (old.get(k, defaults[k]), v) for k, v in asdict(cfg).items()
-                if k not in keep and old.get(k, defaults[k]) != v}
+        diff = {k: (old[k], v) for k, v in asdict(cfg).items() if k not in keep and old[k] != v}
         if diff:
             raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
                               fix="resume with the same flags as the original run")

@@ -19,6 +19,7 @@ from landslide.config import field
 log = logging.getLogger(__name__)
 
 ENGINES = ("none", "tensorrt", "aoti")
+DEFAULT_PROFILE = (1, 64, 256)  # engine batch profile (min, opt, max); sidecar.rebuild_command omits it
 
 
 @dataclass
@@ -29,9 +30,9 @@ class ExportConfig:
     n_verify: int = field(256, "patches used to verify each artefact")
     engine: str = field("none", "also build an engine", choices=ENGINES)
     engine_dir: str = field("engines", "where built engines (.engine, .pt2) and the timing cache go")
-    min_batch: int = field(1, "engine optimisation profile: smallest batch")
-    opt_batch: int = field(64, "engine optimisation profile: batch tuned for")
-    max_batch: int = field(256, "engine optimisation profile: largest batch")
+    min_batch: int = field(DEFAULT_PROFILE[0], "engine optimisation profile: smallest batch")
+    opt_batch: int = field(DEFAULT_PROFILE[1], "engine optimisation profile: batch tuned for")
+    max_batch: int = field(DEFAULT_PROFILE[2], "engine optimisation profile: largest batch")
     onnx: bool = field(True, "write the ONNX graphs (--no-onnx: only the --engine aoti package, which "
                               "compiles the torch modules and needs none)")
     folds_onnx: bool = field(True, "also export one ONNX per fold")

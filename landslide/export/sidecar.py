@@ -14,12 +14,12 @@ from typing import Any
 
 from landslide.contract import checkpoint_path, file_sha256, stable_hash
 from landslide.errors import ContractError
+from landslide.export import DEFAULT_PROFILE
 from landslide.io import read_json, write_json
 from landslide.preprocess import PREPROCESS_VERSION
 
 SIDECAR_FORMAT = "landslide-artefact/1"
 ENGINE_OF_SUFFIX = {".pt2": "aoti", ".engine": "tensorrt"}
-DEFAULT_PROFILE = [1, 64, 256]  # ExportConfig's --min/--opt/--max-batch defaults
 
 
 def weights_path(graph: str | Path) -> Path:
@@ -33,12 +33,23 @@ def sidecar_path(artefact: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _source_run(artefact: Path, side: dict[str, Any] | None) -> Path | None:
-    """The run folder ``artefact`` was exported from: the one whose ``export/`` holds it, else the sidecar's."""
+def _readable_sidecar(artefact: Path) -> dict[str, Any] | None:
+    """The sidecar's contents, or None when it is missing or not a JSON object (for messages only)."""
+    try:
+        side = read_json(sidecar_path(artefact)) if sidecar_path(artefact).is_file() else None
+    except ValueError:
+        return None
+    return side if isinstance(side, dict) else None
+
+
+def source_run(artefact: str | Path, side: dict[str, Any] | None = None) -> Path | None:
+    """The run folder ``artefact`` was exported from: the one whose ``export/`` holds it, else the one its
+    sidecar names (``side``, read here when not given). None when neither says."""
+    artefact = Path(artefact)
     if artefact.suffix == ".onnx" and artefact.parent.name == "export" \
             and (artefact.parent.parent / "calibration.json").is_file():
         return artefact.parent.parent  # also right for a copied run folder, whose sidecars name the original
-    source = (side or {}).get("source_run")
+    source = (side if side is not None else _readable_sidecar(artefact) or {}).get("source_run")
     return Path(source) if source else None
 
 
@@ -50,12 +61,8 @@ def rebuild_command(artefact: str | Path, side: dict[str, Any] | None = None) ->
     it was built with. ``side`` is the sidecar when readable; without it the run folder is a placeholder.
     """
     artefact = Path(artefact)
-    if side is None and sidecar_path(artefact).is_file():
-        try:
-            side = read_json(sidecar_path(artefact))
-        except ValueError:
-            side = None
-    run = _source_run(artefact, side)
+    side = _readable_sidecar(artefact) if side is None else side
+    run = source_run(artefact, side)
     cmd = ["python", "export.py", shlex.quote(str(run)) if run else "RUN_DIR"]
     engine = ENGINE_OF_SUFFIX.get(artefact.suffix)
     if engine is None:
@@ -65,7 +72,7 @@ def rebuild_command(artefact: str | Path, side: dict[str, Any] | None = None) ->
     else:
         cmd += ["--engine", engine, "--engine-dir", shlex.quote(str(artefact.parent))]
         profile = (side or {}).get("profile")
-        if profile and list(profile) != DEFAULT_PROFILE:
+        if profile and tuple(profile) != DEFAULT_PROFILE:
             cmd += [f"--{k}-batch {v}" for k, v in zip(("min", "opt", "max"), profile)]
         cmd.append("--rebuild")
     where = "" if run else " (RUN_DIR: the run folder it was exported from)"

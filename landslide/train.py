@@ -326,8 +326,11 @@ def lr_multiplier(world_size: int, rule: str) -> float:
     raise ConfigError(f"--lr-scale {rule!r} unknown", fix="use sqrt, linear or none")
 
 
-def saved_config(out: str) -> dict | None:
-    """The config the run folder ``out`` was started with (what ``--resume`` starts from), or None."""
+def saved_config(out: str, warn: bool = True) -> dict | None:
+    """The config the run folder ``out`` was started with (what ``--resume`` starts from), or None.
+
+    ``warn`` names keys this version dropped; the second read (``prepare_run_dir``) passes False so the
+    user sees that warning once."""
     path = Path(out) / "config.json"
     if not path.is_file():
         return None
@@ -341,7 +344,7 @@ def saved_config(out: str) -> dict | None:
                           fix="point --out at a run folder written by train.py, or start a new one")
     names = {f.name for f in fields(TrainConfig)}
     dropped = sorted(set(saved["config"]) - names)
-    if dropped:  # a run started by an older version; its other fields still apply
+    if dropped and warn:  # a run started by an older version; its other fields still apply
         log.warning("%s: key(s) %s are not fields of this version's TrainConfig; ignored", path, dropped)
     return {k: v for k, v in saved["config"].items() if k in names}
 
@@ -358,7 +361,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         log.info("run folder %s holds no trained epoch: starting it afresh", run)
     if cfg.resume and cfg_path.exists():
         # A key the saved config lacks is a field added since that run started: it ran with the default.
-        old = {**asdict(TrainConfig()), **saved_config(cfg.out)}
+        old = {**asdict(TrainConfig()), **saved_config(cfg.out, warn=False)}
         # How and where it runs may change on resume (a copied run folder too); what it trains may not.
         keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
                 "cache_dir", "eval_batch_size", "fold_on")

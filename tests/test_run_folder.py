@@ -56,6 +56,19 @@ def test_resume_takes_the_runs_saved_config(trained_run, tmp_path):
     assert saved["out"] == str(copy) and saved["data"] == json.loads((run / "config.json").read_text())["config"]["data"]
 
 
+def test_resume_of_a_run_whose_config_has_a_dropped_key_warns_once(trained_run, tmp_path):
+    """A key this version no longer has is named once (the script and the run folder both read the file)."""
+    import shutil
+
+    run, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    doc = json.loads((copy / "config.json").read_text())
+    doc["config"]["retired_knob"] = 3
+    (copy / "config.json").write_text(json.dumps(doc))
+    r = run_script("train.py", "--out", str(copy), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("['retired_knob'] are not fields") == 1, r.stderr
 
 
 def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):

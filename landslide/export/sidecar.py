@@ -145,23 +145,26 @@ def read_sidecar(artefact: str | Path, kind: str | None = None) -> dict[str, Any
     except ValueError as e:
         raise ContractError(f"sidecar is not valid JSON ({e})", file=side_p,
                             fix=f"rebuild it: {rebuild_command(artefact, {})}") from None
-    rebuild = f"rebuild it: {rebuild_command(artefact, side)}"
+
+    def rebuild() -> str:  # built only when a check fails: it reads the run folder's config
+        return f"rebuild it: {rebuild_command(artefact, side)}"
+
     if side.get("format") != SIDECAR_FORMAT:
         raise ContractError(f"sidecar format {side.get('format')!r}, expected {SIDECAR_FORMAT!r}", file=side_p,
-                            fix=rebuild)
+                            fix=rebuild())
     if kind is not None and not str(side.get("kind", "")).startswith(kind):
         raise ContractError(f"artefact is a {side.get('kind')!r}, not a {kind!r}", file=artefact,
                             fix="pick the backend that matches the file (or --backend auto)")
     if file_sha256(artefact) != side.get("sha256"):
         raise ContractError("artefact bytes do not match the sha256 in its sidecar (modified or replaced)",
-                            file=artefact, fix=rebuild)
+                            file=artefact, fix=rebuild())
     if "data_sha256" in side:
         data = weights_path(artefact)
         if not data.is_file() or file_sha256(data) != side["data_sha256"]:
             raise ContractError("the graph's weights file is missing or does not match the sha256 in its sidecar",
-                                file=data, fix=f"keep {data.name} beside {artefact.name}, or {rebuild}")
+                                file=data, fix=f"keep {data.name} beside {artefact.name}, or {rebuild()}")
     pv = side.get("contract", {}).get("preprocess_version")
     if pv != PREPROCESS_VERSION:
         raise ContractError(f"artefact made with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
-                            file=artefact, fix=rebuild)
+                            file=artefact, fix=rebuild())
     return side

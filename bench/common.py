@@ -48,12 +48,15 @@ class Timing:
 
 
 def measure(fn: Callable[[], Any], *, warmup: int, iters: int, windows: int = 1, items: int = 1,
-            device: torch.device | str | None = None, budget_s: float | None = None) -> Timing:
+            device: torch.device | str | None = None, budget_s: float | None = None,
+            sync_each: bool = True) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``windows x iters`` times, each call timed on its own.
 
     The device is synchronised before every clock read. ``budget_s`` (wall seconds, measured part
     only) stops early after a whole window once spent, so a slow runner cannot blow a time limit;
-    at least one window always runs.
+    at least one window always runs. ``sync_each=False`` synchronises only at each window's ends, so
+    the host queues call after call as a training loop does (a GPU overlaps them); each call's seconds
+    are then its window's mean: a throughput, not a latency.
     """
     for _ in range(warmup):
         fn()
@@ -62,11 +65,18 @@ def measure(fn: Callable[[], Any], *, warmup: int, iters: int, windows: int = 1,
     start = time.perf_counter()
     for _ in range(windows):
         row = np.empty(iters)
-        for i in range(iters):
+        if sync_each:
+            for i in range(iters):
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                row[i] = time.perf_counter() - t0
+        else:
             t0 = time.perf_counter()
-            fn()
+            for _ in range(iters):
+                fn()
             sync(device)
-            row[i] = time.perf_counter() - t0
+            row[:] = (time.perf_counter() - t0) / iters
         out.append(row)
         if budget_s is not None and time.perf_counter() - start > budget_s:
             break

@@ -11,6 +11,10 @@ sample at a time with the seed's albumentations chain (``--per-sample numpy``: t
 ``bench/persample.py``), collated and, on a GPU, copied to the device. Throughput is samples/s over each timing window;
 the table quotes the median over windows with the min-max spread. The pipelines take turns, one
 window each per round, and "x per-sample" is the median over rounds of each round's ratio.
+
+On a GPU (``--timing auto``) throughput comes from *pipelined* windows, synchronised only at their ends,
+as a training loop queues batches; a window synchronised after every batch (kept for the latency
+columns) would bound a GPU backend by its launch latency instead. On a CPU the two are the same.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 
 from bench import common
 from landslide.config import field, parse_config
+from landslide.errors import ConfigError
 
 log = logging.getLogger("bench.data")
 
@@ -43,6 +48,8 @@ class DataBenchConfig:
     seed: int = field(0, "seed for data, sampling and augmentation")
     out_dir: str = field("", "where results go (default bench/results)")
     threads: int = field(0, "torch intra-op CPU threads (0 = torch's default); recorded in env.torch_threads")
+    timing: str = field("auto", "throughput windows: pipelined (synced at window ends) | synchronised (after "
+                                "every batch) | auto (pipelined on a GPU; on a CPU the two are the same)")
 
 
 def backend_names() -> list[str]:
@@ -90,7 +97,7 @@ def backend_batches(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchC
 
 
 def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: DataBenchConfig, iters: int,
-                    round_: int) -> common.Timing:
+                    round_: int, pipelined: bool) -> list[common.Timing]:
     """One timing window of the conventional loader, started fresh: worker start-up and the prefetch
     queue's fill are warm-up, so no batch made during another pipeline's window is counted here."""
     from bench.persample import endless, make_loader
@@ -105,10 +112,13 @@ def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg:
         xb, yb = next(it)  # noqa: F821 - ruff misreads the later `del it`
         return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
-    t = common.measure(one_batch, warmup=cfg.warmup + 2 * cfg.workers, iters=iters, windows=1,
-                       items=cfg.batch_size, device=device)
+    out = [common.measure(one_batch, warmup=cfg.warmup + 2 * cfg.workers, iters=iters, windows=1,
+                          items=cfg.batch_size, device=device)]
+    if pipelined:  # the same loader, warm: its queue is refilled while the synchronised window ran
+        out.append(common.measure(one_batch, warmup=0, iters=iters, items=cfg.batch_size, device=device,
+                                  sync_each=False))
     del it, loader  # stops the worker processes
-    return t
+    return out
 
 
 def main(cfg: DataBenchConfig) -> list[dict]:
@@ -116,13 +126,18 @@ def main(cfg: DataBenchConfig) -> list[dict]:
 
     common.set_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if cfg.timing not in ("auto", "pipelined", "synchronised"):
+        raise ConfigError(f"--timing {cfg.timing!r}", fix="use auto, pipelined or synchronised")
+    pipelined = cfg.timing == "pipelined" or (cfg.timing == "auto" and device.type == "cuda")
     n = cfg.n or (2048 if cfg.quick else 8192)
     windows = cfg.windows or (5 if cfg.quick else 10)
     iters = cfg.iters or (10 if cfg.quick else 40)
     env = common.environment(device)
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir",)} | {"n": n, "windows": windows,
                                                                              "iters": iters, "shape": [cfg.channels, 64, 64],
-                                                                             "dtype": "float32"}
+                                                                             "dtype": "float32",
+                                                                             "timing": "pipelined" if pipelined
+                                                                             else "synchronised"}
     log.info("bench.data: %s (%s), %d threads, batch %d, pool %d", device, env["device_name"], env["torch_threads"],
              cfg.batch_size, n)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -135,8 +150,10 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     records, rows, bars = [], [], []
     fns, skipped, first = {}, {}, {}
     for name in backend_names():
-        # calls: the check in backend_batches, the warm-up, then per window one re-warm call + iters
-        fn, why, first_s = backend_batches(name, x_dev, y_dev, cfg, 1 + cfg.warmup + windows * (1 + iters))
+        # calls: the check in backend_batches, the warm-up, then per round one re-warm call + iters
+        # (+ iters pipelined)
+        fn, why, first_s = backend_batches(name, x_dev, y_dev, cfg,
+                                           1 + cfg.warmup + windows * (1 + iters * (1 + pipelined)))
         if fn is None:
             log.warning("backend %s skipped: %s", name, why)
             skipped[name] = why
@@ -145,6 +162,7 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     # Round-robin, one window per pipeline per round, the order rotating each round: a shared host's
     # load changes over a run, and this way each ratio compares windows measured moments apart.
     seconds: dict[str, list[np.ndarray]] = {base_name: [], **{k: [] for k in fns}}
+    piped: dict[str, list[np.ndarray]] = {k: [] for k in seconds}
     for fn in fns.values():
         for _ in range(cfg.warmup):
             fn()
@@ -152,14 +170,22 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     for r in range(windows):
         names = list(seconds)
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t = (baseline_window(x_hwc, y_np, device, cfg, iters, r) if name == base_name
-                 else common.measure(fns[name], warmup=1, iters=iters, device=device))
-            seconds[name].append(t.seconds[0])
+            if name == base_name:
+                ts = baseline_window(x_hwc, y_np, device, cfg, iters, r, pipelined)
+            else:
+                ts = [common.measure(fns[name], warmup=1, iters=iters, device=device)]
+                if pipelined:
+                    ts.append(common.measure(fns[name], warmup=0, iters=iters, device=device, sync_each=False))
+            seconds[name].append(ts[0].seconds[0])
+            if pipelined:
+                piped[name].append(ts[1].seconds[0])
     timings = {k: common.Timing(np.stack(v), cfg.batch_size) for k, v in seconds.items()}
-    base_rate = common.window_rates(timings[base_name])  # per round
+    # Throughput from the pipelined windows where there are some; latency always from the synchronised ones.
+    rates = {k: common.Timing(np.stack(v), cfg.batch_size) for k, v in piped.items()} if pipelined else timings
+    base_rate = common.window_rates(rates[base_name])  # per round
     for name, t in timings.items():
-        tp, lat = common.throughput_stats(t), common.latency_stats(t.flat)
-        ratio = float(np.median(common.window_rates(t) / base_rate))
+        tp, lat = common.throughput_stats(rates[name]), common.latency_stats(t.flat)
+        ratio = float(np.median(common.window_rates(rates[name]) / base_rate))
         label = f"{name} ({cfg.per_sample})" if name == base_name else f"{name} (batched, gather+augment)"
         extra = {"workers": cfg.workers, "impl": f"{cfg.per_sample}, one sample at a time"} if name == base_name \
             else {"backend": name}
@@ -181,8 +207,8 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     table = common.format_table(rows, ["pipeline", "samples/s median (min-max)", "ms/batch p50", "ms/batch p95",
                                        "x per-sample", "first call s"])
     head = (f"# bench.data — {title}\n\n`{common.command_line('bench.data')}`; "
-            f"{windows} windows x {iters} batches; torch threads {env['torch_threads']}, "
-            f"baseline workers {cfg.workers}, load avg {env['loadavg_1m']} at start\n\n")
+            f"{windows} windows x {iters} batches, samples/s from {conf['timing']} windows; "
+            f"torch threads {env['torch_threads']}, baseline workers {cfg.workers}, load avg {env['loadavg_1m']} at start\n\n")
     print(head + table)
     common.append_jsonl(common.results_path(env, out), records)
     common.write_text(f"{out}/{slug}-data.md", head + table + "\n")

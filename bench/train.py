@@ -127,7 +127,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     from landslide.augment.mix import MixConfig, Mixer
     from landslide.augment.torch import AugmentConfig
     from landslide.bands import BandLayout
-    from landslide.device import Runtime, resolve_runtime
+    from landslide.device import Runtime, enable_autotune, resolve_runtime
     from landslide.model import LandslideModel, ModelConfig
     from landslide.preprocess import cloud_score
     from landslide.sampler import BalancedSampler
@@ -135,6 +135,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
 
     common.set_threads(cfg.threads)
     rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
+    enable_autotune(rt)  # as train.py does (both pipelines share it)
     backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
     dev = rt.device
     n = cfg.n or (512 if cfg.quick else 4096)
@@ -179,8 +180,9 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
 
     # --- the device pipeline (what landslide.train runs)
     augment = build_augment(backend, AugmentConfig(), dev, cfg.batch_size, cfg.seed)
-    xd, yd = x.to(dev).contiguous(memory_format=augment.memory_format), y.to(dev)  # stored as the training fold is
-    cd = cloud_score(xd, opt_idx)
+    # Stored as the training fold is: its dtype (fp16 under AMP on a GPU) and memory format.
+    cd = cloud_score(x.to(dev), opt_idx)
+    xd, yd = x.to(dev, rt.fold_dtype).contiguous(memory_format=augment.memory_format), y.to(dev)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     mixer = Mixer(MixConfig(), seed=cfg.seed)
     total_steps = steps_needed(cfg.warmup, windows, steps)

@@ -33,6 +33,13 @@ class Runtime:
     def amp_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
+    @property
+    def fold_dtype(self) -> torch.dtype:
+        """How the standardised training fold is stored: fp16 under AMP on a GPU (half the memory and the
+        gather's bytes; fp16 rather than bf16 because standardised values are small and fp16 keeps 3 more
+        mantissa bits), else fp32."""
+        return torch.float16 if self.device.type == "cuda" and self.amp_dtype is not None else torch.float32
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -66,6 +73,21 @@ def ieee_fp32(device: torch.device | str):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def bf16_native() -> bool:
+    """Whether this GPU runs bf16 in hardware (sm >= 80). ``torch.cuda.is_bf16_supported()`` alone also
+    counts emulation, which would make ``auto`` pick a slow emulated bf16 on a V100 or T4."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def enable_autotune(rt: Runtime, deterministic: bool = False) -> bool:
+    """Let cuDNN time its convolution algorithms for the shapes met (every shape here is fixed, so the
+    search runs once per shape, in the first steps, before any CUDA-graph capture). Off on a CPU and
+    under ``--deterministic`` (autotuning may pick a nondeterministic algorithm). Returns the setting."""
+    on = rt.device.type == "cuda" and not deterministic
+    torch.backends.cudnn.benchmark = on
+    return on
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -122,12 +144,12 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} unknown", fix=f"use one of {PRECISIONS}")
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+        precision = ("bf16" if bf16_native() else "fp16") if cuda else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("--precision fp16 needs a CUDA GPU (fp16 autocast with a grad scaler)",
                           fix="use --precision fp32 or bf16 on the CPU")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU does not support bf16", fix="use --precision fp16")
+    if precision == "bf16" and cuda and not bf16_native():
+        raise ConfigError("this GPU has no native bf16 (torch would emulate it, slowly)", fix="use --precision fp16")
 
     def flag(v: str, name: str) -> bool:
         if v == "auto":

@@ -126,15 +126,24 @@ class LandslideModel(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(dim, 1))
 
     def forward(self, x: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
+        # index_select returns an NCHW-contiguous tensor whatever its input's layout: a channels-last
+        # batch is put back in channels-last (the 4- and 8-band slices, before the upsampling, which keeps
+        # the layout), or cuDNN would transpose every branch's input to meet its channels-last weights.
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+        def select(idx: torch.Tensor) -> torch.Tensor:
+            xs = x.index_select(1, idx)
+            return xs.contiguous(memory_format=torch.channels_last) if channels_last else xs
+
         feats = []
         if self.use_optical:
-            xo = x.index_select(1, self.optical_idx)
+            xo = select(self.optical_idx)
             if self.cfg.img_size and self.cfg.img_size != xo.shape[-1]:
                 xo = F.interpolate(xo, size=(self.cfg.img_size, self.cfg.img_size), mode="bilinear",
                                    align_corners=False)
             feats.append(self.optical(xo))
         if self.use_sar:
-            feats.append(self.sar(x.index_select(1, self.sar_idx)))
+            feats.append(self.sar(select(self.sar_idx)))
         f = torch.cat(feats, 1) if len(feats) > 1 else feats[0]
         if self.gate is not None:
             f = f * self.gate(torch.cat([f, cloud.to(f.dtype).unsqueeze(1)], 1))

@@ -34,7 +34,7 @@ from landslide.bands import BandLayout
 from landslide.calibrate import best_threshold, calibrate
 from landslide.contract import CHECKPOINT_FORMAT, checkpoint_path, data_contract, versions
 from landslide.data import Split, load_split
-from landslide.device import Runtime, resolve_runtime, sync
+from landslide.device import Runtime, enable_autotune, resolve_runtime, sync
 from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
 from landslide.fold import make_fold
@@ -171,10 +171,9 @@ class FoldTrainer:
         if rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
         # Standardise the training fold once and keep it where the steps read it (``fold.py``: the device
-        # when it fits); per-step work is then gather + augment. With AMP on a GPU the fold is stored
-        # fp16 (half the memory; 7,147x12x64x64 is ~0.7 GB): fp16 rather than bf16 because standardised
-        # values are small and fp16 keeps 3 more mantissa bits.
-        store = torch.float16 if rt.device.type == "cuda" and rt.amp_dtype is not None else torch.float32
+        # when it fits); per-step work is then gather + augment. Stored as ``rt.fold_dtype`` (fp16 under
+        # AMP on a GPU: 7,147x12x64x64 is ~0.7 GB).
+        store = rt.fold_dtype
         augment = build_augment(self.backend, AugmentConfig(), rt.device, cfg.batch_size, cfg.seed)
         train_fold = make_fold(net.normalize, x_all, y_all, rt.device, store, cfg.fold_on, cfg.batch_size,
                                rows=self.tr_idx, memory_format=augment.memory_format)
@@ -420,11 +419,13 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
         set_determinism()
     check_archs(cfg)
     rt = resolve_runtime(device, cfg.precision, cfg.channels_last, cfg.compile)
+    autotune = enable_autotune(rt, cfg.deterministic)
     if cfg.cuda_graphs:
         check_cuda_graphs(rt, env.ddp, cfg.compile_mode)
     backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
-    log.info("train: %s data_backend=%s cuda_graphs=%s %s archs=%s folds=%d", rt.describe(), backend,
-             "on" if cfg.cuda_graphs else "off", env.describe(), ",".join(cfg.archs), cfg.folds)
+    log.info("train: %s data_backend=%s cuda_graphs=%s cudnn_autotune=%s %s archs=%s folds=%d", rt.describe(),
+             backend, "on" if cfg.cuda_graphs else "off", "on" if autotune else "off", env.describe(),
+             ",".join(cfg.archs), cfg.folds)
     if env.ddp and env.is_main:
         log.info("DDP: global batch %d (%d per rank), lr %.3g -> %.3g (--lr-scale %s)", cfg.batch_size * env.replicas,
                  cfg.batch_size, cfg.lr, cfg.lr * lr_multiplier(env.replicas, cfg.lr_scale), cfg.lr_scale)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +39,20 @@ def test_measure_excludes_warmup_and_respects_shape():
     assert t.seconds.shape == (2, 4) and t.items == 8 and (t.flat >= 0).all()
     t = common.measure(lambda: None, warmup=0, iters=2, windows=50, budget_s=0.0)
     assert t.seconds.shape == (1, 2)  # the budget stops after the first whole window
+
+
+def test_pipelined_measure_times_whole_windows():
+    """sync_each=False: the same calls, one clock read per window, each call given the window's mean."""
+    calls = []
+
+    def work():
+        calls.append(1)
+        time.sleep(0.01 * (len(calls) % 2))  # calls alternate 0 and 10 ms: a per-call clock would show it
+
+    t = common.measure(work, warmup=1, iters=4, windows=2, items=8, device="cpu", sync_each=False)
+    assert len(calls) == 1 + 8 and t.seconds.shape == (2, 4)
+    assert np.ptp(t.seconds, axis=1).max() == 0  # constant within a window
+    assert 0.004 < t.seconds.mean() < 0.05 and common.window_rates(t).shape == (2,)
 
 
 def test_json_line_schema_and_append(tmp_path):
@@ -123,7 +138,18 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
         assert ("metrics" in r) != ("skipped" in r)
     base = next(r for r in recs if r["name"] == "per-sample DataLoader")
     assert base["metrics"]["ratio_vs_per_sample"] == pytest.approx(1.0)
-    assert base["metrics"]["samples_per_s"]["windows"] == 2
+    assert base["metrics"]["samples_per_s"]["windows"] == 2 and base["config"]["timing"] == "synchronised"
+    # Pipelined throughput windows (a GPU's default) beside the synchronised latency ones: every backend
+    # still gets enough index batches for both, and the records say which timing their rate is from.
+    piped = bdata.main(bdata.DataBenchConfig(n=128, batch_size=16, windows=2, iters=2, warmup=1, workers=0,
+                                             timing="pipelined", out_dir=str(tmp_path / "piped")))
+    assert [r["name"] for r in piped] == names
+    for r in piped:
+        assert r["config"]["timing"] == "pipelined"
+        if "metrics" in r:
+            assert r["metrics"]["samples_per_s"]["windows"] == 2 and r["metrics"]["batch_latency"]["n"] == 4
+    with pytest.raises(ConfigError, match="--timing"):
+        bdata.main(bdata.DataBenchConfig(timing="sometimes"))
     recs = btrain.main(btrain.TrainBenchConfig(n=64, batch_size=8, windows=1, steps=1, warmup=1, workers=0,
                                                baseline_loader=True, data_backend="torch", out_dir=str(tmp_path)))
     assert len(recs) == 2 and all("metrics" in r for r in recs)

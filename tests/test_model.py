@@ -40,6 +40,25 @@ def test_upsampling_happens_inside_forward():
     assert seen["shape"] == (2, 4, 96, 96)
 
 
+def test_branches_get_the_callers_memory_format():
+    """A channels-last batch reaches both branches channels-last (index_select alone would hand them NCHW,
+    for cuDNN to transpose against channels-last weights), the upsampled optical input too; an NCHW batch
+    stays NCHW; the logits are the same either way."""
+    torch.manual_seed(0)
+    m = LandslideModel(ModelConfig(img_size=96), BandLayout()).eval()
+    seen = {}
+    for name in ("optical", "sar"):
+        getattr(m, name).register_forward_pre_hook(
+            lambda mod, args, name=name: seen.__setitem__(name, args[0].is_contiguous(memory_format=torch.channels_last)))
+    x, cloud = torch.randn(2, 12, 64, 64), torch.rand(2)
+    with torch.no_grad():
+        ref = m(x, cloud)
+        assert seen == {"optical": False, "sar": False}
+        got = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), cloud)
+    assert seen == {"optical": True, "sar": True}
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_gate_reads_the_cloud_score():
     torch.manual_seed(0)
     m = LandslideModel(ModelConfig(dropout=0.0), BandLayout()).eval()

@@ -160,6 +160,38 @@ def test_compile_without_a_toolchain_is_refused_or_turned_off_with_a_warning(mon
     assert resolve_runtime("auto").compile == (device.compile_toolchain("cuda") is None)
 
 
+def test_auto_precision_counts_only_native_bf16(monkeypatch):
+    """A V100 or T4 emulates bf16 (torch's is_bf16_supported says True unless asked about hardware):
+    auto picks fp16 there, and an explicit bf16 is refused naming fp16; an sm >= 80 GPU gets bf16."""
+    import landslide.device as device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(device, "compile_toolchain", lambda _: None)
+    emulated = lambda including_emulation=True: including_emulation  # noqa: E731 - torch's signature
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated)
+    assert resolve_runtime("auto").precision == "fp16"
+    with pytest.raises(ConfigError, match="no native bf16") as e:
+        resolve_runtime("auto", "bf16")
+    assert "--precision fp16" in str(e.value)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_runtime("auto").precision == "bf16"
+
+
+def test_cudnn_autotune_and_fold_storage_follow_the_runtime(monkeypatch):
+    """cuDNN's algorithm search is on for a GPU run, off on a CPU and under --deterministic; the fold is
+    stored fp16 only under AMP on a GPU (the bench times that same storage)."""
+    from landslide.device import Runtime, enable_autotune
+
+    gpu = Runtime(torch.device("cuda"), "bf16", True, True)  # a descriptor: nothing here touches CUDA
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    assert enable_autotune(gpu) and torch.backends.cudnn.benchmark
+    assert not enable_autotune(gpu, deterministic=True) and not torch.backends.cudnn.benchmark
+    assert not enable_autotune(Runtime(torch.device("cpu"), "fp32", False, False))
+    assert gpu.fold_dtype == torch.float16
+    assert Runtime(torch.device("cuda"), "fp32", True, True).fold_dtype == torch.float32
+    assert Runtime(torch.device("cpu"), "bf16", False, False).fold_dtype == torch.float32
+
+
 @pytest.mark.slow
 def test_train_with_dali_backend_and_a_host_resident_fold_on_cpu(tmp_path):
     from landslide.synth import SynthConfig, write_dataset

@@ -6,7 +6,7 @@
   calibrated probability): median filter, 4 flip views, every fold of every arch, weights, in one graph.
 - FP16: the same with every model in half precision, but FP32 inputs/outputs, FP32 normalisation
   (raw optical values reach ~1e4 where FP16 steps are ~8) and FP32 sigmoid/averaging. This is the
-  graph TensorRT 11 (strongly typed: the graph's types are the engine's types) builds from.
+  graph TensorRT builds from, strongly typed (the graph's types are the engine's types).
 
 The TorchScript-based exporter is used (``dynamo=False``): it exports these timm models exactly
 (max abs diff ~1e-7) in ~8 s where the dynamo exporter takes ~50 s for the same graph.

@@ -1,8 +1,11 @@
 """TensorRT engines from the fused ONNX graph (GPU hosts; nothing here is imported on a CPU path).
 
-- TensorRT 10: the FP32 graph with ``BuilderFlag.FP16`` (TensorRT picks FP16 kernels where it may).
-- TensorRT 11: precision flags are gone and networks are strongly typed (the graph's types are the
-  engine's types), so the engine is built from ``fused_fp16.onnx`` (FP16 models, FP32 I/O).
+- Strongly typed from ``fused_fp16.onnx`` (FP16 models; FP32 I/O, normalisation, SAR median and cloud
+  score): the graph's types are the engine's types. TensorRT 11 has only this mode (``BuilderFlag.FP16``
+  is gone); on 10.x the ``STRONGLY_TYPED`` creation flag opts in (weak typing is deprecated since 10.12).
+  Weak typing (``BuilderFlag.FP16`` on the FP32 graph) would let TensorRT run any layer in FP16, the
+  normalisation of raw optical values near 1e4 included, which is what the FP16 graph keeps in FP32.
+- Only a TensorRT without the creation flag (before 9) gets the FP32 graph with ``BuilderFlag.FP16``.
 - One optimisation profile on the batch axis (``--min/--opt/--max-batch``).
 - A timing cache per (TensorRT version, GPU) in the engine folder makes rebuilds fast.
 - Engines are cached as ``engines/fused-<key>.engine`` with key = hash(graph sha256, TensorRT
@@ -34,22 +37,22 @@ def import_trt():
     return trt
 
 
-def trt_major(trt) -> int:
-    return int(trt.__version__.split(".")[0])
-
-
 def gpu_name() -> str:
     import torch
 
     if not torch.cuda.is_available():
         raise ConfigError("TensorRT needs a CUDA GPU and this host has none",
                           fix="build engines on the GPU machine that will run them (or use --engine aoti)")
-    return torch.cuda.get_device_name(0)
+    return torch.cuda.get_device_name(torch.cuda.current_device())  # the GPU the engine is built/run on
+
+
+def strongly_typed(trt) -> bool:
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
 
 def source_graph(export_dir: Path, trt) -> Path:
-    """TensorRT 11 builds from the FP16 graph (strong typing); 10 from FP32 with the FP16 flag."""
-    return export_dir / ("fused_fp16.onnx" if trt_major(trt) >= 11 else "fused.onnx")
+    """Strong typing builds from the FP16 graph; a TensorRT without it, from FP32 with the FP16 flag."""
+    return export_dir / ("fused_fp16.onnx" if strongly_typed(trt) else "fused.onnx")
 
 
 def engine_key(graph_sha256: str, trt, profile: tuple[int, int, int]) -> dict:
@@ -83,8 +86,8 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
     write_sidecar(path, kind="tensorrt", info=info, precision="fp16", run_sha=gside["source_hash"],
                   libs=("tensorrt",),
                   extra={"graph": graph.name, "cache_key": key, "gpu": key["gpu"], "profile": list(profile),
-                         "build": "BuilderFlag.FP16 on the FP32 graph" if trt_major(trt) < 11
-                         else "strongly typed from the FP16 graph"})
+                         "build": "strongly typed from the FP16 graph" if strongly_typed(trt)
+                         else "BuilderFlag.FP16 on the FP32 graph"})
     from landslide.runtime.tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(path)
@@ -100,10 +103,8 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
 def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = trt_major(trt) >= 11
-    flags = 0
-    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    typed = strongly_typed(trt)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     # From the file, not its bytes: a graph over protobuf's 2 GB (the full fp32 ensemble) keeps its
@@ -113,7 +114,10 @@ def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) ->
         raise ContractError(f"TensorRT cannot parse the graph: {errs}", file=graph,
                             fix=f"re-export it with this landslide version: {rebuild_command(graph)}")
     config = builder.create_builder_config()
-    if not strongly_typed:
+    if not typed:
+        log.warning("tensorrt %s has no strongly typed networks: building the FP32 graph with BuilderFlag.FP16 "
+                    "(TensorRT may then run the normalisation in FP16; the build's check below guards it)",
+                    trt.__version__)
         config.set_flag(trt.BuilderFlag.FP16)
     name = network.get_input(0).name
     c, (h, w) = network.get_input(0).shape[3], (64, 64)

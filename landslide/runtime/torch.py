@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landslide.device import resolve_runtime
+from landslide.device import enable_autotune, resolve_runtime
 from landslide.ensemble import build_ensemble
 from landslide.runtime import Runner
 
@@ -17,6 +17,7 @@ class TorchRunner(Runner):
     def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "fp32", compile: str = "off",
                  looped: bool = False) -> None:
         self.rt = resolve_runtime(device, precision, "auto", compile)
+        enable_autotune(self.rt)  # fixed batch shapes: cuDNN's search runs once per shape
         module, info = build_ensemble(run_dir, looped=looped)
         self.module = module.to(self.rt.device)
         if self.rt.channels_last:

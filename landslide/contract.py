@@ -35,7 +35,7 @@ def versions() -> dict[str, str]:
          "numpy": numpy.__version__}
     if torch.cuda.is_available():
         v["cuda"] = str(torch.version.cuda)
-        v["gpu"] = torch.cuda.get_device_name(0)
+        v["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())  # --device cuda:N made it current
     return v
 
 

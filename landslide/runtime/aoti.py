@@ -28,9 +28,10 @@ class AotiRunner(Runner):
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ContractError("package compiled for CUDA, this host has no GPU", file=self.path, fix=self.rebuild)
-            if torch.cuda.get_device_name(0) != side["device_name"]:
-                raise ContractError(f"package compiled for {side['device_name']}, this GPU is "
-                                    f"{torch.cuda.get_device_name(0)}", file=self.path, fix=self.rebuild)
+            here = torch.cuda.get_device_name(self.device)  # the GPU it will run on, not always GPU 0
+            if here != side["device_name"]:
+                raise ContractError(f"package compiled for {side['device_name']}, this GPU is {here}",
+                                    file=self.path, fix=self.rebuild)
         self.sidecar = side
         self.contract = side["contract"]
         self.threshold = float(side["threshold"])

@@ -44,3 +44,33 @@ def test_calibrate_output():
     cal = calibrate(y, probs, ["a", "b"])
     assert set(cal) >= {"threshold", "weights", "oof_f1", "per_arch"}
     assert cal["oof_f1"] == 1.0 and abs(sum(cal["weights"].values()) - 1) < 1e-9
+
+
+def test_threshold_sits_halfway_to_the_next_score():
+    """The cut generalises: halfway between the last positive call and the next lower score."""
+    assert best_threshold(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.2])) == (pytest.approx(0.5), 1.0)
+
+
+def test_weights_reach_the_simplex_corners_and_break_ties_by_log_loss():
+    """Both columns separate the classes (F1 1 everywhere on the grid): the tie goes to the lowest log
+    loss, which is all weight on the confident column, a corner of the grid."""
+    y = np.array([0, 0, 1, 1])
+    probs = np.c_[[0.05, 0.1, 0.9, 0.95], [0.4, 0.45, 0.55, 0.6]]
+    np.testing.assert_allclose(fit_weights(y, probs), [1.0, 0.0])
+    np.testing.assert_allclose(fit_weights(y, probs[:, ::-1]), [0.0, 1.0])
+
+
+def test_calibration_threshold_and_f1_are_the_weighted_ensembles():
+    """calibration.json's threshold and OOF F1 are those of the weighted probabilities, and no grid point
+    beats that F1."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    probs = np.clip(np.c_[y * 0.3 + rng.random(120) * 0.8, y * 0.2 + rng.random(120) * 0.9], 0, 1)
+    cal = calibrate(y, probs, ["a", "b"])
+    w = np.array([cal["weights"]["a"], cal["weights"]["b"]])
+    thr, f1 = best_threshold(y, probs @ w)
+    assert (cal["threshold"], cal["oof_f1"]) == (pytest.approx(thr), pytest.approx(f1))
+    grid = [brute_best_f1(y, probs @ np.array([k / 20, 1 - k / 20])) for k in range(21)]
+    assert cal["oof_f1"] == pytest.approx(max(grid))
+    for i, arch in enumerate("ab"):
+        assert cal["per_arch"][arch]["f1"] == pytest.approx(brute_best_f1(y, probs[:, i]))

@@ -32,3 +32,12 @@ def test_easy_examples_are_down_weighted():
     easy = focal_loss(torch.tensor([5.0]), torch.tensor([1.0]), alpha=-1)
     hard = focal_loss(torch.tensor([-5.0]), torch.tensor([1.0]), alpha=-1)
     assert hard / easy > 1e4
+
+
+def test_low_precision_logits_give_an_fp32_loss():
+    """Under autocast the head's logits are bf16/fp16: the loss is computed in fp32 all the same."""
+    logits = torch.tensor([2.0, -1.0, 0.3, -3.0])
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    low = focal_loss(logits.bfloat16(), y)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, focal_loss(logits.bfloat16().float(), y))

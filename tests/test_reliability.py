@@ -299,3 +299,22 @@ def test_outputs_get_the_mode_a_plain_open_would(tmp_path):
     with atomic_write(tmp_path / "out.csv") as f:
         f.write("ID,Target\n")
     assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_write_keeps_the_old_file_until_done_and_after_a_failure(tmp_path):
+    """Readers see the old content while a write runs; a write that raises leaves the old file and no
+    temp file behind."""
+    from landslide.io import atomic_write
+
+    p = tmp_path / "submission.csv"
+    p.write_text("old")
+    with atomic_write(p) as f:
+        f.write("new")
+        f.flush()
+        assert p.read_text() == "old"
+    assert p.read_text() == "new"
+    with pytest.raises(RuntimeError, match="cut off"):
+        with atomic_write(p) as f:
+            f.write("partial")
+            raise RuntimeError("cut off")
+    assert p.read_text() == "new" and sorted(x.name for x in tmp_path.iterdir()) == ["submission.csv"]

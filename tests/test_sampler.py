@@ -83,3 +83,23 @@ def test_indices_drawn_on_the_device_without_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     assert idx.device.type == "cuda" and idx.shape == (8, 64)
     assert (y[idx].sum(1) == 32).all()
+
+
+def test_epochs_are_random_across_seeds_and_passes():
+    """Membership, not just order, is random: the sorted batches differ between seeds; a second pass over
+    the positives is a new permutation; positives are not parked in the first columns; an epoch covers
+    the fold once (ceil(N / B) steps)."""
+    y = _labels(12, 80)
+    g = torch.Generator()
+    s = BalancedSampler(y, 8, 0.5, generator=g)
+    assert s.steps_per_epoch == math.ceil(92 / 8)
+    g.manual_seed(0)
+    a = s.epoch()
+    g.manual_seed(1)
+    b = s.epoch()
+    assert not torch.equal(a.sort(1).values, b.sort(1).values)
+    pos = a[(y[a] == 1)].view(len(a), -1).sort(1).values  # (steps, 4) each batch's positives
+    first, second = pos[:3], pos[3:6]  # 12 positives, 4 a batch: two back-to-back permutations
+    assert torch.equal(first.flatten().sort().values, second.flatten().sort().values)  # each pass: all of them
+    assert not torch.equal(first, second)  # but grouped into batches anew
+    assert not (y[a][:, :4] == 1).all()

@@ -135,6 +135,19 @@ def test_cuda_graphs_refused_on_cpu():
     assert "--compile-mode default" in str(e.value)
 
 
+def test_cuda_graphs_refuse_fp16_and_ddp_on_a_gpu_runtime():
+    """The GPU-side refusals are logic on the runtime's description, so they are checked here too."""
+    from landslide.device import Runtime
+
+    check_cuda_graphs(Runtime(torch.device("cuda"), "bf16", True, True), ddp=False)  # the supported case
+    with pytest.raises(ConfigError, match="grad scaler") as e:
+        check_cuda_graphs(Runtime(torch.device("cuda"), "fp16", True, True), ddp=False)
+    assert "--precision bf16" in str(e.value)
+    with pytest.raises(ConfigError, match="DDP") as e:
+        check_cuda_graphs(Runtime(torch.device("cuda"), "bf16", True, True), ddp=True)
+    assert "--fold-parallel" in str(e.value)
+
+
 def test_compile_without_a_toolchain_is_refused_or_turned_off_with_a_warning(monkeypatch, caplog):
     """torch.compile needs a compiler on the host (C++ for Inductor's CPU backend, C + Python.h for
     Triton): asked for, its absence is an error naming the fix; under auto on a GPU, compile is off

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,21 @@ def test_normalize_and_cloud_score():
     assert cloud[0] == 0.5 and cloud[1] > 0.99
     z2, c2 = Normalize(mean, std, optical_idx=[])(x)
     assert torch.equal(c2, torch.full((2,), 0.5))
+
+
+@pytest.mark.parametrize("bands", [None, ["red", "green", "blue"]])
+def test_serving_preprocessing_equals_the_training_cache(tmp_path, bands):
+    """What every exported artefact computes first (FusedEnsemble.preprocess: NHWC raw -> NCHW, SAR median
+    filter) is exactly what training read from its cache, for the 12-band layout and an optical-only one."""
+    from conftest import write_zindi
+
+    from landslide.bands import BandLayout
+    from landslide.data import load_split
+    from landslide.ensemble import FusedEnsemble
+
+    d = write_zindi(tmp_path / "d", n_train=5, n_test=1, channels=len(bands or range(12)), bands=bands)
+    split = load_split(d, "train", cache_dir=tmp_path / "cache")
+    raw = torch.from_numpy(np.stack([np.load(d / "train_data" / f"{i}.npy") for i in split.ids]).astype(np.float32))
+    got = FusedEnsemble([[]], [1.0], BandLayout.from_dir(d).sar_idx).preprocess(raw)
+    assert got.shape == split.x.shape
+    torch.testing.assert_close(got, split.x, rtol=0, atol=0)

@@ -51,11 +51,11 @@ def test_normalize_and_cloud_score():
 def test_serving_preprocessing_equals_the_training_cache(tmp_path, bands):
     """What every exported artefact computes first (FusedEnsemble.preprocess: NHWC raw -> NCHW, SAR median
     filter) is exactly what training read from its cache, for the 12-band layout and an optical-only one."""
-    from conftest import write_zindi
-
     from landslide.bands import BandLayout
     from landslide.data import load_split
     from landslide.ensemble import FusedEnsemble
+
+    from conftest import write_zindi
 
     d = write_zindi(tmp_path / "d", n_train=5, n_test=1, channels=len(bands or range(12)), bands=bands)
     split = load_split(d, "train", cache_dir=tmp_path / "cache")

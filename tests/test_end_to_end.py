@@ -63,6 +63,59 @@ def test_checkpoint_loads_onto_the_requested_device(trained):
     assert ck["arch"] == "test_efficientnet"
 
 
+def test_oof_predictions_are_the_best_checkpoints_tta_probabilities(trained, synth_data, tmp_path):
+    """What calibration is fitted on: each fold's validation rows scored by that fold's saved (best)
+    checkpoint with the 4-view TTA, for every architecture, in the data's ID order."""
+    from landslide.contract import checkpoint_path
+    from landslide.data import load_split
+    from landslide.device import resolve_runtime
+    from landslide.train import load_checkpoint, predict
+
+    run, _ = trained
+    split = load_split(synth_data, "train", cache_dir=tmp_path)
+    rows = list(csv.DictReader(open(run / "oof.csv")))
+    assert [r["ID"] for r in rows] == split.ids
+    fold = np.array([int(r["fold"]) for r in rows])
+    rt = resolve_runtime("cpu")
+    for arch in ("test_efficientnet", "test_efficientnet@80"):
+        got = np.array([float(r[f"prob_{arch}"]) for r in rows])
+        for k in (0, 1):
+            net, _ = load_checkpoint(checkpoint_path(run, k, arch))
+            want = predict(net, split.x[torch.from_numpy(fold == k)], rt, 64, tta=True)
+            np.testing.assert_allclose(got[fold == k], want, atol=2e-6)
+
+
+def test_fused_ensemble_weighs_archs_and_averages_folds_as_calibrated(trained, tmp_path):
+    """The served probability is sum over archs of calibration.json's weight (by name) x the mean over
+    folds of the mean over the 4 flip views of sigmoid(logit): checked by hand with uneven weights and
+    three folds (the trained run has two and weights that may land on a corner)."""
+    import shutil
+
+    from landslide.contract import checkpoint_path
+    from landslide.ensemble import build_ensemble
+    from landslide.train import load_checkpoint
+
+    run, _ = trained
+    copy = tmp_path / "r"
+    shutil.copytree(run, copy)
+    shutil.copytree(copy / "fold0", copy / "fold2")  # a third fold (fold 0's nets again)
+    cal = json.loads((copy / "calibration.json").read_text())
+    cal["weights"] = {"test_efficientnet": 0.3, "test_efficientnet@80": 0.7}
+    (copy / "calibration.json").write_text(json.dumps(cal))
+    module, info = build_ensemble(copy)
+    assert info.folds == [0, 1, 2]
+    x = torch.rand(3, 64, 64, 12, generator=torch.Generator().manual_seed(0)) * 100
+    with torch.no_grad():
+        got = module(x)
+        z = module.preprocess(x)  # checked against the training cache in test_preprocess
+        views = [z, z.flip(3), z.flip(2), z.flip((2, 3))]
+        want = torch.zeros(3)
+        for arch, w in cal["weights"].items():
+            nets = [load_checkpoint(checkpoint_path(copy, k, arch))[0] for k in (0, 1, 2)]
+            want += w * torch.stack([torch.stack([torch.sigmoid(n(v)) for v in views]).mean(0) for n in nets]).mean(0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_infer_writes_submission(trained, synth_data, tmp_path):
     run, _ = trained
     out = tmp_path / "sub.csv"

@@ -92,6 +92,31 @@ def test_fp16_graph_parity(exported, reference):
     assert ((got >= info.threshold) == (ref >= info.threshold)).mean() >= 0.995
 
 
+def test_fp16_graph_parity_on_a_confident_ensemble(exported, reference, tmp_path):
+    """The tiny run's probabilities sit within 0.006 of each other, so a near-constant graph would pass the
+    check above. Here each fold's head is rescaled so its logits span about +-4 around the calibrated
+    threshold: the FP16 graph must still hold 1e-2 and the decisions, which now fall on both sides."""
+    from landslide.model import tta_views
+
+    fused, info, x, _ = reference
+    confident = copy.deepcopy(fused)
+    with torch.no_grad():
+        z = tta_views(confident.preprocess(torch.from_numpy(x)))
+        for row in confident.archs:
+            for net in row:
+                head = net.model.head[1]
+                logit = net(z).float()
+                c, scale = logit.median(), 4.0 / (logit - logit.median()).abs().max()
+                head.weight.mul_(scale)
+                head.bias.copy_((head.bias - c) * scale + float(np.log(info.threshold / (1 - info.threshold))))
+    ref = ox.torch_run(confident, x)
+    decided = ref >= info.threshold
+    assert 0.2 < decided.mean() < 0.8 and ref.max() - ref.min() > 0.5  # a check that can fail
+    path = ox.export_fp16(confident, info, x, ref, tmp_path / "fused_fp16.onnx")  # verifies itself, too
+    got = ox.ort_run(path, x)
+    assert np.abs(got - ref).max() <= 1e-2 and ((got >= info.threshold) == decided).mean() >= 0.995
+
+
 def test_verification_refuses_past_tolerance(exported, reference, tmp_path, monkeypatch):
     fused, info, x, ref = reference
     with pytest.raises(VerificationError, match="FAILED"):

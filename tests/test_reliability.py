@@ -117,6 +117,18 @@ def test_infer_lists_header_and_value_errors_in_one_message(trained_run, tmp_pat
     assert not (run / "submission.csv").exists()
 
 
+def test_infer_names_bad_values_found_in_different_batches(trained_run, tmp_path):
+    """Values are read batch by batch: a NaN in the first batch must not stop the reading of the rest."""
+    run, _ = trained_run
+    bad = write_zindi(tmp_path / "bad", n_train=2, n_test=6)
+    for id_ in ("ID_TE0000", "ID_TE0005"):  # batches 1 and 3 at --batch-size 2
+        x = np.load(bad / "test_data" / f"{id_}.npy")
+        x[1, 2, 3] = np.inf
+        np.save(bad / "test_data" / f"{id_}.npy", x)
+    r = run_script("infer.py", str(run), "--data", str(bad), "--batch-size", "2")
+    _assert_user_error(r, "2 bad patch file(s)", "ID ID_TE0000: 1 NaN/Inf", "ID ID_TE0005: 1 NaN/Inf")
+
+
 def test_infer_refuses_data_with_other_bands(trained_run, tmp_path):
     run, _ = trained_run
     rgb = write_zindi(tmp_path / "rgb", n_train=2, n_test=2, channels=3, bands=["red", "green", "blue"])

@@ -148,3 +148,30 @@ def test_noise_rows_must_match_the_noisy_samples():
     p.noise_std[:2] = 0
     with pytest.raises(ValueError, match="noise has 3 rows"):
         apply_host(x, p, torch.randn(3, 2, 8, 8))
+
+
+def test_parameters_reach_the_ends_of_their_ranges():
+    """Uniforms at the ends give the configured extremes (the torch, compiled and DALI backends share this
+    sampler, so their parity tests cannot see a wrong range): a +45 degree rotation at scale 1, no shift, no
+    flip; noise std 0.1; blur sigma 1.0; 4 holes of 8 pixels a side."""
+    import math
+
+    from landslide.augment.torch import _COLUMNS, params_from_uniforms
+
+    cfg = AugmentConfig()
+    u = torch.full((1, len(_COLUMNS) + 4 * cfg.holes), 0.999999)
+    col = {name: i for i, name in enumerate(_COLUMNS)}
+    for name, v in {"ssr": 0.0, "angle": 1.0, "scale": 0.5, "dx": 0.5, "dy": 0.5, "dropout": 0.0,
+                    "noise": 0.0, "noise_std": 1.0, "blur": 0.0, "blur_sigma": 1.0}.items():
+        u[0, col[name]] = v
+    u[0, len(_COLUMNS):].view(cfg.holes, 4)[:, 2:] = 0.0  # holes at the corner, so none is clipped
+    p = params_from_uniforms(u, cfg, 64, 64)
+    c = math.cos(math.radians(45))
+    torch.testing.assert_close(p.theta[0], torch.tensor([[c, -c, 0.0], [c, c, 0.0]]))
+    torch.testing.assert_close(p.noise_std, torch.tensor([0.1]))
+    torch.testing.assert_close(p.blur_sigma, torch.tensor([1.0]))
+    assert p.holes[0].tolist() == [[0, 0, 8, 8]] * 4
+    # And at the other end: a -45 degree rotation, scale 0.9, a shift of -1/16 of the patch each way.
+    u[0, col["angle"]], u[0, col["scale"]], u[0, col["dx"]], u[0, col["dy"]] = 0.0, 0.0, 0.0, 0.0
+    theta = params_from_uniforms(u, cfg, 64, 64).theta[0]
+    torch.testing.assert_close(theta, torch.tensor([[c, c, -0.125], [-c, c, -0.125]]) / torch.tensor([0.9, 0.9, 1.0]))

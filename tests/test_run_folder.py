@@ -94,3 +94,41 @@ def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):
     cfg = parse_config(TrainConfig, [*argv, "--lr-scale", "linear"], "", presets=PRESETS, base=saved_config(str(copy)))
     with pytest.raises(ConfigError, match="lr_scale"):
         prepare_run_dir(cfg)
+
+
+def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_data, tmp_path, monkeypatch, caplog):
+    """Validation F1 0.5, 0.7, 0.6, 0.6 with --patience 2: training stops after epoch 4, the checkpoint is
+    epoch 2's, and resuming the stopped run trains nothing more."""
+    import csv
+
+    import torch
+
+    import landslide.train as train
+    from landslide.config import make_config
+    from landslide.contract import checkpoint_path
+    from landslide.train_config import PRESETS, TrainConfig
+
+    scripted, calls, real = [0.5, 0.7, 0.6, 0.6], [], train.best_threshold
+
+    def fake(y, p):  # the epochs' validation F1 as scripted; the OOF summary line's (one per run) for real
+        calls.append(1)
+        return (0.5, scripted[len(calls) - 1]) if len(calls) <= len(scripted) else real(y, p)
+
+    monkeypatch.setattr(train, "best_threshold", fake)
+    run = tmp_path / "run"
+    cfg = make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run), "epochs": 6,
+                                    "patience": 2, "max_steps": 1, "only_folds": [0],
+                                    "cache_dir": str(tmp_path / "cache")})
+    with caplog.at_level("INFO", logger="landslide.train"):
+        train.main(cfg)
+    assert "early stop (no improvement for 2 epochs)" in caplog.text
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    ck = torch.load(checkpoint_path(run, 0, "test_efficientnet"), weights_only=False)
+    assert (ck["epoch"], ck["val_f1"]) == (2, 0.7)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="landslide.train"):
+        train.main(make_config(TrainConfig, {**cfg.__dict__, "resume": True}))
+    assert "finished earlier, reusing its checkpoint" in caplog.text
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 4
+    assert len(calls) == 4 + 2  # epochs 1-4, then each run's OOF line: no epoch was scored after the stop

@@ -49,9 +49,11 @@ def _save(tmp_path, arr, name="ID_X.npy"):
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "int64", "float16", "float32", "float64"])
 def test_any_real_dtype_loads_as_float32(tmp_path, dtype):
-    p = _save(tmp_path, np.ones((64, 64, 12), dtype=dtype))
+    values = (np.arange(64 * 64 * 12) % 200).reshape(64, 64, 12)  # exact in every listed dtype
+    p = _save(tmp_path, values.astype(dtype))
     out = load_patch(p, "ID_X", 12)
     assert out.dtype == np.float32 and out.shape == (64, 64, 12)
+    np.testing.assert_array_equal(out, values.astype(np.float32))
 
 
 @pytest.mark.parametrize("arr,msg", [

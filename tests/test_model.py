@@ -105,6 +105,7 @@ def test_tta_views_and_mean():
     x = torch.arange(2 * 1 * 2 * 2, dtype=torch.float32).reshape(2, 1, 2, 2)
     v = tta_views(x)
     assert v.shape == (8, 1, 2, 2)
-    assert torch.equal(v[2:4], x.flip(3)) and torch.equal(v[4:6], x.flip(2)) and torch.equal(v[6:], x.flip((2, 3)))
+    assert torch.equal(v[:2], x) and torch.equal(v[2:4], x.flip(3))
+    assert torch.equal(v[4:6], x.flip(2)) and torch.equal(v[6:], x.flip((2, 3)))
     logits = torch.tensor([0.0, 2.0] * 4)
     assert torch.allclose(tta_mean(logits), torch.sigmoid(torch.tensor([0.0, 2.0])))

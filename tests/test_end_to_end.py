@@ -167,3 +167,27 @@ def test_fused_equals_looped(trained):
     x = torch.rand(5, 64, 64, 12) * 50
     with torch.no_grad():
         assert np.allclose(fused(x).numpy(), looped(x).numpy(), atol=1e-6)
+
+
+def test_optical_only_data_trains_exports_and_scores(tmp_path):
+    """An RGB-only set (the Bijie layout): the optical branch trains alone, and the ensemble without SAR
+    bands (no median filter in the graph) exports, verifies in FP32 and FP16, and scores through ONNX Runtime
+    to the torch runner's probabilities."""
+    from conftest import write_zindi
+
+    d = write_zindi(tmp_path / "rgb", n_train=12, n_test=4, channels=3, bands=["red", "green", "blue"])
+    run = tmp_path / "run"
+    r = run_script("train.py", "--data", str(d), "--preset", "tiny", "--out", str(run), "--cache-dir",
+                   str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "contract.json").read_text())["bands"] == ["red", "green", "blue"]
+    r = run_script("export.py", str(run), "--data", str(d), "--n-verify", "4")
+    assert r.returncode == 0, r.stderr
+    probs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.csv"
+        r = run_script("infer.py", str(run), "--data", str(d), "--backend", backend, "--out", str(out), "--probs")
+        assert r.returncode == 0, r.stderr
+        assert [row["ID"] for row in csv.DictReader(open(out))] == [f"ID_TE{i:04d}" for i in range(4)]
+        probs[backend] = np.array([float(row["prob"]) for row in csv.DictReader(open(tmp_path / f"{backend}_probs.csv"))])
+    np.testing.assert_allclose(probs["onnxruntime"], probs["torch"], atol=1e-5)

@@ -87,6 +87,26 @@ def test_fp16_graph_parity(exported, reference):
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert sum(t.data_type == f16 for t in model.graph.initializer) > 10  # the models really are FP16
+    # Normalisation, and everything before it (the SAR median filter, the views), runs in FP32: raw optical
+    # values near 1e4 have FP16 steps of 8. Walk back from each normalisation's Sub to the graph input: no
+    # Cast to FP16 on the way, and the Sub's operands are FP32.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    elem |= {t.name: t.data_type for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    subs = [n for n in model.graph.node if n.op_type == "Sub" and any(i.endswith("normalize.mean") for i in n.input)]
+    assert len(subs) == len(info.folds) * len(info.archs)
+    for sub in subs:
+        assert {elem[i] for i in sub.input} == {onnx.TensorProto.FLOAT}
+        todo, seen = [sub.input[0]], set()
+        while todo:
+            node = producer.get(todo.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            assert not (node.op_type == "Cast" and to == f16), f"{node.name} casts to FP16 before normalisation"
+            todo += list(node.input)
     got = OnnxRunner(path, "cpu").predict(x)
     assert np.abs(got - ref).max() <= 1e-2
     assert ((got >= info.threshold) == (ref >= info.threshold)).mean() >= 0.995

@@ -70,3 +70,40 @@ def test_bad_type_fails(tmp_path):
 def test_unknown_flag_exits():
     with pytest.raises(SystemExit):
         parse(["--no-such-flag", "1"])
+
+
+def _script_configs():
+    from bench.data import DataBenchConfig
+    from bench.infer import InferBenchConfig
+    from bench.train import TrainBenchConfig
+    from landslide.export import ExportConfig
+    from landslide.infer import InferConfig
+
+    return [(TrainConfig, ()), (InferConfig, ("run",)), (ExportConfig, ("run",)), (DataBenchConfig, ()),
+            (InferBenchConfig, ()), (TrainBenchConfig, ())]
+
+
+@pytest.mark.parametrize("cls,positional", _script_configs(), ids=lambda v: getattr(v, "__name__", ""))
+def test_every_field_is_a_flag_that_round_trips(cls, positional):
+    """One flag per field, for every script: each field's value, typed as a flag, comes back as that value
+    (the default's opposite for booleans, so the flag is not silently ignored)."""
+    import dataclasses
+    import typing
+
+    from landslide.config import make_config
+
+    for f in dataclasses.fields(cls):
+        if f.name == "preset" or f.name in positional:
+            continue
+        default = getattr(make_config(cls, {}), f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            argv, want = [flag if not default else f"--no-{flag[2:]}"], not default
+        elif isinstance(default, list):  # an empty default gets one element of the list's type
+            elem = typing.get_args(typing.get_type_hints(cls)[f.name])[0]
+            want = default or [elem(1)]
+            argv = [flag, ",".join(map(str, want))]
+        else:
+            argv, want = [flag, str(default)], default
+        got = getattr(parse_config(cls, argv, "t", positional=positional), f.name)
+        assert got == want, (cls.__name__, f.name, argv, got)

@@ -195,14 +195,8 @@ class FoldTrainer:
                                                            eta_min=cfg.min_lr * lr_mult)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         mixer = Mixer(MixConfig(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob), seed=0)
-        step_fn = model
-        if env.ddp:
-            step_fn = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        if rt.compile:
-            step_fn = torch.compile(step_fn, mode=cfg.compile_mode)
-        train_step = TrainStep(step_fn, model, opt, sched, scaler, rt, cfg.focal_alpha, cfg.focal_gamma,
-                               graphs=cfg.cuda_graphs)
+        train_step = TrainStep(step_module(model, env, rt, cfg.compile_mode), model, opt, sched, scaler, rt,
+                               cfg.focal_alpha, cfg.focal_gamma, graphs=cfg.cuda_graphs)
 
         rows: list[dict] = []
         start_epoch, best, best_epoch, bad = 0, (-1.0, 0.0), -1, 0
@@ -323,6 +317,16 @@ def lr_multiplier(world_size: int, rule: str) -> float:
     if rule == "linear":
         return float(world_size)
     raise ConfigError(f"--lr-scale {rule!r} unknown", fix="use sqrt, linear or none")
+
+
+def step_module(model: torch.nn.Module, env: DistEnv, rt: Runtime, compile_mode: str) -> torch.nn.Module:
+    """What the training step calls: the model, wrapped in DDP under DDP (its backward all-reduces the
+    gradients, so every rank applies the same update), then compiled when ``rt`` says so."""
+    fn = model
+    if env.ddp:
+        fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                                       else None)
+    return torch.compile(fn, mode=compile_mode) if rt.compile else fn
 
 
 def saved_config(out: str, warn: bool = True) -> dict | None:

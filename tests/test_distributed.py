@@ -139,3 +139,54 @@ def test_lr_scales_with_the_global_batch():
     assert lr_multiplier(1, "linear") == 1.0  # a single process trains as configured
     with pytest.raises(ConfigError, match="cube"):
         lr_multiplier(2, "cube")
+
+
+def _ddp_step_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One training step per rank on different batches, through train.step_module; rank 0 saves every
+    rank's parameters after it."""
+    import torch.distributed as dist
+
+    from landslide.bands import BandLayout
+    from landslide.device import resolve_runtime
+    from landslide.distributed import DistEnv
+    from landslide.model import LandslideModel, ModelConfig
+    from landslide.step import TrainStep, make_optimizer
+    from landslide.train import step_module
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial weights on every rank
+        model = LandslideModel(ModelConfig(dropout=0.0), BandLayout()).train()
+        rt = resolve_runtime("cpu")
+        opt = make_optimizer(model, 1e-2, 0.0, rt, graphs=False)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        step = TrainStep(step_module(model, DistEnv(rank, world), rt, "default"), model, opt, sched,
+                         torch.amp.GradScaler("cuda", enabled=False), rt, 0.25, 2.0)
+        g = torch.Generator().manual_seed(100 + rank)  # each rank its own batch, as the sampler gives
+        step(torch.randn(4, 12, 64, 64, generator=g), torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.rand(4, generator=g))
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        every = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(every, flat)
+        if rank == 0:
+            torch.save(every, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_step_applies_the_same_update_on_every_rank(tmp_path):
+    """Under DDP the gradients are all-reduced: after a step on different batches both ranks hold the same
+    weights (without the wrap each rank would step on its own batch's gradient)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "params.pt"
+    mp.spawn(_ddp_step_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    first, second = torch.load(out)
+    torch.manual_seed(0)
+    from landslide.bands import BandLayout
+    from landslide.model import LandslideModel, ModelConfig
+
+    init = torch.cat([p.detach().flatten() for p in LandslideModel(ModelConfig(dropout=0.0), BandLayout()).parameters()])
+    assert not torch.equal(first, init)  # the step moved the weights
+    assert torch.equal(first, second)

@@ -96,6 +96,16 @@ def backend_batches(name: str, x: torch.Tensor, y: torch.Tensor, cfg: DataBenchC
     return one_batch, None, first_s
 
 
+def timed_windows(fn, warmup: int, iters: int, items: int, device: torch.device,
+                  pipelined: bool) -> list[common.Timing]:
+    """One synchronised window of ``fn`` (latency, and throughput on a CPU), then, when ``pipelined``, one
+    synchronised only at its ends (throughput as training sees it on a GPU)."""
+    out = [common.measure(fn, warmup=warmup, iters=iters, items=items, device=device)]
+    if pipelined:
+        out.append(common.measure(fn, warmup=0, iters=iters, items=items, device=device, sync_each=False))
+    return out
+
+
 def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg: DataBenchConfig, iters: int,
                     round_: int, pipelined: bool) -> list[common.Timing]:
     """One timing window of the conventional loader, started fresh: worker start-up and the prefetch
@@ -112,11 +122,8 @@ def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg:
         xb, yb = next(it)  # noqa: F821 - ruff misreads the later `del it`
         return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
-    out = [common.measure(one_batch, warmup=cfg.warmup + 2 * cfg.workers, iters=iters, windows=1,
-                          items=cfg.batch_size, device=device)]
-    if pipelined:  # the same loader, warm: its queue is refilled while the synchronised window ran
-        out.append(common.measure(one_batch, warmup=0, iters=iters, items=cfg.batch_size, device=device,
-                                  sync_each=False))
+    # The pipelined window reuses the warm loader: its queue refills while the synchronised one runs.
+    out = timed_windows(one_batch, cfg.warmup + 2 * cfg.workers, iters, cfg.batch_size, device, pipelined)
     del it, loader  # stops the worker processes
     return out
 
@@ -170,12 +177,8 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     for r in range(windows):
         names = list(seconds)
         for name in names[r % len(names):] + names[:r % len(names)]:
-            if name == base_name:
-                ts = baseline_window(x_hwc, y_np, device, cfg, iters, r, pipelined)
-            else:
-                ts = [common.measure(fns[name], warmup=1, iters=iters, device=device)]
-                if pipelined:
-                    ts.append(common.measure(fns[name], warmup=0, iters=iters, device=device, sync_each=False))
+            ts = (baseline_window(x_hwc, y_np, device, cfg, iters, r, pipelined) if name == base_name
+                  else timed_windows(fns[name], 1, iters, cfg.batch_size, device, pipelined))
             seconds[name].append(ts[0].seconds[0])
             if pipelined:
                 piped[name].append(ts[1].seconds[0])

@@ -99,12 +99,7 @@ def time_steps(data_fn: Callable[[], tuple], compute_fn: Callable[..., None], de
 
     def per_step(step: Callable[[], None]) -> float:
         """Seconds a step over one window of ``steps`` calls, synchronised only at its ends."""
-        common.sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        common.sync(device)
-        return (time.perf_counter() - t0) / steps
+        return float(common.measure(step, warmup=0, iters=steps, device=device, sync_each=False).seconds[0, 0])
 
     for w in range(windows):
         for s in range(steps):
@@ -181,8 +176,10 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     # --- the device pipeline (what landslide.train runs)
     augment = build_augment(backend, AugmentConfig(), dev, cfg.batch_size, cfg.seed)
     # Stored as the training fold is: its dtype (fp16 under AMP on a GPU) and memory format.
-    cd = cloud_score(x.to(dev), opt_idx)
-    xd, yd = x.to(dev, rt.fold_dtype).contiguous(memory_format=augment.memory_format), y.to(dev)
+    x32 = x.to(dev)
+    cd = cloud_score(x32, opt_idx)
+    xd, yd = x32.to(rt.fold_dtype).contiguous(memory_format=augment.memory_format), y.to(dev)
+    del x32
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     mixer = Mixer(MixConfig(), seed=cfg.seed)
     total_steps = steps_needed(cfg.warmup, windows, steps)

@@ -129,7 +129,7 @@ class LandslideModel(nn.Module):
         # index_select returns an NCHW-contiguous tensor whatever its input's layout: a channels-last
         # batch is put back in channels-last (the 4- and 8-band slices, before the upsampling, which keeps
         # the layout), or cuDNN would transpose every branch's input to meet its channels-last weights.
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
         def select(idx: torch.Tensor) -> torch.Tensor:
             xs = x.index_select(1, idx)

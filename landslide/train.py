@@ -324,8 +324,8 @@ def step_module(model: torch.nn.Module, env: DistEnv, rt: Runtime, compile_mode:
     gradients, so every rank applies the same update), then compiled when ``rt`` says so."""
     fn = model
     if env.ddp:
-        fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
-                                                       else None)
+        device_ids = [rt.device.index] if rt.device.type == "cuda" else None
+        fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return torch.compile(fn, mode=compile_mode) if rt.compile else fn
 
 

@@ -145,11 +145,10 @@ def _ddp_step_worker(rank: int, world: int, port: int, out: str) -> None:
     """One training step per rank on different batches, through train.step_module; rank 0 saves every
     rank's parameters after it."""
     import torch.distributed as dist
+    from test_train_speed import _model
 
-    from landslide.bands import BandLayout
     from landslide.device import resolve_runtime
     from landslide.distributed import DistEnv
-    from landslide.model import LandslideModel, ModelConfig
     from landslide.step import TrainStep, make_optimizer
     from landslide.train import step_module
 
@@ -157,8 +156,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)  # the same initial weights on every rank
-        model = LandslideModel(ModelConfig(dropout=0.0), BandLayout()).train()
+        model = _model().train()  # the same initial weights on every rank
         rt = resolve_runtime("cpu")
         opt = make_optimizer(model, 1e-2, 0.0, rt, graphs=False)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -182,11 +180,9 @@ def test_ddp_step_applies_the_same_update_on_every_rank(tmp_path):
 
     out = tmp_path / "params.pt"
     mp.spawn(_ddp_step_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    first, second = torch.load(out)
-    torch.manual_seed(0)
-    from landslide.bands import BandLayout
-    from landslide.model import LandslideModel, ModelConfig
+    from test_train_speed import _model
 
-    init = torch.cat([p.detach().flatten() for p in LandslideModel(ModelConfig(dropout=0.0), BandLayout()).parameters()])
+    first, second = torch.load(out)
+    init = torch.cat([p.detach().flatten() for p in _model().parameters()])
     assert not torch.equal(first, init)  # the step moved the weights
     assert torch.equal(first, second)

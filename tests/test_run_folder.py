@@ -100,6 +100,7 @@ def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_da
     """Validation F1 0.5, 0.7, 0.6, 0.6 with --patience 2: training stops after epoch 4, the checkpoint is
     epoch 2's, and resuming the stopped run trains nothing more."""
     import csv
+    import dataclasses
 
     import torch
 
@@ -128,7 +129,7 @@ def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_da
     assert (ck["epoch"], ck["val_f1"]) == (2, 0.7)
     caplog.clear()
     with caplog.at_level("INFO", logger="landslide.train"):
-        train.main(make_config(TrainConfig, {**cfg.__dict__, "resume": True}))
+        train.main(dataclasses.replace(cfg, resume=True))
     assert "finished earlier, reusing its checkpoint" in caplog.text
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 4
     assert len(calls) == 4 + 2  # epochs 1-4, then each run's OOF line: no epoch was scored after the stop

@@ -146,7 +146,7 @@ def read_sidecar(artefact: str | Path, kind: str | None = None) -> dict[str, Any
         raise ContractError(f"sidecar is not valid JSON ({e})", file=side_p,
                             fix=f"rebuild it: {rebuild_command(artefact, {})}") from None
 
-    def rebuild() -> str:  # built only when a check fails: it reads the run folder's config
+    def rebuild() -> str:  # built only when a check fails (a stat and string work on every load otherwise)
         return f"rebuild it: {rebuild_command(artefact, side)}"
 
     if side.get("format") != SIDECAR_FORMAT:

@@ -127,6 +127,11 @@ def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_da
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     ck = torch.load(checkpoint_path(run, 0, "test_efficientnet"), weights_only=False)
     assert (ck["epoch"], ck["val_f1"]) == (2, 0.7)
+    # The finished fold's state is its OOF rows and metrics: no second copy of the weights, no optimizer.
+    state = checkpoint_path(run, 0, "test_efficientnet", ".state.pt")
+    st = torch.load(state, weights_only=False)
+    assert st["done"] and not {"model", "optimizer", "scheduler", "scaler"} & set(st), sorted(st)
+    assert state.stat().st_size < checkpoint_path(run, 0, "test_efficientnet").stat().st_size / 10
     caplog.clear()
     with caplog.at_level("INFO", logger="landslide.train"):
         train.main(dataclasses.replace(cfg, resume=True))

@@ -63,6 +63,14 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
                           fix=f"pass --{name.replace('_', '-')} with a value of that type") from None
 
 
+def _shown_default(help_: str, default: Any) -> str:
+    """The help's default, as the flag is typed (``a,b`` for a list); nothing when the help already says
+    it or there is none to show (an empty string or list)."""
+    if "default" in help_ or default in ("", []):
+        return ""
+    return f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
+
+
 def build_parser(cls: type, description: str, presets: dict[str, dict] | None = None,
                  positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     # Raw description: the scripts' docstrings are usage examples, one per line. No abbreviations:
@@ -85,8 +93,7 @@ def build_parser(cls: type, description: str, presets: dict[str, dict] | None = 
             continue
         flag = "--" + f.name.replace("_", "-")
         base, _ = _base_type(hints[f.name])
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name,
-                              "help": f"{help_} (default: {default})"}
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": help_ + _shown_default(help_, default)}
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:

@@ -60,6 +60,19 @@ def test_help_keeps_the_usage_examples_one_per_line(capsys):
     assert "    python train.py --a\n    python train.py --b\n" in out
 
 
+def test_help_shows_each_default_once_as_it_is_typed():
+    import re
+
+    from landslide.config import build_parser
+
+    helps = {a.dest: " ".join(a.help.split()) for a in build_parser(TrainConfig, "t", PRESETS)._actions if a.help}
+    assert helps["archs"].endswith("(default: test_efficientnet)")  # as --archs takes it, not a Python list
+    assert helps["epochs"].endswith("(default: 35)")
+    assert helps["only_folds"].count("default") == 1 and helps["cache_dir"].count("default") == 1  # said in the help
+    assert "default" not in helps["data"] and "default" not in helps["pretrained"]  # empty: nothing to show
+    assert not [d for d, h in helps.items() if re.search(r"\(default: (\)|\[)", h)]
+
+
 def test_bad_type_fails(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"epochs": "many"}))

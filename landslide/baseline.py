@@ -35,9 +35,9 @@ def fit_logreg(f: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 500)
     return w, b
 
 
-def means_logreg(data_dir: str | Path, folds_csv: str | Path) -> dict:
+def means_logreg(data_dir: str | Path, folds_csv: str | Path, cache_dir: str | Path | None = None) -> dict:
     """OOF F1 on the run's folds, and test F1 (when ``test_labels.csv`` exists) of the full-data fit."""
-    tr = load_split(data_dir, "train")
+    tr = load_split(data_dir, "train", cache_dir=cache_dir)
     with open(folds_csv, newline="") as fh:
         fold_of = {r["ID"]: int(r["fold"]) for r in csv.DictReader(fh)}
     folds = np.array([fold_of[i] for i in tr.ids])
@@ -52,7 +52,7 @@ def means_logreg(data_dir: str | Path, folds_csv: str | Path) -> dict:
     out = {"oof_f1": oof_f1, "threshold": thr, "test_f1": float("nan")}
     labels_path = Path(data_dir) / "test_labels.csv"
     if labels_path.is_file():
-        te = load_split(data_dir, "test")
+        te = load_split(data_dir, "test", cache_dir=cache_dir)
         with open(labels_path, newline="") as fh:
             truth = {r["ID"]: int(r["label"]) for r in csv.DictReader(fh)}
         mu, sd = f.mean(0), f.std(0) + 1e-9

@@ -205,8 +205,7 @@ def _fingerprint(data_dir: Path, split: str, table: Table, layout: BandLayout) -
     from landslide.preprocess import PREPROCESS_VERSION
 
     h = hashlib.sha256()
-    h.update(json.dumps({"v": PREPROCESS_VERSION, "split": split, "bands": layout.to_list(),
-                         "dir": str(data_dir.resolve())}).encode())
+    h.update(json.dumps({"v": PREPROCESS_VERSION, "split": split, "bands": layout.to_list()}).encode())
     h.update(table.path.read_bytes())
     folder = patch_dir(data_dir, split)
     for id_ in table.ids:
@@ -218,6 +217,11 @@ def _fingerprint(data_dir: Path, split: str, table: Table, layout: BandLayout) -
     return h.hexdigest()[:16]
 
 
+def _source_tag(data_dir: Path) -> str:
+    """Which folder a cache file was built from: its entries are ``<split>-<tag>-<fingerprint>.pt``."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LANDSLIDE_CACHE", Path.home() / ".cache" / "landslide"))
 
@@ -226,8 +230,9 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
                skip_bad: bool = False, use_cache: bool = True) -> Split:
     """Read, validate and preprocess a split, through a cache keyed by a hash of its inputs.
 
-    The cache holds one file per data set (``<cache>/<split>-<hash>.pt``); changing the CSV, any
-    patch file, ``bands.txt`` or the preprocessing code changes the hash and rebuilds it.
+    The cache holds one file per data folder and split (``<cache>/<split>-<folder>-<hash>.pt``);
+    changing the CSV, any patch file, ``bands.txt`` or the preprocessing code changes the hash, rebuilds
+    it and removes the folder's stale file, so regenerating a data set in place does not grow the cache.
     """
     from landslide.preprocess import median_filter_sar
 
@@ -236,9 +241,9 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
         raise DataError("data folder not found", file=data_dir, fix="pass --data DIR (Zindi layout)")
     layout = BandLayout.from_dir(data_dir)
     table = read_csv(data_dir / SPLITS[split][0], labelled=(split == "train"))
-    key = _fingerprint(data_dir, split, table, layout)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_file = cache / f"{split}-{key}.pt"
+    source = f"{split}-{_source_tag(data_dir)}-"
+    cache_file = cache / f"{source}{_fingerprint(data_dir, split, table, layout)}.pt"
     if use_cache and not skip_bad and cache_file.is_file():
         try:
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -260,4 +265,8 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
         with atomic_write(cache_file, "wb") as f:
             torch.save({"ids": ids, "x": x}, f)
         log.info("cache written: %s (%d patches)", cache_file, len(ids))
+        for stale in cache.glob(f"{source}*.pt"):  # this folder's earlier contents: never read again
+            if stale != cache_file:
+                stale.unlink(missing_ok=True)
+                log.info("cache: removed %s (built from this folder's earlier contents)", stale.name)
     return Split(ids, x, labels, layout, skipped)

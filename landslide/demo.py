@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     from landslide import train as train_mod
     from landslide.calibrate import f1_at
     from landslide.config import make_config
+    from landslide.io import write_json
     from landslide.train_config import PRESETS, TrainConfig
     from landslide.utils import setup_logging
 
@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
         synth.write_dataset(synth.SynthConfig(str(data), a.n_train, a.n_test, seed=0))
     if out.exists():
         shutil.rmtree(out)  # the demo owns this folder; a rerun starts clean
-    cfg = make_config(TrainConfig, {**PRESETS["demo"], "preset": "demo", "data": str(data), "out": str(out)})
+    # The demo's preprocessed tensors live in its data folder, so `make clean-demo` removes them too
+    # (in ~/.cache every fresh clone's regenerated set would add ~0.5 GB).
+    cache = data / ".cache"
+    cfg = make_config(TrainConfig, {**PRESETS["demo"], "preset": "demo", "data": str(data), "out": str(out),
+                                    "cache_dir": str(cache)})
     cal = train_mod.main(cfg)
     res = infer_mod.main(make_config(infer_mod.InferConfig, {"run": str(out), "data": str(data), "probs": True}))
     truth = _labels(data / "test_labels.csv")
@@ -53,13 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     y = np.array([truth[i] for i in ids])
     pred = np.array([sub[i] for i in ids], dtype=float)
     test_f1 = f1_at(y, pred, 0.5)
-    base = baseline.means_logreg(data, folds_csv=out / "folds.csv")
+    base = baseline.means_logreg(data, folds_csv=out / "folds.csv", cache_dir=cache)
     wall = time.perf_counter() - t0
     summary = {"oof_f1": round(cal["oof_f1"], 4), "per_fold_f1": {k: round(v, 4) for k, v in cal["per_fold_f1"].items()},
                "test_f1": round(test_f1, 4), "threshold": round(cal["threshold"], 4), "weights": cal["weights"],
                "logreg_means_oof_f1": round(base["oof_f1"], 4), "logreg_means_test_f1": round(base["test_f1"], 4),
                "wall_s": round(wall, 1), "submission": res["out"]}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "demo_summary.json", summary)
     print("\n=== landslide demo ===")
     print("per-fold OOF F1: " + "  ".join(f"fold {k}: {v:.4f}" for k, v in summary["per_fold_f1"].items()))
     print(f"overall OOF F1 {summary['oof_f1']:.4f} (threshold {summary['threshold']:.3f}, weights {cal['weights']})")
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"baseline, logistic regression on per-band means: OOF F1 {summary['logreg_means_oof_f1']:.4f}, "
           f"test F1 {summary['logreg_means_test_f1']:.4f}")
     print(f"submission: {res['out']}   wall time {wall / 60:.1f} min")
+    print(f"data: {data} (for the README's commands: --data {data}), run folder: {out}")
     return summary
 
 

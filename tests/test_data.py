@@ -177,13 +177,20 @@ def test_cache_is_reused_and_rebuilt_on_change(tmp_path, caplog):
     caplog.clear()
     b = load_split(d, "train", cache_dir=cache)
     assert "cache hit" in caplog.text and torch.equal(a.x, b.x) and b.ids == a.ids
-    # Changing a patch changes the key: a new cache file, new values.
+    # Another folder's set has a cache file of its own.
+    other = write_zindi(tmp_path / "other")
+    load_split(other, "train", cache_dir=cache)
+    assert len(list(cache.glob("train-*.pt"))) == 2
+    # Changing a patch changes the key: new values, and the new file replaces this folder's stale one.
+    before = set(cache.glob("train-*.pt"))
     f = patch_dir(d, "train") / "ID_TR0000.npy"
     np.save(f, np.full((64, 64, 12), 7.0))
     caplog.clear()
     c = load_split(d, "train", cache_dir=cache)
-    assert "cache hit" not in caplog.text and len(list(cache.glob("train-*.pt"))) == 2
-    assert float(c.x[0, 0].mean()) == 7.0
+    assert "cache hit" not in caplog.text and float(c.x[0, 0].mean()) == 7.0
+    after = set(cache.glob("train-*.pt"))
+    assert len(after) == 2 and len(after & before) == 1  # the other folder's file is kept
+    assert torch.equal(load_split(other, "train", cache_dir=cache).x, load_split(other, "train", use_cache=False).x)
 
 
 def test_cached_tensor_is_median_filtered_on_sar_only(tmp_path):

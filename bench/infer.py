@@ -120,7 +120,9 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
     for backend in BACKENDS:
         if backend in ("auto", "torch"):
             continue
-        base = {"run": str(run), "backend": backend, "device": cfg.device, "precision": cfg.precision}
+        # Engines the benchmark builds go to its cache, not beside the user's own in engines/.
+        base = {"run": str(run), "backend": backend, "device": cfg.device, "precision": cfg.precision,
+                "engine_dir": str(CACHE / "engines")}
         providers = [None]
         if backend.startswith("onnx"):
             try:
@@ -168,8 +170,8 @@ def _make_with_export(values: dict):
         # verify in full), and on a GPU host the reference pass over 256 patches alone takes minutes.
         # No ONNX for AOTI (it compiles the torch modules): on a GPU host, tracing and checking the
         # full fp32 ensemble's graph costs minutes of the step's budget before AOTI even starts.
-        export_main(make_config(ExportConfig, {"run": values["run"], "engine": engine, "n_verify": 16,
-                                               "folds_onnx": False, "onnx": engine != "aoti"}))
+        export_main(make_config(ExportConfig, {"run": values["run"], "engine": engine, "engine_dir": values["engine_dir"],
+                                               "n_verify": 16, "folds_onnx": False, "onnx": engine != "aoti"}))
         return make_runner(cfg)
 
 

@@ -206,3 +206,27 @@ def test_infer_runners_on_a_gpu_host_skip_ort_cpu_with_a_reason(monkeypatch, tmp
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     got = dict(runner_factories(make_config(InferBenchConfig, {"device": "cuda"}), tmp_path, compile_on=True))
     assert "pip install onnxruntime-gpu" in got["onnxruntime"]
+
+
+def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
+    """An engine the benchmark has to export goes to bench's cache, never into the user's engines/."""
+    import landslide.export as export
+    import landslide.infer as infer
+    from bench.infer import CACHE, InferBenchConfig, runner_factories
+    from landslide.config import make_config
+    from landslide.errors import LandslideError
+
+    exported, asked = [], []
+
+    def make_runner(cfg):
+        asked.append(cfg.engine_dir)
+        if not exported:
+            raise LandslideError("no aoti engine built from this run")
+        return "runner"
+
+    monkeypatch.setattr(infer, "make_runner", make_runner)
+    monkeypatch.setattr(export, "main", lambda cfg: exported.append(cfg))
+    got = dict(runner_factories(make_config(InferBenchConfig, {"device": "cpu"}), tmp_path, compile_on=False))
+    assert got["aoti"]() == "runner"
+    assert asked == [str(CACHE / "engines")] * 2 and exported[0].engine_dir == str(CACHE / "engines")
+    assert exported[0].run == str(tmp_path) and exported[0].engine == "aoti"

@@ -8,12 +8,14 @@ PY := $(VENV)/bin/python
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# pip sometimes drops a large local wheel on the first try on a cold cache; one retry covers it.
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt \
 	  || $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -c "import torch, timm, onnx, onnxruntime" && touch $@
+	# The repository on the venv's path, so its Python imports `landslide` from any folder (no build step).
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'landslide-repo.pth').write_text('$(CURDIR)\n')"
+	cd / && $(CURDIR)/$(PY) -c "import landslide, torch, timm, onnx, onnxruntime" && touch $(CURDIR)/$@
 
 demo: venv
 	$(PY) -m landslide.demo

@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> dict:
     from landslide.utils import setup_logging
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="data/synth")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-test", type=int, default=600)
+    p.add_argument("--data", default="data/synth", help="synthetic set, written when it has no Train.csv (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo", help="run folder, replaced on each run (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=2000, help="train patches to generate (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=600, help="test patches to generate (default: %(default)s)")
     a = p.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()

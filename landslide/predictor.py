@@ -23,8 +23,12 @@ class Predictor:
         self.cfg = make_config(InferConfig, {"run": str(path), "backend": backend, "batch_size": batch_size,
                                              **options})
         self.runner = make_runner(self.cfg)
+        self.backend = self.runner.backend  # what "auto" resolved to
         self.threshold = self.runner.threshold
         self.contract = self.runner.contract
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.cfg.run!r}, backend={self.backend!r}: {self.describe()}, threshold={self.threshold:.3f})"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Raw patches ``(B, 64, 64, C)`` (or one ``(64, 64, C)``) -> probabilities ``(B,)`` (or a scalar)."""

@@ -198,12 +198,14 @@ def write_dataset(cfg: SynthConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out")
-    p.add_argument("--n-train", type=int, default=SynthConfig.n_train)
-    p.add_argument("--n-test", type=int, default=SynthConfig.n_test)
-    p.add_argument("--seed", type=int, default=SynthConfig.seed)
-    p.add_argument("--dtype", default=SynthConfig.dtype, choices=["float32", "float64"])
+    p = argparse.ArgumentParser(description="Write a synthetic data set in the Zindi layout (Train.csv, Test.csv, "
+                                            "train_data/, test_data/, test_labels.csv) to OUT.")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--n-train", type=int, default=SynthConfig.n_train, help="train patches (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=SynthConfig.n_test, help="test patches (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SynthConfig.seed, help="seed (default: %(default)s)")
+    p.add_argument("--dtype", default=SynthConfig.dtype, choices=["float32", "float64"],
+                   help="patch dtype (default: %(default)s)")
     a = p.parse_args(argv)
     out = write_dataset(SynthConfig(a.out, a.n_train, a.n_test, a.seed, a.dtype))
     print(f"wrote {a.n_train} train + {a.n_test} test patches to {out}")

@@ -174,6 +174,8 @@ def test_predictor_matches_infer(exported, tmp_path):
     run, data = exported
     ref = _infer(run, data, tmp_path / "p.csv")
     p = Predictor(run)
+    assert p.backend == "onnxruntime" and "backend='onnxruntime'" in repr(p) and str(run) in repr(p)  # auto's pick
+    assert Predictor(run, backend="torch").backend == "torch"
     ids, probs = p.predict_dir(data)
     assert ids == list(ref)
     assert np.abs(probs - np.array(list(ref.values()))).max() <= 1e-6

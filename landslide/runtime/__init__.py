@@ -13,6 +13,7 @@ import numpy as np
 
 
 class Runner(ABC):
+    backend: str = ""  # the --backend value that builds this runner
     name: str = "runner"
     contract: dict
     threshold: float

@@ -16,6 +16,8 @@ from landslide.runtime import Runner, fit_profile
 
 
 class AotiRunner(Runner):
+    backend = "aoti"
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         side = read_sidecar(self.path, kind="aoti")

@@ -71,6 +71,7 @@ def auto_provider() -> str:
 
 class OnnxRunner(Runner):
     """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` probabilities through a fused ONNX graph."""
+    backend = "onnxruntime"
 
     def __init__(self, path: str | Path, provider: str = "auto", batch_size: int = 64) -> None:
         ort = import_ort()

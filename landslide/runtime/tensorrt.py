@@ -17,6 +17,8 @@ from landslide.runtime import Runner, fit_profile
 
 
 class TensorRTRunner(Runner):
+    backend = "tensorrt"
+
     def __init__(self, path: str | Path) -> None:
         import torch
 

@@ -14,6 +14,8 @@ CPU_CHUNK = 8  # patches per fused call on a CPU (32 views in flight)
 
 
 class TorchRunner(Runner):
+    backend = "torch"
+
     def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "fp32", compile: str = "off",
                  looped: bool = False) -> None:
         self.rt = resolve_runtime(device, precision, "auto", compile)

@@ -127,8 +127,14 @@ def arch_model_config(cfg: TrainConfig, arch_i: int) -> ModelConfig:
                        dropout=cfg.dropout, pretrained=pretrained)
 
 
-def check_archs(cfg: TrainConfig) -> None:
-    """Every architecture buildable before anything is written: a typo must not leave a run folder behind."""
+def check_config(cfg: TrainConfig) -> None:
+    """What the data need not be read for, checked before anything is written (every architecture
+    buildable, the folds asked for existing): a typo must not leave a run folder behind."""
+    bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
+                                                                          if cfg.only_folds.count(k) > 1})
+    if bad:
+        raise ConfigError(f"--only-folds {','.join(map(str, cfg.only_folds))}: fold(s) {bad} are out of range or "
+                          f"repeated", fix=f"pass each fold once, from 0 to {cfg.folds - 1} (--folds {cfg.folds})")
     if len(cfg.pretrained) > len(cfg.archs):
         raise ConfigError(f"{len(cfg.pretrained)} --pretrained files for {len(cfg.archs)} --archs",
                           fix="pass at most one checkpoint per architecture, in --archs order")
@@ -427,7 +433,7 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
 
     if cfg.deterministic:
         set_determinism()
-    check_archs(cfg)
+    check_config(cfg)
     rt = resolve_runtime(device, cfg.precision, cfg.channels_last, cfg.compile)
     autotune = enable_autotune(rt, cfg.deterministic)
     if cfg.cuda_graphs:

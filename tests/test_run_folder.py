@@ -20,7 +20,20 @@ def test_a_bad_arch_is_refused_before_anything_is_written(tmp_path):
     r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
                    "--pretrained", str(tmp_path / "missing.pth"))
     _assert_user_error(r, "pretrained checkpoint not found", "missing.pth")
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                   "--only-folds", "1,5")  # the tiny preset has folds 0 and 1
+    _assert_user_error(r, "fold(s) [5] are out of range", "from 0 to 1 (--folds 2)")
     assert not (tmp_path / "r").exists()  # so the corrected command just works
+
+
+def test_a_fold_asked_for_twice_is_refused():
+    from landslide.config import make_config
+    from landslide.train import check_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"fold\(s\) \[0\] are out of range or repeated"):
+        check_config(make_config(TrainConfig, {**PRESETS["tiny"], "only_folds": [0, 0]}))
+    check_config(make_config(TrainConfig, {**PRESETS["tiny"], "only_folds": [1, 0]}))
 
 
 def test_a_start_that_trained_nothing_can_be_started_again(trained_run, tmp_path):

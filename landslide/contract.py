@@ -39,6 +39,10 @@ def versions() -> dict[str, str]:
     return v
 
 
+# Exporting again cannot help: the weights were fitted to the other preprocessing.
+PREPROCESS_FIX = "re-train with this version of landslide, or score with the version that trained it"
+
+
 def data_contract(layout: BandLayout) -> dict[str, Any]:
     """What a patch must look like for this artefact: raw, as read from the ``.npy`` files."""
     return {"bands": layout.to_list(), "input_shape": [*PATCH_HW, layout.n_channels],
@@ -59,7 +63,7 @@ def check_data(contract: dict[str, Any], layout: BandLayout, *, artefact: str | 
     pv = contract.get("preprocess_version")
     if pv != PREPROCESS_VERSION:
         raise ContractError(f"the artefact was made with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
-                            file=artefact, fix="re-train (or re-export) with this version of landslide")
+                            file=artefact, fix=PREPROCESS_FIX)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from landslide.bands import BandLayout
-from landslide.contract import checkpoint_path
+from landslide.contract import PREPROCESS_FIX, checkpoint_path
 from landslide.errors import ContractError
 from landslide.io import read_json
 from landslide.model import LandslideNet, tta_views
-from landslide.preprocess import median3x3
+from landslide.preprocess import PREPROCESS_VERSION, median3x3
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
         if not (run / name).is_file():
             raise ContractError(f"{name} missing: not a finished run folder", file=run / name, fix=fix)
     contract = read_json(run / "contract.json")
+    if (pv := contract.get("preprocess_version")) != PREPROCESS_VERSION:  # export and every runner start here
+        raise ContractError(f"the run was trained with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
+                            file=run / "contract.json", fix=PREPROCESS_FIX)
     cal = read_json(run / "calibration.json")
     archs = list(contract["archs"])
     folds = sorted(int(p.name[4:]) for p in run.glob("fold*") if p.is_dir() and p.name[4:].isdigit())

@@ -254,6 +254,26 @@ def test_stale_preprocess_version_refused(exported, tmp_path):
         read_sidecar(path)
 
 
+def test_a_run_trained_with_other_preprocessing_is_refused_by_export_and_inference(exported, tmp_path):
+    """Its weights were fitted to the other preprocessing: exporting it must not relabel it as current."""
+    from landslide.config import make_config
+    from landslide.ensemble import read_run
+    from landslide.export import main as export_main
+    from landslide.runtime.torch import TorchRunner
+
+    run, _ = exported
+    stale = tmp_path / "stale"
+    shutil.copytree(run, stale, ignore=shutil.ignore_patterns("export"))
+    contract = json.loads((stale / "contract.json").read_text())
+    (stale / "contract.json").write_text(json.dumps({**contract, "preprocess_version": 0}))
+    for make in (lambda: read_run(stale), lambda: TorchRunner(stale),
+                 lambda: export_main(make_config(ExportConfig, {"run": str(stale), "engine": "none"}))):
+        with pytest.raises(ContractError, match="trained with preprocessing v0") as e:
+            make()
+        assert "re-train" in str(e.value) and "contract.json" in str(e.value)
+    assert not (stale / "export").exists()
+
+
 @pytest.mark.slow
 def test_aoti_build_and_run(exported, reference, tmp_path):
     from landslide.export.aoti import build_package

@@ -28,7 +28,6 @@ from landslide.config import field
 from landslide.contract import check_data
 from landslide.data import IO_WORKERS, PATCH_HW, SPLITS, bad_files_fix, bands_file, load_patch, patch_dir, read_csv, read_patches
 from landslide.errors import BadFilesError, ConfigError, DataError
-from landslide.io import read_json
 from landslide.runtime import Runner
 from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv
 
@@ -130,20 +129,17 @@ def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
     import torch
 
     from landslide.ensemble import read_run
-    from landslide.export.sidecar import run_hash, sidecar_path
+    from landslide.export.sidecar import readable_sidecar, run_hash
 
     suffix = {"aoti": ".pt2", "tensorrt": ".engine"}[backend]
-    found = [p for p in engine_dir.glob(f"*{suffix}") if sidecar_path(p).is_file()]
+    found = [(p, side) for p in engine_dir.glob(f"*{suffix}") if (side := readable_sidecar(p)) is not None]
     if not found:
         return None
     want, sha = str(run.resolve()), run_hash(read_run(run))
     # An AOTI sidecar names its device; a TensorRT one has none (its GPU is checked when it is loaded).
     here = ("cuda" if torch.cuda.is_available() else "cpu") if backend == "aoti" else None
-    ok = []
-    for p in found:
-        side = read_json(sidecar_path(p))
-        if side.get("source_run") == want and side.get("source_hash") == sha and side.get("device") == here:
-            ok.append(p)
+    ok = [p for p, side in found
+          if side.get("source_run") == want and side.get("source_hash") == sha and side.get("device") == here]
     return max(ok, key=lambda p: p.stat().st_mtime) if ok else None
 
 

@@ -274,6 +274,26 @@ def test_a_run_trained_with_other_preprocessing_is_refused_by_export_and_inferen
     assert not (stale / "export").exists()
 
 
+def test_engine_scan_skips_a_broken_sidecar(exported, tmp_path):
+    """One unreadable sidecar in a shared engine folder must not stop the package built from this run
+    being found (nor raise a JSON traceback)."""
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import run_hash
+    from landslide.infer import find_engine
+
+    run, _ = exported
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    for name, side in (("broken", '{"source_run": '), ("list", "[1, 2]"),
+                       ("good", json.dumps({"source_run": str(run.resolve()), "source_hash": run_hash(read_run(run)),
+                                            "device": "cuda" if torch.cuda.is_available() else "cpu"}))):
+        (engines / f"{name}.pt2").write_bytes(b"package")
+        sidecar_path(engines / f"{name}.pt2").write_text(side)
+    assert find_engine(run, engines, "aoti") == engines / "good.pt2"
+    (engines / "good.pt2").unlink()
+    assert find_engine(run, engines, "aoti") is None
+
+
 @pytest.mark.slow
 def test_aoti_build_and_run(exported, reference, tmp_path):
     from landslide.export.aoti import build_package

@@ -33,8 +33,9 @@ def sidecar_path(artefact: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _readable_sidecar(artefact: Path) -> dict[str, Any] | None:
-    """The sidecar's contents, or None when it is missing or not a JSON object (for messages only)."""
+def readable_sidecar(artefact: Path) -> dict[str, Any] | None:
+    """The sidecar's contents, or None when it is missing or not a JSON object (for messages, and for
+    ``infer.find_engine``'s scan, where one broken file must not stop the others being found)."""
     try:
         side = read_json(sidecar_path(artefact)) if sidecar_path(artefact).is_file() else None
     except ValueError:
@@ -49,7 +50,7 @@ def source_run(artefact: str | Path, side: dict[str, Any] | None = None) -> Path
     if artefact.suffix == ".onnx" and artefact.parent.name == "export" \
             and (artefact.parent.parent / "calibration.json").is_file():
         return artefact.parent.parent  # also right for a copied run folder, whose sidecars name the original
-    source = (side if side is not None else _readable_sidecar(artefact) or {}).get("source_run")
+    source = (side if side is not None else readable_sidecar(artefact) or {}).get("source_run")
     return Path(source) if source else None
 
 
@@ -61,7 +62,7 @@ def rebuild_command(artefact: str | Path, side: dict[str, Any] | None = None) ->
     it was built with. ``side`` is the sidecar when readable; without it the run folder is a placeholder.
     """
     artefact = Path(artefact)
-    side = _readable_sidecar(artefact) if side is None else side
+    side = readable_sidecar(artefact) if side is None else side
     run = source_run(artefact, side)
     cmd = ["python", "export.py", shlex.quote(str(run)) if run else "RUN_DIR"]
     engine = ENGINE_OF_SUFFIX.get(artefact.suffix)

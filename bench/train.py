@@ -131,6 +131,13 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     common.set_threads(cfg.threads)
     rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     enable_autotune(rt)  # as train.py does (both pipelines share it)
+    # The conventional run's runtime, through the same checks (fp16 on a CPU is refused here as in train.py,
+    # before anything is timed); "same" keeps the device pipeline's resolved value.
+    onoff = {True: "on", False: "off"}
+    brt = resolve_runtime(str(rt.device), rt.precision if cfg.baseline_precision == "same" else cfg.baseline_precision,
+                          {"same": onoff[rt.channels_last]}.get(cfg.baseline_channels_last, cfg.baseline_channels_last),
+                          {"same": onoff[rt.compile]}.get(cfg.baseline_compile, cfg.baseline_compile)) \
+        if cfg.baseline_loader else None
     backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
     dev = rt.device
     n = cfg.n or (512 if cfg.quick else 4096)
@@ -275,9 +282,7 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             return mixer(xb, yb, cloud_score(xb, opt_idx), gen)
 
-        brt = Runtime(dev, rt.precision if cfg.baseline_precision == "same" else cfg.baseline_precision,
-                      rt.channels_last if cfg.baseline_channels_last == "same" else cfg.baseline_channels_last == "on",
-                      rt.compile if cfg.baseline_compile == "same" else cfg.baseline_compile == "on")
+        assert brt is not None
         if brt == rt:
             base_compute = compute
         else:  # free the first model and its optimizer state before building the second

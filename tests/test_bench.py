@@ -230,3 +230,14 @@ def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
     assert got["aoti"]() == "runner"
     assert asked == [str(CACHE / "engines")] * 2 and exported[0].engine_dir == str(CACHE / "engines")
     assert exported[0].run == str(tmp_path) and exported[0].engine == "aoti"
+
+
+def test_train_bench_refuses_a_baseline_runtime_the_host_cannot_run_before_timing():
+    """--baseline-precision fp16 on a CPU is refused as train.py refuses it, not timed as 'fp16'."""
+    import bench.train as bt
+    from landslide.config import make_config
+    from landslide.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        bt.main(make_config(bt.TrainBenchConfig, {"quick": True, "device": "cpu", "baseline_loader": True,
+                                                  "baseline_precision": "fp16"}))

@@ -197,7 +197,6 @@ class Split:
     x: torch.Tensor            # (N, C, 64, 64) float32, SAR bands median-filtered
     labels: np.ndarray | None  # (N,) int64
     layout: BandLayout
-    skipped: list[DataError]
 
 
 def _fingerprint(data_dir: Path, split: str, table: Table, layout: BandLayout) -> str:
@@ -226,9 +225,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LANDSLIDE_CACHE", Path.home() / ".cache" / "landslide"))
 
 
-def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None = None,
-               skip_bad: bool = False, use_cache: bool = True) -> Split:
-    """Read, validate and preprocess a split, through a cache keyed by a hash of its inputs.
+def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None = None) -> Split:
+    """Read, validate and preprocess a split, through a cache keyed by a hash of its inputs; any bad
+    file is an error (training and the baseline need every row; inference reads its files itself).
 
     The cache holds one file per data folder and split (``<cache>/<split>-<folder>-<hash>.pt``);
     changing the CSV, any patch file, ``bands.txt`` or the preprocessing code changes the hash, rebuilds
@@ -244,29 +243,26 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     source = f"{split}-{_source_tag(data_dir)}-"
     cache_file = cache / f"{source}{_fingerprint(data_dir, split, table, layout)}.pt"
-    if use_cache and not skip_bad and cache_file.is_file():
+    if cache_file.is_file():
         try:
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
             log.info("cache hit: %s (%d patches)", cache_file, len(blob["ids"]))
-            labels = table.labels
-            return Split(blob["ids"], blob["x"], labels, layout, [])
+            return Split(blob["ids"], blob["x"], table.labels, layout)
         except Exception as e:  # a corrupt cache is rebuilt, and says so
             log.warning("cache %s unreadable (%s): rebuilding", cache_file, e)
     # load_split is what training reads its data with (and the baseline its test split).
     then = "train again" if split == "train" else "run again"
-    x_np, ids, skipped = load_patches(data_dir, split, table.ids, layout, skip_bad=skip_bad, then=then)
-    x = median_filter_sar(torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous(), layout.sar_idx)
-    labels = None
-    if table.labels is not None:
-        pos = {id_: i for i, id_ in enumerate(table.ids)}
-        labels = table.labels[[pos[i] for i in ids]]
-    if use_cache and not skipped:
-        cache.mkdir(parents=True, exist_ok=True)
-        with atomic_write(cache_file, "wb") as f:
-            torch.save({"ids": ids, "x": x}, f)
-        log.info("cache written: %s (%d patches)", cache_file, len(ids))
-        for stale in cache.glob(f"{source}*.pt"):  # this folder's earlier contents: never read again
-            if stale != cache_file:
-                stale.unlink(missing_ok=True)
-                log.info("cache: removed %s (built from this folder's earlier contents)", stale.name)
-    return Split(ids, x, labels, layout, skipped)
+    x_np, ids, _ = load_patches(data_dir, split, table.ids, layout, then=then)
+    # One NCHW copy of the set, filtered in place: the full Zindi train split is 1.4 GB a copy.
+    x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
+    del x_np
+    x = median_filter_sar(x, layout.sar_idx, inplace=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache_file, "wb") as f:
+        torch.save({"ids": ids, "x": x}, f)
+    log.info("cache written: %s (%d patches)", cache_file, len(ids))
+    for stale in cache.glob(f"{source}*.pt"):  # this folder's earlier contents: never read again
+        if stale != cache_file:
+            stale.unlink(missing_ok=True)
+            log.info("cache: removed %s (built from this folder's earlier contents)", stale.name)
+    return Split(ids, x, table.labels, layout)

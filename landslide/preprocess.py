@@ -1,7 +1,7 @@
 """Preprocessing as torch code, so training, the cache and the exported graphs share one implementation.
 
 - SAR speckle: a 3x3 median filter (replicate border, as OpenCV's medianBlur) on the SAR bands only.
-  Written with shifted slices + ``topk`` so it batches on any device and exports to ONNX (TopK).
+  A min/max exchange network over 9 shifted slices, so it batches on any device and exports to ONNX.
 - Normalisation: per-band mean/std fitted on the training rows of a fold, stored with its model.
 - Cloud score: ``sigmoid(mean standardised optical brightness)`` per patch, in (0, 1). Clouds are
   bright in every optical band, so a cloudy patch scores near 1; the attention gate reads it to lean
@@ -33,9 +33,10 @@ def median3x3(x: torch.Tensor) -> torch.Tensor:
     return v[4]
 
 
-def median_filter_sar(x: torch.Tensor, sar_idx: list[int], chunk: int = 512) -> torch.Tensor:
-    """Median-filter the SAR channels of ``(N, C, H, W)`` in chunks (bounded memory); returns a new tensor."""
-    out = x.clone()
+def median_filter_sar(x: torch.Tensor, sar_idx: list[int], chunk: int = 512, inplace: bool = False) -> torch.Tensor:
+    """Median-filter the SAR channels of ``(N, C, H, W)`` in chunks (bounded memory); returns a new tensor,
+    or ``x`` itself filtered with ``inplace`` (each chunk's input is gathered before its result is written)."""
+    out = x if inplace else x.clone()
     if not sar_idx:
         return out
     idx = torch.as_tensor(sar_idx)

@@ -24,6 +24,8 @@ def test_median_filter_touches_sar_channels_only():
     y = median_filter_sar(x, [4, 5, 6, 7, 8, 9, 10, 11], chunk=3)
     assert torch.equal(y[:, :4], x[:, :4]) and torch.equal(y[:, 4:], median3x3(x[:, 4:]))
     assert torch.equal(median_filter_sar(x, []), x)
+    z = x.clone()
+    assert median_filter_sar(z, [4, 5, 6, 7, 8, 9, 10, 11], chunk=3, inplace=True) is z and torch.equal(z, y)
 
 
 def test_fit_stats_matches_numpy():

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,14 +46,16 @@ def median_filter_sar(x: torch.Tensor, sar_idx: list[int], chunk: int = 512, inp
     return out
 
 
-def fit_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-band mean and std of ``(N, C, H, W)`` in float64 (chunked, so the fold never gets copied)."""
+def fit_stats(x: torch.Tensor, rows: np.ndarray | None = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std of ``x[rows]`` (all of ``(N, C, H, W)`` by default) in float64, a chunk of
+    rows gathered at a time, so the training fold is never copied whole."""
     c = x.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     ss = torch.zeros(c, dtype=torch.float64)
     n = 0
-    for i in range(0, x.shape[0], chunk):
-        b = x[i:i + chunk].to(torch.float64)
+    rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows)
+    for i in range(0, len(rows), chunk):
+        b = x[torch.from_numpy(rows[i:i + chunk])].to(torch.float64)
         s += b.sum((0, 2, 3))
         ss += (b * b).sum((0, 2, 3))
         n += b.shape[0] * b.shape[2] * b.shape[3]

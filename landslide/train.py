@@ -172,7 +172,7 @@ class FoldTrainer:
         env = self.env
         x_all = self.split.x
         y_all = torch.as_tensor(self.split.labels, dtype=torch.float32)
-        mean, std = fit_stats(x_all[self.tr_idx])
+        mean, std = fit_stats(x_all, self.tr_idx)
         torch.manual_seed(epoch_seed(cfg.seed, self.fold, self.arch_i, -1))  # model init
         net = build_net(self.mcfg, self.layout, mean, std).to(rt.device)
         if rt.channels_last:

@@ -35,6 +35,11 @@ def test_fit_stats_matches_numpy():
     assert np.allclose(mean.numpy(), xn.mean((0, 2, 3)), atol=1e-5)
     assert np.allclose(std[:2].numpy(), xn.std((0, 2, 3))[:2], rtol=1e-4)
     assert std[2] == 1.0  # a constant band is left centred, not divided by zero
+    rows = np.array([7, 1, 2, 8, 5])  # a fold's rows, in any order, gathered a chunk at a time
+    m_rows, s_rows = fit_stats(x, rows, chunk=2)
+    m_ref, s_ref = fit_stats(x[torch.from_numpy(rows)])
+    assert torch.allclose(m_rows, m_ref, atol=1e-6) and torch.allclose(s_rows, s_ref, atol=1e-6)
+    assert not torch.allclose(m_rows, mean, atol=1e-3)  # the rows, not the whole set
 
 
 def test_normalize_and_cloud_score():

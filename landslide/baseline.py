@@ -18,7 +18,6 @@ def band_means(x) -> np.ndarray:
 def fit_logreg(f: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 500) -> tuple[np.ndarray, float]:
     """Class-balanced L2 logistic regression by Newton's method on standardised features."""
     n, d = f.shape
-    w, b = np.zeros(d), 0.0
     sw = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9))
     xb = np.c_[f, np.ones(n)]
     theta = np.zeros(d + 1)

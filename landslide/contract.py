@@ -27,7 +27,11 @@ def checkpoint_path(run_dir: str | Path, fold: int, arch: str, suffix: str = ".p
     return Path(run_dir) / f"fold{fold}" / f"{arch.replace('@', '_')}{suffix}"
 
 
-def versions() -> dict[str, str]:
+def versions(*extra: str) -> dict[str, str]:
+    """Python, torch, timm, numpy (and CUDA + the current GPU where there is one), plus the import names
+    in ``extra`` that are installed: what a checkpoint, run or artefact records it was made with."""
+    import importlib
+
     import numpy
     import timm
 
@@ -36,6 +40,11 @@ def versions() -> dict[str, str]:
     if torch.cuda.is_available():
         v["cuda"] = str(torch.version.cuda)
         v["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())  # --device cuda:N made it current
+    for name in extra:
+        try:
+            v[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
     return v
 
 

@@ -103,11 +103,6 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def barrier(env: DistEnv) -> None:
-    if env.enabled:
-        dist.barrier(group=_OBJECTS)
-
-
 def broadcast(env: DistEnv, obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (a picklable Python object)."""
     if not env.enabled:

@@ -19,7 +19,7 @@ from landslide.bands import BandLayout
 from landslide.contract import PREPROCESS_FIX, checkpoint_path
 from landslide.errors import ContractError
 from landslide.io import read_json
-from landslide.model import LandslideNet, tta_views
+from landslide.model import LandslideNet, tta_mean, tta_views
 from landslide.preprocess import PREPROCESS_VERSION, median3x3
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class FusedEnsemble(nn.Module):
         for i, row in enumerate(self.archs):
             fold_sum = torch.zeros(b, dtype=torch.float32, device=x.device)
             for net in row:
-                p = torch.sigmoid(net(x).float()).reshape(4, b).mean(0)
-                fold_sum = fold_sum + p
+                fold_sum = fold_sum + tta_mean(net(x))
             total = total + self.weights[i] * fold_sum / len(row)
         return total
 

@@ -3,7 +3,7 @@
 ``RUN`` is a run folder (torch, or its ``export/`` ONNX graphs) or an artefact file whose suffix
 picks the backend: ``.onnx`` onnxruntime, ``.pt2`` AOTInductor, ``.engine`` TensorRT. ``auto`` picks
 the best this host can run for what was given, and says which in one log line. Patches are read by a
-reader thread one batch ahead of the runner, so file I/O overlaps compute. Every file's .npy header
+reader thread two batches ahead of the runner, so file I/O overlaps compute. Every file's .npy header
 is checked before any compute (missing, truncated, wrong shape or dtype); bad files are all named at
 once, those the header check finds together with those whose values are NaN/Inf, and no submission is
 written unless ``--skip-bad``. A ``--shard K/N`` run writes ``<out stem>.shard<K>of<N>.csv``; once all N

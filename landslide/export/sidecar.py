@@ -7,12 +7,11 @@ libraries disagree with its sidecar, naming the file and the command that rebuil
 """
 from __future__ import annotations
 
-import platform
 import shlex
 from pathlib import Path
 from typing import Any
 
-from landslide.contract import checkpoint_path, file_sha256, stable_hash
+from landslide.contract import checkpoint_path, file_sha256, stable_hash, versions
 from landslide.errors import ContractError
 from landslide.export import DEFAULT_PROFILE
 from landslide.io import read_json, write_json
@@ -80,22 +79,6 @@ def rebuild_command(artefact: str | Path, side: dict[str, Any] | None = None) ->
     return " ".join(cmd) + where
 
 
-def library_versions(*extra: str) -> dict[str, str]:
-    """Versions of the libraries an artefact depends on (import names in ``extra`` are added when present)."""
-    import importlib
-
-    import numpy
-    import torch
-
-    v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for name in extra:
-        try:
-            v[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
-    return v
-
-
 def run_hash(info: Any) -> str:
     """Hash of what a run's ensemble is: every checkpoint's bytes plus the calibration."""
     files = {f"fold{k}/{a}": file_sha256(checkpoint_path(info.run_dir, k, a))
@@ -125,7 +108,7 @@ def write_sidecar(artefact: str | Path, *, kind: str, info: Any, precision: str,
         "output": {"name": "prob", "shape": ["batch"], "dtype": "float32"},
         "source_run": str(Path(info.run_dir).resolve()),
         "source_hash": run_sha,
-        "versions": library_versions("onnx", "onnxruntime", *libs),
+        "versions": versions("onnx", "onnxruntime", *libs),
         **(extra or {}),
     }
     write_json(sidecar_path(artefact), side)

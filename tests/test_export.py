@@ -149,6 +149,22 @@ def test_verification_refuses_past_tolerance(exported, reference, tmp_path, monk
     assert not sidecar_path(tmp_path / "fused.onnx").exists()
 
 
+def test_a_failing_checker_leaves_no_temp_file_and_the_old_graph(exported, reference, tmp_path, monkeypatch):
+    import onnx
+
+    fused, _, x, _ = reference
+    path = ox.export_onnx(fused, torch.from_numpy(x[:2]), tmp_path / "fused.onnx")
+    before = path.read_bytes()
+
+    def broken(*a, **k):
+        raise onnx.checker.ValidationError("a node the checker refuses")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    with pytest.raises(onnx.checker.ValidationError):
+        ox.export_onnx(fused, torch.from_numpy(x[:2]), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"] and path.read_bytes() == before
+
+
 def test_fp16_graph_is_also_checked_on_the_cuda_ep_where_there_is_one(exported, reference, tmp_path, monkeypatch):
     """ORT's CPU EP computes FP16 convolutions in FP32, so where the CUDA EP runs the FP16 graph is
     checked there too: an FP16-arithmetic error there fails the export, and a CUDA EP that does not

@@ -63,15 +63,19 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_n
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():  # tracer warnings about shape-dependent Python branches are expected
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
-    # The old sidecar describes the old file: drop it, so an unverified new file has no contract.
-    path.with_name(path.name + ".json").unlink(missing_ok=True)
-    gather_weights(tmp, path)
-    onnx.checker.check_model(str(tmp), full_check=True)
+    try:
+        with warnings.catch_warnings():  # tracer warnings about shape-dependent Python branches are expected
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
+                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        # The old sidecar describes the old file: drop it, so an unverified new file has no contract.
+        path.with_name(path.name + ".json").unlink(missing_ok=True)
+        gather_weights(tmp, path)
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except BaseException:  # an exporter or checker failure (its traceback is the bug report) leaves no temp file
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return path
 

@@ -55,5 +55,5 @@ def cutmix(x: torch.Tensor, perm: torch.Tensor, lam: float, rng: np.random.Gener
     y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, h)
     x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, w)
     out = x.clone()
-    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    out[..., y0:y1, x0:x1] = x[..., y0:y1, x0:x1][perm]  # gathers the box only, not the whole partner batch
     return out, 1 - float((y1 - y0) * (x1 - x0)) / (h * w)

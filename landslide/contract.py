@@ -62,17 +62,14 @@ def data_contract(layout: BandLayout) -> dict[str, Any]:
 
 
 def check_data(contract: dict[str, Any], layout: BandLayout, *, artefact: str | Path, data_dir: str | Path) -> None:
-    """Refuse data whose bands or preprocessing disagree with the artefact's contract."""
+    """Refuse data whose bands disagree with the artefact's contract. (Its preprocessing version was
+    checked where the contract was read: ``ensemble.read_run`` for a run, ``read_sidecar`` for an artefact.)"""
     want = contract.get("bands")
     if want != layout.to_list():
         raise ContractError(f"the artefact was trained on bands {want}, but the data declares {layout.to_list()}",
                             file=artefact,
                             fix=f"score data with the same bands in the same order (bands.txt in {data_dir}), "
                                 "or train a model on this data")
-    pv = contract.get("preprocess_version")
-    if pv != PREPROCESS_VERSION:
-        raise ContractError(f"the artefact was made with preprocessing v{pv}, this code is v{PREPROCESS_VERSION}",
-                            file=artefact, fix=PREPROCESS_FIX)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

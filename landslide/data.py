@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,44 @@ def _channel_fix(n_channels: int, bands: Path | None, found: int) -> tuple[str, 
             f"line, or save all {n_channels} bands; the names, in the default order: {', '.join(ALL_BANDS)}")
 
 
+# numpy parses a .npy header with ast.literal_eval, and CPython 3.11's AST construction is not safe in
+# several threads at once: under the reader pools it failed now and then with "SystemError: AST
+# constructor recursion depth mismatch" (CPython gh-106905). Only the parse of the header (~100 bytes,
+# already read) holds this lock; the file reads stay parallel.
+_HEADER_PARSE = threading.Lock()
+_HEADER_READERS = {(1, 0): (np.lib.format.read_array_header_1_0, "<H"),
+                   (2, 0): (np.lib.format.read_array_header_2_0, "<I")}
+
+
+def read_npy_header(f: io.BufferedIOBase) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` file open at its start; ``f`` is left at the
+    data. Raises ValueError for what is not a .npy file of format 1.0 or 2.0 (3.0 only adds UTF-8
+    field names, which no patch of real numbers has)."""
+    version = np.lib.format.read_magic(f)
+    if version not in _HEADER_READERS:
+        raise ValueError(f".npy format version {version} is not supported (1.0 and 2.0 are)")
+    read, length = _HEADER_READERS[version]
+    size = f.read(struct.calcsize(length))
+    header = f.read(struct.unpack(length, size)[0]) if len(size) == struct.calcsize(length) else b""
+    with _HEADER_PARSE:
+        shape, fortran, dtype = read(io.BytesIO(size + header))
+    return tuple(shape), fortran, dtype
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` for a plain ``.npy``, safe in many threads at once
+    (see ``_HEADER_PARSE``). Raises ValueError for a bad, truncated or object-dtype file."""
+    with open(path, "rb") as f:
+        shape, fortran, dtype = read_npy_header(f)
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        count = int(np.prod(shape, dtype=np.int64))
+        arr = np.fromfile(f, dtype=dtype, count=count)  # what np.load does for a real file
+    if arr.size != count:
+        raise ValueError(f"expected {count} elements of {dtype} for shape {shape}, could only read {arr.size} elements")
+    return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+
+
 def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = None) -> np.ndarray:
     """Load and validate one patch; returns ``(64, 64, C)`` float32. Raises :class:`DataError`.
 
@@ -123,8 +163,8 @@ def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = No
         raise DataError("patch file is missing", file=path, id=id_,
                         fix="restore the file, or remove its row from the CSV")
     try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as e:  # numpy raises ValueError/OSError/EOFError/UnpicklingError on bad files
+        arr = read_npy(path)
+    except Exception as e:  # ValueError/OSError/EOFError on bad files
         raise DataError(f"cannot read .npy ({type(e).__name__}: {e})", file=path, id=id_,
                         fix="the file is truncated or not a .npy array; re-extract or re-download it") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
@@ -153,7 +193,7 @@ def try_load_patch(folder: Path, id_: str, n_channels: int, *, bands: Path | Non
         return e
 
 
-# np.load releases the GIL while reading, so a thread pool of this size overlaps the file I/O.
+# File reads release the GIL, so a thread pool of this size overlaps the file I/O.
 IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 
 

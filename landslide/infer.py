@@ -26,7 +26,18 @@ from tqdm import tqdm
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data
-from landslide.data import IO_WORKERS, PATCH_HW, SPLITS, bad_files_fix, bands_file, load_patch, patch_dir, read_csv, read_patches
+from landslide.data import (
+    IO_WORKERS,
+    PATCH_HW,
+    SPLITS,
+    bad_files_fix,
+    bands_file,
+    load_patch,
+    patch_dir,
+    read_csv,
+    read_npy_header,
+    read_patches,
+)
 from landslide.errors import BadFilesError, ConfigError, DataError
 from landslide.runtime import Runner
 from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv
@@ -204,11 +215,7 @@ def _header_ok(path: Path, n_channels: int) -> bool:
     """Cheap check from the .npy header (~128 bytes): real dtype, (64, 64, C) shape, file not truncated."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            if version not in read:
-                return False
-            shape, _, dtype = read[version](f)
+            shape, _, dtype = read_npy_header(f)  # thread-safe: prescan runs on a pool
             start = f.tell()
     except (OSError, ValueError):
         return False

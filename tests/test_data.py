@@ -201,3 +201,41 @@ def test_cached_tensor_is_median_filtered_on_sar_only(tmp_path):
     assert np.array_equal(s.x[0, :4].numpy(), raw[:4])          # optical untouched
     assert not np.array_equal(s.x[0, 4:].numpy(), raw[4:])      # SAR filtered
     assert np.isclose(s.x[0, 4, 10, 10].item(), np.median(raw[4, 9:12, 9:12]))
+
+
+def test_npy_headers_are_parsed_one_thread_at_a_time(tmp_path, monkeypatch):
+    """numpy parses headers with ast.literal_eval, which CPython 3.11 cannot run in two threads at once
+    (gh-106905: 'AST constructor recursion depth mismatch', seen in CI from the reader pools). The
+    pools' reads overlap; their header parses must not."""
+    import ast
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from landslide.data import IO_WORKERS, read_patches
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    ids = [f"ID_{i}" for i in range(24)]
+    want = {i: np.random.default_rng(k).normal(size=(64, 64, 3)).astype(np.float32) for k, i in enumerate(ids)}
+    for i, a in want.items():
+        np.save(folder / f"{i}.npy", a)
+    np.save(folder / "ID_F.npy", np.asfortranarray(want["ID_0"]))
+    inside, most, lock, real = [0], [0], threading.Lock(), ast.literal_eval
+
+    def watched(src):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.002)  # widen the window a second thread would enter through
+        try:
+            return real(src)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "literal_eval", watched)
+    with ThreadPoolExecutor(max_workers=max(IO_WORKERS, 4)) as pool:
+        x, got, bad = read_patches(pool, folder, [*ids, "ID_F"], 3)
+    assert most[0] == 1 and not bad and got == [*ids, "ID_F"]
+    assert all(np.array_equal(x[k], want[i]) for k, i in enumerate(ids)) and np.array_equal(x[-1], want["ID_0"])

@@ -152,9 +152,11 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
 
 
 def _make_with_export(values: dict):
-    """``make_runner``; when the run folder lacks the backend's artefact, export it once, then retry."""
+    """``make_runner``; when the run folder lacks the backend's artefact, export it once, then retry. Any other
+    refusal (a provider that cannot start, a missing library) is the result: exporting again would cost
+    minutes and fail the same way."""
     from landslide.config import make_config
-    from landslide.errors import LandslideError
+    from landslide.errors import MissingArtefactError
     from landslide.export import ExportConfig
     from landslide.export import main as export_main
     from landslide.infer import InferConfig, make_runner
@@ -162,7 +164,7 @@ def _make_with_export(values: dict):
     cfg = make_config(InferConfig, values)
     try:
         return make_runner(cfg)
-    except LandslideError as first:
+    except MissingArtefactError as first:
         # ONNX Runtime runs the exported graphs; aoti/tensorrt need their engine built as well.
         engine = {"onnxruntime": "none"}.get(values["backend"], values["backend"])
         log.info("%s: %s -> exporting (engine=%s) and retrying", values["backend"], first.problem, engine)

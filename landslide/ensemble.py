@@ -80,19 +80,27 @@ def load_nets(info: RunInfo) -> list[list[LandslideNet]]:
 class FusedEnsemble(nn.Module):
     """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` ensemble probability."""
 
-    def __init__(self, nets: list[list[LandslideNet]], weights: list[float], sar_idx: list[int]) -> None:
+    def __init__(self, nets: list[list[LandslideNet]], weights: list[float], sar_idx: list[int],
+                 n_channels: int) -> None:
         super().__init__()
         self.archs = nn.ModuleList(nn.ModuleList(row) for row in nets)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("sar_idx", torch.tensor(sar_idx, dtype=torch.long))
         self.has_sar = bool(sar_idx)
+        # Where each channel of the result comes from in cat([x, filtered SAR]): a SAR band from its filtered
+        # copy, any other as it is. One Gather in the graph; index_copy would export as ScatterElements with
+        # indices broadcast through Shape/Expand, a shape computation TensorRT may refuse to build.
+        merge = list(range(n_channels))
+        for j, c in enumerate(sar_idx):
+            merge[c] = n_channels + j
+        self.register_buffer("merge_idx", torch.tensor(merge, dtype=torch.long), persistent=False)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """NHWC raw -> NCHW with the SAR bands median-filtered (the cache's representation)."""
         x = x.permute(0, 3, 1, 2)
         if self.has_sar:
             sar = median3x3(x.index_select(1, self.sar_idx))
-            x = x.index_copy(1, self.sar_idx, sar)
+            x = torch.cat([x, sar], 1).index_select(1, self.merge_idx)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +134,6 @@ class LoopedEnsemble(FusedEnsemble):
 def build_ensemble(run_dir: str | Path, looped: bool = False) -> tuple[FusedEnsemble, RunInfo]:
     info = read_run(run_dir)
     cls = LoopedEnsemble if looped else FusedEnsemble
-    return cls(load_nets(info), info.weights, info.layout.sar_idx).eval(), info
+    return cls(load_nets(info), info.weights, info.layout.sar_idx, info.layout.n_channels).eval(), info
 
 

@@ -60,6 +60,11 @@ class ConfigError(LandslideError):
     """A flag or config file is invalid, or asks for something this host cannot do."""
 
 
+class MissingArtefactError(ConfigError):
+    """A run folder has no exported graph or engine (one that runs on this host) for the backend asked for:
+    ``export.py`` makes it."""
+
+
 class VerificationError(LandslideError):
     """An exported artefact does not reproduce the torch reference within tolerance."""
 

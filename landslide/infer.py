@@ -38,7 +38,7 @@ from landslide.data import (
     read_npy_header,
     read_patches,
 )
-from landslide.errors import BadFilesError, ConfigError, DataError
+from landslide.errors import BadFilesError, ConfigError, DataError, MissingArtefactError
 from landslide.runtime import Runner
 from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv
 
@@ -93,16 +93,23 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
         return "torch", path, "asked for"
     if cfg.backend == "onnxruntime":
         if not graph.is_file():
-            raise ConfigError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
+            raise MissingArtefactError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
         return "onnxruntime", graph, "asked for"
     if cfg.backend in ("aoti", "tensorrt"):
-        engine = find_engine(path, Path(cfg.engine_dir), cfg.backend)
+        engine, unfit = find_engine(path, Path(cfg.engine_dir), cfg.backend, cfg.device)
         if engine is None:
-            raise ConfigError(f"no {cfg.backend} engine built from this run in {cfg.engine_dir}/", file=path,
-                              fix=f"python export.py {path} --engine {cfg.backend} --engine-dir {cfg.engine_dir}")
+            why = f" that runs here ({'; '.join(unfit)})" if unfit else ""
+            # A fitting engine has another cache key (TensorRT/torch version, GPU): export builds it beside.
+            raise MissingArtefactError(f"no {cfg.backend} engine built from this run in {cfg.engine_dir}/{why}",
+                                       file=path, fix=f"python export.py {path} --engine {cfg.backend} "
+                                                      f"--engine-dir {cfg.engine_dir}")
         return cfg.backend, engine, f"built from this run, found in {cfg.engine_dir}/"
-    if _gpu_tensorrt() and (engine := find_engine(path, Path(cfg.engine_dir), "tensorrt")) is not None:
-        return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
+    if _gpu_tensorrt(cfg.device):
+        engine, unfit = find_engine(path, Path(cfg.engine_dir), "tensorrt", cfg.device)
+        if engine is not None:
+            return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
+        if unfit:  # say why the faster engine is passed over, then take the next best
+            log.warning("tensorrt engines built from this run skipped: %s", "; ".join(unfit))
     if graph.is_file():
         if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
             # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
@@ -111,14 +118,12 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
     return "torch", path, f"the run has no export/ folder (python export.py {path} makes one)"
 
 
-def _gpu_tensorrt() -> bool:
+def _gpu_tensorrt(device: str) -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    import torch
+    from landslide.device import resolve_device
 
-    return torch.cuda.is_available()
+    return importlib.util.find_spec("tensorrt") is not None and resolve_device(device).type == "cuda"
 
 
 def _gpu_without_ort_cuda(device: str) -> bool:
@@ -133,35 +138,52 @@ def _gpu_without_ort_cuda(device: str) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
-def find_engine(run: Path, engine_dir: Path, backend: str) -> Path | None:
-    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now, and,
-    for an AOTInductor package, for this host's device (a CUDA package can't run on a CPU host, and a CPU
-    one on a GPU host would leave the GPU idle)."""
-    import torch
+def find_engine(run: Path, engine_dir: Path, backend: str, device: str = "auto") -> tuple[Path | None, list[str]]:
+    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now and that
+    can run here, and why each other engine built from ``run`` cannot (``name: reason``).
 
+    "Runs here" is the runner's own check: a TensorRT engine needs this TensorRT version and GPU model;
+    an AOTInductor package this torch, and the device ``device`` resolves to (a CUDA package can't run
+    on a CPU host, and a CPU one on a GPU host would leave the GPU idle) and, on CUDA, this GPU model.
+    """
+    from landslide.device import resolve_device
     from landslide.ensemble import read_run
     from landslide.export.sidecar import readable_sidecar, run_hash
 
     suffix = {"aoti": ".pt2", "tensorrt": ".engine"}[backend]
     found = [(p, side) for p in engine_dir.glob(f"*{suffix}") if (side := readable_sidecar(p)) is not None]
+    if found:
+        want, sha = str(run.resolve()), run_hash(read_run(run))
+        found = [(p, side) for p, side in found if side.get("source_run") == want and side.get("source_hash") == sha]
     if not found:
-        return None
-    want, sha = str(run.resolve()), run_hash(read_run(run))
-    # An AOTI sidecar names its device; a TensorRT one has none (its GPU is checked when it is loaded).
-    here = ("cuda" if torch.cuda.is_available() else "cpu") if backend == "aoti" else None
-    ok = [p for p, side in found
-          if side.get("source_run") == want and side.get("source_hash") == sha and side.get("device") == here]
-    return max(ok, key=lambda p: p.stat().st_mtime) if ok else None
+        return None, []
+    if backend == "aoti":
+        from landslide.runtime.aoti import mismatch
+
+        here = resolve_device(device).type
+        why = {p: mismatch(side, here) for p, side in found}
+    else:
+        from landslide.export.tensorrt import import_trt
+        from landslide.runtime.tensorrt import mismatch
+
+        trt = import_trt()
+        why = {p: mismatch(side, trt) for p, side in found}
+    ok = [p for p, _ in found if why[p] is None]
+    unfit = [f"{p.name}: {why[p]}" for p, _ in found if why[p] is not None]
+    return (max(ok, key=lambda p: p.stat().st_mtime) if ok else None), unfit
 
 
 def make_runner(cfg: InferConfig) -> Runner:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend {cfg.backend!r} unknown", fix=f"use one of {BACKENDS}")
-    backend, path, why = resolve_artefact(cfg)
-    if backend != "torch":  # the engines run on the current CUDA device: --device cuda:N makes it N
-        from landslide.device import resolve_device
+    from landslide.device import resolve_device
 
-        resolve_device(cfg.device)
+    dev = resolve_device(cfg.device)  # first: engines are checked against and run on the current GPU (cuda:N)
+    if dev.type == "cpu" and (cfg.backend == "tensorrt" or Path(cfg.run).suffix == ".engine"):
+        where = f"--device {cfg.device} was asked for" if cfg.device != "auto" else "this host has none"
+        raise ConfigError(f"TensorRT runs on a CUDA GPU, and {where}", file=cfg.run,
+                          fix="use --backend onnxruntime, aoti or torch here, or run on a GPU machine")
+    backend, path, why = resolve_artefact(cfg)
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
 
@@ -169,11 +191,14 @@ def make_runner(cfg: InferConfig) -> Runner:
     elif backend == "onnxruntime":
         from landslide.runtime.onnxruntime import OnnxRunner
 
-        runner = OnnxRunner(path, cfg.provider, cfg.batch_size)
+        runner = OnnxRunner(path, cfg.provider, cfg.batch_size, cfg.device)
     elif backend == "aoti":
+        from landslide.device import resolve_device
         from landslide.runtime.aoti import AotiRunner
 
-        runner = AotiRunner(path)
+        # A package chosen from the engine folder fits the device already; a file given by hand is refused
+        # only when --device names another device than the one it was compiled for.
+        runner = AotiRunner(path, None if cfg.device == "auto" else resolve_device(cfg.device).type)
     else:
         from landslide.runtime.tensorrt import TensorRTRunner
 

@@ -209,19 +209,20 @@ def test_infer_runners_on_a_gpu_host_skip_ort_cpu_with_a_reason(monkeypatch, tmp
 
 
 def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
-    """An engine the benchmark has to export goes to bench's cache, never into the user's engines/."""
+    """An engine the benchmark has to export goes to bench's cache, never into the user's engines/; and only
+    a missing artefact is exported: any other refusal is the result, not minutes of export that fail the same way."""
     import landslide.export as export
     import landslide.infer as infer
     from bench.infer import CACHE, InferBenchConfig, runner_factories
     from landslide.config import make_config
-    from landslide.errors import LandslideError
+    from landslide.errors import ConfigError, MissingArtefactError
 
     exported, asked = [], []
 
     def make_runner(cfg):
         asked.append(cfg.engine_dir)
         if not exported:
-            raise LandslideError("no aoti engine built from this run")
+            raise MissingArtefactError("no aoti engine built from this run")
         return "runner"
 
     monkeypatch.setattr(infer, "make_runner", make_runner)
@@ -230,6 +231,17 @@ def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
     assert got["aoti"]() == "runner"
     assert asked == [str(CACHE / "engines")] * 2 and exported[0].engine_dir == str(CACHE / "engines")
     assert exported[0].run == str(tmp_path) and exported[0].engine == "aoti"
+
+    exported.clear()
+
+    def refuse(cfg):
+        raise ConfigError("onnxruntime could not start ['TensorrtExecutionProvider']")
+
+    monkeypatch.setattr(infer, "make_runner", refuse)
+    got = dict(runner_factories(make_config(InferBenchConfig, {"device": "cpu"}), tmp_path, compile_on=False))
+    with pytest.raises(ConfigError, match="could not start"):
+        got["aoti"]()
+    assert exported == []
 
 
 def test_train_bench_refuses_a_baseline_runtime_the_host_cannot_run_before_timing():

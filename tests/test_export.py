@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from landslide.config import make_config
 from landslide.contract import file_sha256
 from landslide.ensemble import build_ensemble
 from landslide.errors import ConfigError, ContractError, VerificationError
 from landslide.export import ExportConfig, reference_inputs
 from landslide.export import onnx as ox
 from landslide.export.sidecar import read_sidecar, sidecar_path
+from landslide.infer import InferConfig, make_runner
 
 from export_helpers import exported_run
 
@@ -72,6 +74,17 @@ def test_fused_onnx_matches_torch_ensemble(exported, reference):
     got = np.concatenate([runner.predict(x[:5]), runner.predict(x[5:])])  # two batch sizes: dynamic axis
     assert np.abs(got - ref).max() <= 1e-5
     assert runner.threshold == info.threshold
+
+
+def test_fused_graphs_merge_the_filtered_sar_bands_with_a_gather(exported):
+    """No ScatterElements in either fused graph: index_copy exported as one, with indices broadcast through
+    Shape/Expand, a shape computation TensorRT may refuse; the merge is one Gather from cat([x, sar])."""
+    import onnx
+
+    run, _ = exported
+    for name in ("fused.onnx", "fused_fp16.onnx"):
+        ops = {n.op_type for n in onnx.load(str(run / "export" / name), load_external_data=False).graph.node}
+        assert "ScatterElements" not in ops and "ScatterND" not in ops and "Gather" in ops, name
 
 
 def test_fp16_graph_parity(exported, reference):
@@ -300,14 +313,47 @@ def test_engine_scan_skips_a_broken_sidecar(exported, tmp_path):
     run, _ = exported
     engines = tmp_path / "engines"
     engines.mkdir()
-    for name, side in (("broken", '{"source_run": '), ("list", "[1, 2]"),
-                       ("good", json.dumps({"source_run": str(run.resolve()), "source_hash": run_hash(read_run(run)),
-                                            "device": "cuda" if torch.cuda.is_available() else "cpu"}))):
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    good = {"source_run": str(run.resolve()), "source_hash": run_hash(read_run(run)), "device": here,
+            "device_name": torch.cuda.get_device_name() if here == "cuda" else "cpu",
+            "versions": {"torch": torch.__version__}}
+    for name, side in (("broken", '{"source_run": '), ("list", "[1, 2]"), ("good", json.dumps(good))):
         (engines / f"{name}.pt2").write_bytes(b"package")
         sidecar_path(engines / f"{name}.pt2").write_text(side)
-    assert find_engine(run, engines, "aoti") == engines / "good.pt2"
+    assert find_engine(run, engines, "aoti") == (engines / "good.pt2", [])
     (engines / "good.pt2").unlink()
-    assert find_engine(run, engines, "aoti") is None
+    assert find_engine(run, engines, "aoti") == (None, [])
+
+
+def test_engine_scan_skips_engines_that_cannot_run_here(exported, tmp_path, caplog):
+    """Packages built from this run by another torch, or for the other device, are passed over with the
+    reason (the runner's own check), so a shared engine folder or a torch upgrade does not pick a file
+    that then refuses to load while a fitting one sits beside it; with none fitting, --backend aoti names
+    each reason and the rebuild command."""
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import run_hash
+    from landslide.infer import find_engine
+
+    run, _ = exported
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    base = {"source_run": str(run.resolve()), "source_hash": run_hash(read_run(run)), "device": "cpu",
+            "device_name": "cpu", "versions": {"torch": torch.__version__}}
+    sides = {"old": {**base, "versions": {"torch": "2.0.0"}}, "gpu": {**base, "device": "cuda", "device_name": "H200"},
+             "fits": base}
+    for name, side in sides.items():
+        (engines / f"{name}.pt2").write_bytes(b"package")
+        sidecar_path(engines / f"{name}.pt2").write_text(json.dumps(side))
+    found, unfit = find_engine(run, engines, "aoti", device="cpu")
+    assert found == engines / "fits.pt2"
+    assert sorted(unfit) == ["gpu.pt2: package compiled for cuda, and serving on cpu was asked for",
+                             f"old.pt2: package compiled with torch 2.0.0, this is torch {torch.__version__}"]
+    (engines / "fits.pt2").unlink()
+    with pytest.raises(ConfigError, match="no aoti engine built from this run") as e:
+        make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti", "device": "cpu",
+                                              "engine_dir": str(engines)}))
+    assert "torch 2.0.0" in str(e.value) and "serving on cpu" in str(e.value)
+    assert e.value.fix == f"python export.py {run} --engine aoti --engine-dir {engines}"
 
 
 @pytest.mark.slow

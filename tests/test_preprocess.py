@@ -67,6 +67,20 @@ def test_serving_preprocessing_equals_the_training_cache(tmp_path, bands):
     d = write_zindi(tmp_path / "d", n_train=5, n_test=1, channels=len(bands or range(12)), bands=bands)
     split = load_split(d, "train", cache_dir=tmp_path / "cache")
     raw = torch.from_numpy(np.stack([np.load(d / "train_data" / f"{i}.npy") for i in split.ids]).astype(np.float32))
-    got = FusedEnsemble([[]], [1.0], BandLayout.from_dir(d).sar_idx).preprocess(raw)
+    layout = BandLayout.from_dir(d)
+    got = FusedEnsemble([[]], [1.0], layout.sar_idx, layout.n_channels).preprocess(raw)
     assert got.shape == split.x.shape
     torch.testing.assert_close(got, split.x, rtol=0, atol=0)
+
+
+def test_serving_merge_puts_each_filtered_sar_band_back_in_its_place():
+    """SAR bands anywhere in the layout (here 3 and 0, in that order): the merge equals index_copy's."""
+    from landslide.ensemble import FusedEnsemble
+
+    raw = torch.randn(2, 64, 64, 5)
+    got = FusedEnsemble([[]], [1.0], [3, 0], 5).preprocess(raw)
+    x = raw.permute(0, 3, 1, 2)
+    idx = torch.tensor([3, 0])
+    want = x.index_copy(1, idx, median3x3(x.index_select(1, idx)))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, x)  # the filter did change the SAR bands

@@ -50,6 +50,26 @@ def test_ort_cuda_provider_refused_on_cpu_host(exported):
         OnnxRunner(run / "export" / "fused.onnx", "tensorrt")
 
 
+def test_ort_provider_follows_device(exported, monkeypatch):
+    """On a GPU host with onnxruntime-gpu, --device cpu keeps ONNX Runtime on the CPU (auto) and refuses a
+    GPU provider asked for beside it, instead of running on the GPU anyway."""
+    import onnxruntime as ort
+    import torch
+
+    from landslide.runtime.onnxruntime import OnnxRunner, auto_provider
+
+    run, _ = exported
+    graph = run / "export" / "fused.onnx"
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        m.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        assert auto_provider("cpu") == "cpu"
+        assert auto_provider("auto") == "cuda"
+    with pytest.raises(ConfigError, match="--provider cuda runs on a GPU, and --device cpu was asked for"):
+        OnnxRunner(graph, "cuda", device="cpu")
+    assert OnnxRunner(graph, device="cpu").provider == "cpu"
+
+
 def test_ort_reports_providers_used(exported):
     from landslide.runtime.onnxruntime import OnnxRunner
 
@@ -112,8 +132,11 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
     assert make_runner(make_config(InferConfig, {"run": graph})).name == "onnxruntime-cpu"
     with pytest.raises(ConfigError, match="--backend aoti cannot run a .onnx"):
         make_runner(make_config(InferConfig, {"run": graph, "backend": "aoti"}))
-    with pytest.raises(ConfigError, match="--engine tensorrt"):
-        make_runner(cfg(backend="tensorrt"))
+    with pytest.raises(ConfigError, match="TensorRT runs on a CUDA GPU, and --device cpu was asked for"):
+        make_runner(cfg(backend="tensorrt", device="cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="TensorRT runs on a CUDA GPU, and this host has none"):
+            make_runner(cfg(backend="tensorrt"))
     bare = tmp_path / "bare"  # a run without export/: auto is the torch reference
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("export"))
     assert make_runner(make_config(InferConfig, {"run": str(bare)})).name == "torch-fused"
@@ -172,8 +195,8 @@ def test_predictor_matches_infer(exported, tmp_path):
     from landslide import Predictor
 
     run, data = exported
-    ref = _infer(run, data, tmp_path / "p.csv")
-    p = Predictor(run)
+    ref = _infer(run, data, tmp_path / "p.csv", device="cpu")
+    p = Predictor(run, device="cpu")  # a GPU host may pick torch (onnxruntime without its CUDA EP)
     assert p.backend == "onnxruntime" and "backend='onnxruntime'" in repr(p) and str(run) in repr(p)  # auto's pick
     assert Predictor(run, backend="torch").backend == "torch"
     ids, probs = p.predict_dir(data)

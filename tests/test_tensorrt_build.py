@@ -34,7 +34,7 @@ class _Config:
         return SimpleNamespace(serialize=lambda: b"timings")
 
 
-def fake_trt(typed: bool, calls: list) -> SimpleNamespace:
+def fake_trt(version: str, calls: list, typed_flag: bool = True) -> SimpleNamespace:
     network = SimpleNamespace(get_input=lambda i: SimpleNamespace(name="x", shape=(-1, 64, 64, 12)))
 
     class Builder:
@@ -72,29 +72,32 @@ def fake_trt(typed: bool, calls: list) -> SimpleNamespace:
         def __init__(self, level: int) -> None:
             pass
 
-    flags = {"STRONGLY_TYPED": 1} if typed else {}  # TensorRT before 9 has no such member
-    return SimpleNamespace(__version__="10.13.0" if typed else "8.6.1", Logger=Logger,
-                           Builder=Builder, OnnxParser=Parser, BuilderFlag=SimpleNamespace(FP16="FP16"),
+    # 11 has no BuilderFlag.FP16 (touching it raises AttributeError), and keeps STRONGLY_TYPED only as ignored.
+    builder_flags = {} if version.startswith("11.") else {"FP16": "FP16"}
+    flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if typed_flag else {"EXPLICIT_BATCH": 0}
+    return SimpleNamespace(__version__=version, Logger=Logger, Builder=Builder, OnnxParser=Parser,
+                           BuilderFlag=SimpleNamespace(**builder_flags),
                            NetworkDefinitionCreationFlag=SimpleNamespace(**flags))
 
 
-@pytest.mark.parametrize("typed", [True, False])
-def test_tensorrt_build_is_strongly_typed_from_the_fp16_graph_where_it_can_be(typed, tmp_path, monkeypatch, caplog):
-    """On 10.x and 11.x: the FP16 graph, the STRONGLY_TYPED network flag, no precision flag (11 has none, and
-    on 10 it would let TensorRT move the normalisation of raw values near 1e4 to FP16). Only a TensorRT
-    without strong typing gets the FP32 graph with BuilderFlag.FP16, and a warning saying so."""
+@pytest.mark.parametrize("version,typed_flag", [("10.13.0", True), ("11.2.0", True), ("11.9.0", False)])
+def test_tensorrt_build_is_strongly_typed_from_the_fp16_graph(version, typed_flag, tmp_path, monkeypatch, caplog):
+    """On 10.x and 11.x: the FP16 graph, the STRONGLY_TYPED network flag while TensorRT has it (required on 10,
+    ignored on 11), and no precision flag (11 has none, and on 10 it would let TensorRT move the normalisation
+    of raw values near 1e4 to FP16)."""
     monkeypatch.setattr(trt_export, "gpu_name", lambda: "Fake GPU")
     calls: list = []
-    trt = fake_trt(typed, calls)
-    graph = trt_export.source_graph(tmp_path, trt)
-    assert graph.name == ("fused_fp16.onnx" if typed else "fused.onnx")
+    trt = fake_trt(version, calls, typed_flag)
+    trt_export.check_version(trt.__version__)
+    graph = trt_export.source_graph(tmp_path)
+    assert graph.name == "fused_fp16.onnx"
     with caplog.at_level(logging.WARNING, logger="landslide.export.tensorrt"):
         plan = trt_export._build(trt, graph, tmp_path / "engines", (1, 8, 16))
     assert plan == b"plan"
     assert ("parse", graph.name) in calls
-    assert ("create_network", 1 << 1 if typed else 0) in calls
-    assert [c for c in calls if c[0] == "set_flag"] == ([] if typed else [("set_flag", "FP16")])
-    assert ("BuilderFlag.FP16" in caplog.text) is not typed
+    assert ("create_network", 1 << 1 if typed_flag else 0) in calls
+    assert [c for c in calls if c[0] == "set_flag"] == []
+    assert caplog.text == ""
     # One profile on the batch axis, NHWC as the graph's input is.
     assert ("profile", ("x", (1, 64, 64, 12), (8, 64, 64, 12), (16, 64, 64, 12))) in calls
     # The timing cache starts empty, is written beside the engines, and is read back by the next build.
@@ -104,3 +107,19 @@ def test_tensorrt_build_is_strongly_typed_from_the_fp16_graph_where_it_can_be(ty
     calls.clear()
     trt_export._build(trt, graph, tmp_path / "engines", (1, 8, 16))
     assert ("timing_cache_in", b"timings") in calls
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "9.3.0"])
+def test_tensorrt_before_10_is_refused_on_import(version, monkeypatch):
+    """8.x would build an implicit-batch network its ONNX parser refuses, and parses only up to opset 17: the
+    refusal names the version and what to install, before any export work."""
+    import sys
+
+    from landslide.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__=version))
+    with pytest.raises(ConfigError, match=f"TensorRT {version} is too old") as e:
+        trt_export.import_trt()
+    assert "tensorrt>=10" in e.value.fix
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.0.1"))
+    assert trt_export.import_trt().__version__ == "10.0.1"

@@ -53,7 +53,7 @@ class HalfNet(nn.Module):
 
 def half_ensemble(fused: FusedEnsemble, info: RunInfo) -> FusedEnsemble:
     nets = [[HalfNet(n) for n in row] for row in fused.archs]
-    return FusedEnsemble(nets, info.weights, info.layout.sar_idx).eval()
+    return FusedEnsemble(nets, info.weights, info.layout.sar_idx, info.layout.n_channels).eval()
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = INPUT,

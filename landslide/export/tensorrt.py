@@ -1,11 +1,13 @@
 """TensorRT engines from the fused ONNX graph (GPU hosts; nothing here is imported on a CPU path).
 
-- Strongly typed from ``fused_fp16.onnx`` (FP16 models; FP32 I/O, normalisation, SAR median and cloud
-  score): the graph's types are the engine's types. TensorRT 11 has only this mode (``BuilderFlag.FP16``
-  is gone); on 10.x the ``STRONGLY_TYPED`` creation flag opts in (weak typing is deprecated since 10.12).
-  Weak typing (``BuilderFlag.FP16`` on the FP32 graph) would let TensorRT run any layer in FP16, the
-  normalisation of raw optical values near 1e4 included, which is what the FP16 graph keeps in FP32.
-- Only a TensorRT without the creation flag (before 9) gets the FP32 graph with ``BuilderFlag.FP16``.
+- TensorRT 10 or 11, strongly typed, from ``fused_fp16.onnx`` (FP16 models; FP32 I/O, normalisation,
+  SAR median and cloud score): the graph's types are the engine's types. 11 has only this mode
+  (``BuilderFlag.FP16`` is gone; its ``STRONGLY_TYPED`` creation flag is kept but ignored); on 10.x that
+  flag opts in (weak typing is deprecated since 10.12). Weak typing (``BuilderFlag.FP16`` on the FP32
+  graph) would let TensorRT run any layer in FP16, the normalisation of raw optical values near 1e4
+  included, which is what the FP16 graph keeps in FP32; so it is never used.
+- An older TensorRT is refused when imported: 8.x builds implicit-batch networks unless told otherwise,
+  and its ONNX parser stops at opset 17 (the graphs are opset 18).
 - One optimisation profile on the batch axis (``--min/--opt/--max-batch``).
 - A timing cache per (TensorRT version, GPU) in the engine folder makes rebuilds fast.
 - Engines are cached as ``engines/fused-<key>.engine`` with key = hash(graph sha256, TensorRT
@@ -27,6 +29,7 @@ from landslide.io import atomic_write
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install tensorrt (matching your CUDA driver), on a machine with an NVIDIA GPU"
+MIN_MAJOR = 10
 
 
 def import_trt():
@@ -34,7 +37,16 @@ def import_trt():
         import tensorrt as trt
     except ImportError:
         raise ConfigError("TensorRT is not installed", fix=INSTALL) from None
+    check_version(trt.__version__)
     return trt
+
+
+def check_version(version: str) -> None:
+    major = int(version.split(".")[0])
+    if major < MIN_MAJOR:
+        raise ConfigError(f"TensorRT {version} is too old: landslide builds and runs engines with TensorRT "
+                          f"{MIN_MAJOR} or 11 (strongly typed networks, opset-18 graphs, name-based I/O)",
+                          fix="pip install 'tensorrt>=10' (matching your CUDA driver), or use --engine aoti")
 
 
 def gpu_name() -> str:
@@ -46,13 +58,15 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(torch.cuda.current_device())  # the GPU the engine is built/run on
 
 
-def strongly_typed(trt) -> bool:
-    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+def network_flags(trt) -> int:
+    """``STRONGLY_TYPED`` where the enum has it (needed on 10.x, ignored on 11); a later release that drops
+    it types every network strongly anyway."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
-def source_graph(export_dir: Path, trt) -> Path:
-    """Strong typing builds from the FP16 graph; a TensorRT without it, from FP32 with the FP16 flag."""
-    return export_dir / ("fused_fp16.onnx" if strongly_typed(trt) else "fused.onnx")
+def source_graph(export_dir: Path) -> Path:
+    return export_dir / "fused_fp16.onnx"
 
 
 def engine_key(graph_sha256: str, trt, profile: tuple[int, int, int]) -> dict:
@@ -67,7 +81,7 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
     from landslide.infer import run_batches
 
     trt = import_trt()
-    graph = source_graph(export_dir, trt)
+    graph = source_graph(export_dir)
     gside = read_sidecar(graph, kind="onnx-fused")
     key = engine_key(gside["sha256"], trt, profile)  # read_sidecar has just checked the file against it
     path = engine_dir / f"fused-{stable_hash(key)}.engine"
@@ -86,8 +100,7 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
     write_sidecar(path, kind="tensorrt", info=info, precision="fp16", run_sha=gside["source_hash"],
                   libs=("tensorrt",),
                   extra={"graph": graph.name, "cache_key": key, "gpu": key["gpu"], "profile": list(profile),
-                         "build": "strongly typed from the FP16 graph" if strongly_typed(trt)
-                         else "BuilderFlag.FP16 on the FP32 graph"})
+                         "build": "strongly typed from the FP16 graph"})
     from landslide.runtime.tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(path)
@@ -103,9 +116,7 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
 def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    typed = strongly_typed(trt)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     # From the file, not its bytes: a graph over protobuf's 2 GB (the full fp32 ensemble) keeps its
     # weights in files beside it, which the parser finds only through the graph's path.
@@ -113,12 +124,7 @@ def _build(trt, graph: Path, engine_dir: Path, profile: tuple[int, int, int]) ->
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ContractError(f"TensorRT cannot parse the graph: {errs}", file=graph,
                             fix=f"re-export it with this landslide version: {rebuild_command(graph)}")
-    config = builder.create_builder_config()
-    if not typed:
-        log.warning("tensorrt %s has no strongly typed networks: building the FP32 graph with BuilderFlag.FP16 "
-                    "(TensorRT may then run the normalisation in FP16; the build's check below guards it)",
-                    trt.__version__)
-        config.set_flag(trt.BuilderFlag.FP16)
+    config = builder.create_builder_config()  # no precision flags: the graph's types decide
     name = network.get_input(0).name
     c, (h, w) = network.get_input(0).shape[3], (64, 64)
     prof = builder.create_optimization_profile()

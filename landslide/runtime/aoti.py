@@ -1,7 +1,9 @@
 """The AOTInductor runner: a ``.pt2`` package from ``export.py --engine aoti``.
 
-A package is compiled code for one torch version and one device type: both are checked against
-its sidecar before loading, so a stale package is refused with the command that rebuilds it.
+A package is compiled code for one torch version and one device type (on CUDA, one GPU model): all
+are checked against its sidecar before loading (:func:`mismatch`, which ``infer.find_engine`` also
+uses to skip packages that cannot run here), so a stale package is refused with the command that
+rebuilds it.
 """
 from __future__ import annotations
 
@@ -15,25 +17,33 @@ from landslide.export.sidecar import read_sidecar, rebuild_command
 from landslide.runtime import Runner, fit_profile
 
 
+def mismatch(side: dict, device_type: str | None = None) -> str | None:
+    """Why the package its sidecar ``side`` describes cannot run here, or None. ``device_type`` (cpu|cuda),
+    when given, is where the user asked to serve: a package for the other one is refused too."""
+    built_with = side.get("versions", {}).get("torch")
+    if built_with != torch.__version__:
+        return f"package compiled with torch {built_with}, this is torch {torch.__version__}"
+    if device_type is not None and side.get("device") != device_type:
+        return f"package compiled for {side.get('device')}, and serving on {device_type} was asked for"
+    if side.get("device") == "cuda":
+        if not torch.cuda.is_available():
+            return "package compiled for CUDA, this host has no GPU"
+        here = torch.cuda.get_device_name(torch.device("cuda"))  # the GPU it will run on, not always GPU 0
+        if here != side.get("device_name"):
+            return f"package compiled for {side.get('device_name')}, this GPU is {here}"
+    return None
+
+
 class AotiRunner(Runner):
     backend = "aoti"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, device_type: str | None = None) -> None:
         self.path = Path(path)
         side = read_sidecar(self.path, kind="aoti")
         self.rebuild = "rebuild it: " + rebuild_command(self.path, side)  # the real run folder and flags
-        built_with = side["versions"].get("torch")
-        if built_with != torch.__version__:
-            raise ContractError(f"package compiled with torch {built_with}, this is torch {torch.__version__}",
-                                file=self.path, fix=self.rebuild)
+        if why := mismatch(side, device_type):
+            raise ContractError(why, file=self.path, fix=self.rebuild)
         self.device = torch.device(side["device"])
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ContractError("package compiled for CUDA, this host has no GPU", file=self.path, fix=self.rebuild)
-            here = torch.cuda.get_device_name(self.device)  # the GPU it will run on, not always GPU 0
-            if here != side["device_name"]:
-                raise ContractError(f"package compiled for {side['device_name']}, this GPU is {here}",
-                                    file=self.path, fix=self.rebuild)
         self.sidecar = side
         self.contract = side["contract"]
         self.threshold = float(side["threshold"])

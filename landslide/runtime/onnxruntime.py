@@ -57,15 +57,12 @@ def import_ort():
     return ort
 
 
-def auto_provider() -> str:
-    """CUDA EP when this host has a GPU and an ORT build with it, else CPU (TensorRT EP only on request)."""
-    ort = import_ort()
-    try:
-        import torch
+def auto_provider(device: str = "auto") -> str:
+    """CUDA EP when ``device`` resolves to a GPU and this ORT build has it, else CPU (TensorRT EP only on request)."""
+    from landslide.device import resolve_device
 
-        gpu = torch.cuda.is_available()
-    except ImportError:
-        gpu = False
+    ort = import_ort()
+    gpu = resolve_device(device).type == "cuda"
     return "cuda" if gpu and PROVIDERS["cuda"] in ort.get_available_providers() else "cpu"
 
 
@@ -73,7 +70,7 @@ class OnnxRunner(Runner):
     """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` probabilities through a fused ONNX graph."""
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, provider: str = "auto", batch_size: int = 64) -> None:
+    def __init__(self, path: str | Path, provider: str = "auto", batch_size: int = 64, device: str = "auto") -> None:
         ort = import_ort()
         self.path = Path(path)
         side = read_sidecar(self.path, kind="onnx-fused")
@@ -82,9 +79,15 @@ class OnnxRunner(Runner):
         self.threshold = float(side["threshold"])
         # ONNX Runtime's own names (CPUExecutionProvider, ...) are accepted as well as the short ones.
         provider = {v: k for k, v in PROVIDERS.items()}.get(provider, provider)
-        self.provider = auto_provider() if provider == "auto" else provider
+        self.provider = auto_provider(device) if provider == "auto" else provider
         if self.provider not in PROVIDERS:
             raise ConfigError(f"onnxruntime provider {provider!r} unknown", fix=f"use auto or one of {list(PROVIDERS)}")
+        if self.provider != "cpu" and device != "auto":
+            from landslide.device import resolve_device
+
+            if resolve_device(device).type == "cpu":
+                raise ConfigError(f"--provider {self.provider} runs on a GPU, and --device {device} was asked for",
+                                  fix="drop one of the two (--provider auto follows --device)")
         want = PROVIDERS[self.provider]
         if want not in ort.get_available_providers():
             raise ConfigError(f"{want} asked for, but this onnxruntime build offers only "

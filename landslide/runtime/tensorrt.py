@@ -16,6 +16,17 @@ from landslide.export.tensorrt import gpu_name, import_trt
 from landslide.runtime import Runner, fit_profile
 
 
+def mismatch(side: dict, trt) -> str | None:
+    """Why the engine its sidecar ``side`` describes cannot run here, or None: engines are specific to the
+    TensorRT version and the GPU model they were built on (``infer.find_engine`` skips those that differ)."""
+    built_with = side.get("versions", {}).get("tensorrt")
+    if built_with != trt.__version__:
+        return f"engine built with TensorRT {built_with}, this is {trt.__version__}"
+    if side.get("gpu") != gpu_name():
+        return f"engine built for {side.get('gpu')}, this GPU is {gpu_name()}"
+    return None
+
+
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
@@ -26,13 +37,8 @@ class TensorRTRunner(Runner):
         self.path = Path(path)
         side = read_sidecar(self.path, kind="tensorrt")
         self.rebuild = "rebuild it on this machine: " + rebuild_command(self.path, side)  # the real run folder and flags
-        # Engines are specific to the TensorRT version and the GPU model they were built on.
-        if side["versions"].get("tensorrt") != trt.__version__:
-            raise ContractError(f"engine built with TensorRT {side['versions'].get('tensorrt')}, this is "
-                                f"{trt.__version__}", file=self.path, fix=self.rebuild)
-        if side["gpu"] != gpu_name():
-            raise ContractError(f"engine built for {side['gpu']}, this GPU is {gpu_name()}", file=self.path,
-                                fix=self.rebuild)
+        if why := mismatch(side, trt):
+            raise ContractError(why, file=self.path, fix=self.rebuild)
         self.sidecar = side
         self.contract = side["contract"]
         self.threshold = float(side["threshold"])

@@ -144,6 +144,44 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
         make_runner(make_config(InferConfig, {"run": str(bare), "backend": "onnxruntime"}))
 
 
+def test_auto_passes_over_a_tensorrt_engine_built_for_another_gpu(exported, tmp_path, monkeypatch, caplog):
+    """On a GPU host with TensorRT, auto takes the run's engine only when it was built for this GPU and this
+    TensorRT; otherwise it says why in the log and takes the next backend (no load that then refuses)."""
+    import importlib.machinery
+    import json
+    import logging
+    import sys
+    import types
+
+    import torch
+
+    import landslide.runtime.tensorrt as rt_trt
+    from landslide import device
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import run_hash, sidecar_path
+    from landslide.infer import resolve_artefact
+
+    run, _ = exported
+    trt = types.ModuleType("tensorrt")
+    trt.__version__, trt.__spec__ = "10.13.0", importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(device, "resolve_device", lambda requested="auto": torch.device("cuda"))
+    monkeypatch.setattr(rt_trt, "gpu_name", lambda: "Fake GPU")
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    side = {"source_run": str(run.resolve()), "source_hash": run_hash(read_run(run)), "gpu": "Other GPU",
+            "versions": {"tensorrt": "10.13.0"}}
+    (engines / "fused-a.engine").write_bytes(b"plan")
+    sidecar_path(engines / "fused-a.engine").write_text(json.dumps(side))
+    cfg = make_config(InferConfig, {"run": str(run), "engine_dir": str(engines)})
+    with caplog.at_level(logging.WARNING, logger="landslide.infer"):
+        backend, _, _ = resolve_artefact(cfg)
+    assert backend != "tensorrt"
+    assert "fused-a.engine: engine built for Other GPU, this GPU is Fake GPU" in caplog.text
+    sidecar_path(engines / "fused-a.engine").write_text(json.dumps({**side, "gpu": "Fake GPU"}))
+    assert resolve_artefact(cfg)[:2] == ("tensorrt", engines / "fused-a.engine")
+
+
 def test_sharded_inference_equals_unsharded(exported, tmp_path):
     from landslide.shards import probs_path, shard_path
 

@@ -193,12 +193,11 @@ def make_runner(cfg: InferConfig) -> Runner:
 
         runner = OnnxRunner(path, cfg.provider, cfg.batch_size, cfg.device)
     elif backend == "aoti":
-        from landslide.device import resolve_device
         from landslide.runtime.aoti import AotiRunner
 
         # A package chosen from the engine folder fits the device already; a file given by hand is refused
         # only when --device names another device than the one it was compiled for.
-        runner = AotiRunner(path, None if cfg.device == "auto" else resolve_device(cfg.device).type)
+        runner = AotiRunner(path, None if cfg.device == "auto" else dev.type)
     else:
         from landslide.runtime.tensorrt import TensorRTRunner
 

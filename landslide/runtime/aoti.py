@@ -19,12 +19,12 @@ from landslide.runtime import Runner, fit_profile
 
 def mismatch(side: dict, device_type: str | None = None) -> str | None:
     """Why the package its sidecar ``side`` describes cannot run here, or None. ``device_type`` (cpu|cuda),
-    when given, is where the user asked to serve: a package for the other one is refused too."""
+    when given, is where it is to serve: a package for the other one is refused too."""
     built_with = side.get("versions", {}).get("torch")
     if built_with != torch.__version__:
         return f"package compiled with torch {built_with}, this is torch {torch.__version__}"
     if device_type is not None and side.get("device") != device_type:
-        return f"package compiled for {side.get('device')}, and serving on {device_type} was asked for"
+        return f"package compiled for {side.get('device')}, serving on {device_type}"
     if side.get("device") == "cuda":
         if not torch.cuda.is_available():
             return "package compiled for CUDA, this host has no GPU"

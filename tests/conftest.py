@@ -59,12 +59,22 @@ def trained_run(synth_data, tmp_path_factory) -> tuple[Path, Path]:
     from landslide.train_config import PRESETS, TrainConfig
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run),
+    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run), "device": "cpu",
                                          "cache_dir": str(tmp_path_factory.mktemp("c"))}))
     return run, synth_data
 
 
+CPU_SCRIPTS = ("train.py", "infer.py")
+
+
 def run_script(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a top-level script the way a user would; returns the completed process (text output)."""
+    """Run a top-level script the way a user would; returns the completed process (text output).
+
+    ``train.py`` and ``infer.py`` get ``--device cpu`` unless the test names a device: the unmarked suite
+    asserts CPU behaviour (fp32, no compile, agreement with ONNX Runtime's CPU EP to 1e-6), which ``auto``
+    would not give on a GPU host; the GPU-marked tests pass ``--device cuda`` themselves.
+    """
+    if args and args[0] in CPU_SCRIPTS and "--device" not in args:
+        args = (*args, "--device", "cpu")
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)

@@ -1,6 +1,7 @@
 """The benchmark harness on trivial callables: statistics, the JSON line schema, plots. No timing assertions."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 
@@ -12,6 +13,11 @@ from bench import common
 from bench.persample import BASELINES, augment_one, make_loader, per_sample_fn
 from landslide.augment.torch import AugmentConfig
 from landslide.errors import ConfigError
+
+# requirements.txt pins albumentations; a GPU image may lack it (or OpenCV), and the benchmarks' NumPy twin
+# stands in there, as bench/gpu_check.sh does.
+HAS_ALBUMENTATIONS = all(importlib.util.find_spec(m) is not None for m in ("albumentations", "cv2"))
+PER_SAMPLE = "albumentations" if HAS_ALBUMENTATIONS else "numpy"
 
 
 def test_latency_percentiles_on_known_data():
@@ -110,6 +116,8 @@ def test_sync_is_a_noop_on_cpu():
 @pytest.mark.parametrize("impl", BASELINES)
 def test_per_sample_loaders_batch_and_seed(impl):
     """Both baselines (the seed's albumentations chain, its NumPy twin) yield seeded (B, C, H, W) batches."""
+    if impl == "albumentations" and not HAS_ALBUMENTATIONS:
+        pytest.skip("albumentations (with OpenCV) does not import here (requirements.txt pins it; a GPU image may lack it)")
     x = np.random.default_rng(0).standard_normal((16, 64, 64, 12), dtype=np.float32)
     y = (np.arange(16) % 2).astype(np.float32)
     batches = [next(iter(make_loader(x, y, AugmentConfig(), 8, workers=0, seed=3, impl=impl))) for _ in range(2)]
@@ -131,7 +139,7 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
     from bench import train as btrain
 
     recs = bdata.main(bdata.DataBenchConfig(n=128, batch_size=16, windows=2, iters=2, warmup=1, workers=0,
-                                            out_dir=str(tmp_path)))
+                                            device="cpu", per_sample=PER_SAMPLE, out_dir=str(tmp_path)))
     names = [r["name"] for r in recs]
     assert names[0] == "per-sample DataLoader" and "torch" in names
     for r in recs:
@@ -142,7 +150,8 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
     # Pipelined throughput windows (a GPU's default) beside the synchronised latency ones: every backend
     # still gets enough index batches for both, and the records say which timing their rate is from.
     piped = bdata.main(bdata.DataBenchConfig(n=128, batch_size=16, windows=2, iters=2, warmup=1, workers=0,
-                                             timing="pipelined", out_dir=str(tmp_path / "piped")))
+                                             device="cpu", per_sample=PER_SAMPLE, timing="pipelined",
+                                             out_dir=str(tmp_path / "piped")))
     assert [r["name"] for r in piped] == names
     for r in piped:
         assert r["config"]["timing"] == "pipelined"
@@ -150,8 +159,9 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
             assert r["metrics"]["samples_per_s"]["windows"] == 2 and r["metrics"]["batch_latency"]["n"] == 4
     with pytest.raises(ConfigError, match="--timing"):
         bdata.main(bdata.DataBenchConfig(timing="sometimes"))
-    recs = btrain.main(btrain.TrainBenchConfig(n=64, batch_size=8, windows=1, steps=1, warmup=1, workers=0,
-                                               baseline_loader=True, data_backend="torch", out_dir=str(tmp_path)))
+    recs = btrain.main(btrain.TrainBenchConfig(n=64, batch_size=8, windows=1, steps=1, warmup=1, workers=0, device="cpu",
+                                               per_sample=PER_SAMPLE, baseline_loader=True, data_backend="torch",
+                                               out_dir=str(tmp_path)))
     assert len(recs) == 2 and all("metrics" in r for r in recs)
     for r in recs:
         m = r["metrics"]

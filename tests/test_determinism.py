@@ -26,7 +26,7 @@ def test_sampler_draws_are_seeded():
 
 def _train(data, out, cache):
     cfg = make_config(TrainConfig, {**PRESETS["tiny"], "data": str(data), "out": str(out), "cache_dir": str(cache),
-                                    "deterministic": True, "only_folds": [0]})
+                                    "deterministic": True, "only_folds": [0], "device": "cpu"})
     train.main(cfg)
     return torch.load(out / "fold0" / "test_efficientnet.pt", weights_only=False)["state_dict"]
 

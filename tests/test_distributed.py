@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 # Two tiny folds, one short epoch: the point is the contract, not the model.
 BATCH = 8
-FLAGS = ["--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--batch-size", str(BATCH), "--eval-batch-size", "32"]
+FLAGS = ["--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--batch-size", str(BATCH), "--eval-batch-size", "32",
+         "--device", "cpu"]  # gloo on the CPU: on a GPU host auto would give rank k cuda:k
 RUN_FILES = ("config.json", "contract.json", "folds.csv", "metrics.csv", "oof.csv", "calibration.json",
              "plots/training_curves.png", "plots/oof_pr_confusion.png")
 

@@ -366,6 +366,11 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     fused, info, x, ref = reference
     fused = copy.deepcopy(fused)  # build_package moves it to the package's device; the fixture stays on the CPU
     host = "cuda" if torch.cuda.is_available() else "cpu"
+    if host == "cuda":
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is None:  # export.py refuses this up front (tested on the CPU path); build_package is below it
+            pytest.skip("AOTInductor for CUDA needs the CUDA toolkit (CUDA_HOME) and none was found")
     # Verified over x in batches of 16 (the profile's max) and a last one of 7, padded to the min of 8.
     path = build_package(fused, info, run_hash(info), tmp_path / "engines", (8, 8, 16), x[:23], ref[:23])
     assert path.suffix == ".pt2" and read_sidecar(path, kind="aoti")["device"] == host
@@ -373,7 +378,7 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     got = np.concatenate([runner.predict(x[s:s + 16]) for s in range(0, len(x), 16)])
     assert np.abs(got - ref).max() <= (1e-5 if host == "cpu" else 1e-4)  # the runner keeps cuDNN's TF32
     one = runner.predict(x[:1])  # under the profile's minimum: padded, one probability back
-    assert one.shape == (1,) and abs(one[0] - got[0]) <= 1e-6
+    assert one.shape == (1,) and abs(one[0] - got[0]) <= (1e-6 if host == "cpu" else 1e-4)  # TF32: per-shape kernels
     with pytest.raises(ContractError, match="profile"):
         runner.predict(x[:1].repeat(17, 0))
     # A run folder finds the package built from it in the engine folder.

@@ -8,7 +8,6 @@ install on a tiny wheel, in a copy of the script (``stash`` moves files out of t
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -127,8 +126,9 @@ def test_gpu_wheels_rejoins_checks_and_installs_split_parts(tmp_path):
     assert r.returncode == 1 and "wheels incomplete or corrupt" in r.stderr and whl.name in r.stdout + r.stderr
     assert not site.exists()
 
-    # Every piece there: rejoined byte for byte and installed. The call then checks that DALI imports:
-    # it does wherever requirements.txt was installed, and its absence ends the call otherwise.
+    # Every piece there: rejoined byte for byte and installed. The call then checks that DALI imports with
+    # PYTHONPATH=$SITE (as gpu_check will run): it does wherever requirements.txt was installed in this
+    # interpreter, and its absence ends the call otherwise (also where DALI is only on this process's PYTHONPATH).
     (stash / whl.name).unlink()
     for i, piece in enumerate(pieces):
         (stash / f"{whl.name}.{i:03d}").write_bytes(piece)
@@ -136,18 +136,13 @@ def test_gpu_wheels_rejoins_checks_and_installs_split_parts(tmp_path):
     assert (stash / whl.name).read_bytes() == data
     assert not list(stash.glob("*.whl.[0-9][0-9][0-9]"))
     assert (site / "ls_tiny/__init__.py").read_text() == "VALUE = 42\n"
-    if _has("nvidia.dali"):
+    dali_there = subprocess.run([sys.executable, "-c", "import nvidia.dali"], env={**env, "PYTHONPATH": str(site)},
+                                capture_output=True).returncode == 0
+    if dali_there:
         assert r.returncode == 0, r.stderr
         assert f"installed in {site}: DALI" in r.stdout
     else:
         assert r.returncode == 1 and "nvidia" in r.stderr
-
-
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a missing parent package
-        return False
 
 
 def test_gpu_wheels_fetch_packs_parts_under_the_limit_and_prints_the_calls(tmp_path):

@@ -31,7 +31,9 @@ def _probs(path: Path) -> dict[str, float]:
 
 
 def _infer(run, data, out: Path, **kw) -> dict[str, float]:
-    infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out), "probs": True, **kw}))
+    """infer on the CPU unless ``device`` is given: on a GPU host, auto's torch runner would run TF32 convolutions."""
+    infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out), "probs": True,
+                                         "device": "cpu", **kw}))
     return _probs(out.with_name(out.stem + "_probs.csv"))
 
 
@@ -190,7 +192,7 @@ def test_sharded_inference_equals_unsharded(exported, tmp_path):
     out = tmp_path / "sub.csv"
     for i in (0, 1):
         got = infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out), "probs": True,
-                                                   "shard": f"{i}/2", "batch_size": 5}))
+                                                   "shard": f"{i}/2", "batch_size": 5, "device": "cpu"}))
         # Each shard has its own file: neither overwrites the other nor the full submission.
         assert got["out"] == str(shard_path(out, i, 2)) == str(tmp_path / f"sub.shard{i}of2.csv")
         assert got["probs"] == str(tmp_path / f"sub_probs.shard{i}of2.csv")

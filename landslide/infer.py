@@ -105,7 +105,11 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
                                                       f"--engine-dir {cfg.engine_dir}")
         return cfg.backend, engine, f"built from this run, found in {cfg.engine_dir}/"
     if _gpu_tensorrt(cfg.device):
-        engine, unfit = find_engine(path, Path(cfg.engine_dir), "tensorrt", cfg.device)
+        try:
+            engine, unfit = find_engine(path, Path(cfg.engine_dir), "tensorrt", cfg.device)
+        except ConfigError as e:  # an installed TensorRT this code cannot use (too old): not asked for, so say and pass
+            log.warning("tensorrt skipped: %s", e)
+            engine, unfit = None, []
         if engine is not None:
             return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
         if unfit:  # say why the faster engine is passed over, then take the next best

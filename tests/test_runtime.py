@@ -182,6 +182,14 @@ def test_auto_passes_over_a_tensorrt_engine_built_for_another_gpu(exported, tmp_
     assert "fused-a.engine: engine built for Other GPU, this GPU is Fake GPU" in caplog.text
     sidecar_path(engines / "fused-a.engine").write_text(json.dumps({**side, "gpu": "Fake GPU"}))
     assert resolve_artefact(cfg)[:2] == ("tensorrt", engines / "fused-a.engine")
+    # A TensorRT too old to use, installed beside: auto says so and takes the next backend; asked for, refused.
+    trt.__version__ = "8.6.1"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="landslide.infer"):
+        assert resolve_artefact(cfg)[0] != "tensorrt"
+    assert "tensorrt skipped: TensorRT 8.6.1 is too old" in caplog.text
+    with pytest.raises(ConfigError, match="TensorRT 8.6.1 is too old"):
+        resolve_artefact(make_config(InferConfig, {"run": str(run), "engine_dir": str(engines), "backend": "tensorrt"}))
 
 
 def test_sharded_inference_equals_unsharded(exported, tmp_path):

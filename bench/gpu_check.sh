@@ -88,7 +88,7 @@ def has(name):
 
 need = ["torch", "timm", "numpy", "onnx", "onnxruntime", "matplotlib", "tqdm", "pytest", "hypothesis"]
 missing = [m for m in need if not has(m)]
-absent = [m for m in ("nvidia.dali", "albumentations") if not has(m)]
+absent = [m for m in ("nvidia.dali", "albumentations", "cv2") if not has(m)]  # cv2: albumentations needs it
 print("preflight: missing required:", ", ".join(missing) or "none", "| optional absent:", ", ".join(absent) or "none")
 # torch.compile on CUDA (Triton) builds its launchers with a C compiler against Python.h at first use;
 # without them compile=auto turns off (landslide.device.compile_toolchain): say so before the steps.

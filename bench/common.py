@@ -239,12 +239,26 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A Markdown table (pipes aligned, so it also reads on a terminal); missing cells are blank."""
-    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], note_over: int = 48) -> str:
+    """A Markdown table (pipes aligned, so it also reads on a terminal); missing cells are blank.
+
+    A cell longer than ``note_over`` characters (a skip reason with its fix) becomes ``see [k]``, its text a
+    numbered note under the table: one long reason would otherwise widen its column for every row.
+    """
+    notes: list[str] = []
+
+    def cell(v: Any) -> str:
+        text = _cell(v)
+        if len(text) <= note_over:
+            return text
+        notes.append(text)
+        return f"see [{len(notes)}]"
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
     width = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, width)) + " |"  # noqa: E731
-    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in width) + "|", *map(line, cells)])
+    table = [line(columns), "|" + "|".join("-" * (w + 2) for w in width) + "|", *map(line, cells)]
+    return "\n".join(table + ([""] + [f"[{k}] {n}" for k, n in enumerate(notes, 1)] if notes else []))
 
 
 def _cell(v: Any) -> str:

@@ -242,14 +242,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], note_over: int = 48) -> str:
     """A Markdown table (pipes aligned, so it also reads on a terminal); missing cells are blank.
 
-    A cell longer than ``note_over`` characters (a skip reason with its fix) becomes ``see [k]``, its text a
-    numbered note under the table: one long reason would otherwise widen its column for every row.
+    A skip reason longer than ``note_over`` characters (``skipped: ...`` with its fix) becomes ``see [k]``,
+    its text a numbered note under the table: one long reason would otherwise widen its column for every row.
     """
     notes: list[str] = []
 
     def cell(v: Any) -> str:
         text = _cell(v)
-        if len(text) <= note_over:
+        if not text.startswith("skipped: ") or len(text) <= note_over:
             return text
         notes.append(text)
         return f"see [{len(notes)}]"

@@ -90,8 +90,9 @@ def test_table_and_plots_written(tmp_path):
     assert lines[0].startswith("| a") and len(lines) == 4 and "1.23" in lines[2] and "1234" in lines[3]
     # A long skip reason goes under the table as a numbered note; its column stays narrow.
     why = "skipped: ConfigError: TensorRT runs on a CUDA GPU, and this host has none. Fix: use --backend torch"
-    lines = common.format_table([{"a": 1.0, "b": why}, {"a": 2.0, "b": "short"}], ["a", "b"]).splitlines()
-    assert lines[2] == "| 1 | see [1] |" and lines[3] == "| 2 | short   |"
+    name = "DataLoader (2 workers, per-sample albumentations), a long name that stays"
+    lines = common.format_table([{"a": 1.0, "b": why}, {"a": 2.0, "b": name}], ["a", "b"]).splitlines()
+    assert lines[2] == f"| 1 | {'see [1]'.ljust(len(name))} |" and lines[3] == f"| 2 | {name} |"
     assert lines[4:] == ["", f"[1] {why}"]
     tp = {"median": 10.0, "min": 8.0, "max": 12.0}
     for p in (common.plot_bars(["a", "b"], [tp, tp], tmp_path / "bars.png", ylabel="y", title="t"),

@@ -115,8 +115,9 @@ want train && step bench.train-v2l 240 $PY -m bench.train --device cuda --model 
 # Four workers where pytest-xdist is installed (the GPU image has it): the end-to-end cases are
 # training subprocesses that mostly wait on compilation, and one GPU has room for all of them.
 XD=""; $PY -c "import xdist" >/dev/null 2>&1 && XD="-n 4"
-# -v: one line per test as it ends, so a step cut off by its time limit still says what passed.
-want pytest && step pytest-gpu 150 bash -c "$PY -m pytest -m gpu -v -rs -p no:cacheprovider $XD --continue-on-collection-errors >'$OUT/pytest.txt' 2>&1"
+# -v: one line per test as it ends, so a step cut off by its time limit still says what passed;
+# --durations: what each costs, for sizing the next check.
+want pytest && step pytest-gpu 150 bash -c "$PY -m pytest -m gpu -v -rs --durations=15 -p no:cacheprovider $XD --continue-on-collection-errors >'$OUT/pytest.txt' 2>&1"
 # The real ensemble's larger member (tf_efficientnetv2_l@224 x 5 folds x 4 views; the full ensemble adds
 # efficientnet_b5@384), random weights: speed does not depend on them. Runners come in the order
 # torch fused, looped, compiled, then the exported ones, so a cut costs the slowest to build.

@@ -68,7 +68,7 @@ class InferConfig:
     precision: str = field("fp32", "torch: fp32|bf16|fp16; onnxruntime on a run folder: fp16 uses fused_fp16.onnx",
                            choices=("fp32", "bf16", "fp16"))
     compile: str = field("off", "torch backend: torch.compile on|off", choices=("auto", "on", "off"))
-    provider: str = field("auto", "onnxruntime provider: auto (CUDA EP on a GPU host, else CPU) | cpu | cuda | tensorrt",
+    provider: str = field("auto", "onnxruntime provider: auto (CUDA EP when --device is a GPU, else CPU) | cpu | cuda | tensorrt",
                           choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
                                    "TensorrtExecutionProvider"))
     engine_dir: str = field("engines", "where export.py put engines: a run folder finds its .engine/.pt2 here")
@@ -155,6 +155,10 @@ def find_engine(run: Path, engine_dir: Path, backend: str, device: str = "auto")
     from landslide.export.sidecar import readable_sidecar, run_hash
 
     suffix = {"aoti": ".pt2", "tensorrt": ".engine"}[backend]
+    if backend == "tensorrt":  # first: a TensorRT missing or too old is the answer, whatever the folder holds
+        from landslide.export.tensorrt import import_trt
+
+        trt = import_trt()
     found = [(p, side) for p in engine_dir.glob(f"*{suffix}") if (side := readable_sidecar(p)) is not None]
     if found:
         want, sha = str(run.resolve()), run_hash(read_run(run))
@@ -167,10 +171,8 @@ def find_engine(run: Path, engine_dir: Path, backend: str, device: str = "auto")
         here = resolve_device(device).type
         why = {p: mismatch(side, here) for p, side in found}
     else:
-        from landslide.export.tensorrt import import_trt
         from landslide.runtime.tensorrt import mismatch
 
-        trt = import_trt()
         why = {p: mismatch(side, trt) for p, side in found}
     ok = [p for p, _ in found if why[p] is None]
     unfit = [f"{p.name}: {why[p]}" for p, _ in found if why[p] is not None]

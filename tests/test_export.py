@@ -420,10 +420,12 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
         AotiRunner(tampered)
     assert str(e.value).endswith(f"python export.py {run.resolve()} --engine aoti --engine-dir {tampered.parent} "
                                  "--min-batch 8 --opt-batch 8 --max-batch 16 --rebuild")
-    # A package built for the other device is not picked for this host.
+    # A package built for the other device (by this torch) is not picked for this host, and the error says why.
+    side["versions"]["torch"] = torch.__version__
     side["device"] = "cpu" if host == "cuda" else "cuda"
     sidecar_path(path).write_text(json.dumps(side))
-    with pytest.raises(ConfigError, match="no aoti engine built from this run"):
+    why = f"no aoti engine built from this run.*compiled for {side['device']}, serving on {host}"
+    with pytest.raises(ConfigError, match=why):
         make_runner(make_config(InferConfig, {"run": str(run), "backend": "aoti",
                                               "engine_dir": str(tmp_path / "engines")}))
 

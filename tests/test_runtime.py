@@ -54,7 +54,8 @@ def test_ort_cuda_provider_refused_on_cpu_host(exported):
 
 def test_ort_provider_follows_device(exported, monkeypatch):
     """On a GPU host with onnxruntime-gpu, --device cpu keeps ONNX Runtime on the CPU (auto) and refuses a
-    GPU provider asked for beside it, instead of running on the GPU anyway."""
+    GPU provider asked for beside it, instead of running on the GPU anyway; --device cuda without a CUDA EP
+    is refused, instead of running on the CPU."""
     import onnxruntime as ort
     import torch
 
@@ -67,6 +68,11 @@ def test_ort_provider_follows_device(exported, monkeypatch):
         m.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
         assert auto_provider("cpu") == "cpu"
         assert auto_provider("auto") == "cuda"
+        # The other way round: --device cuda with an onnxruntime that has no CUDA EP is refused, not run on the CPU.
+        m.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+        with pytest.raises(ConfigError, match="--device cuda asked for, but this onnxruntime build has no CUDA provider"):
+            OnnxRunner(graph, device="cuda")
+        assert OnnxRunner(graph, "cpu", device="cuda").provider == "cpu"  # the CPU EP named: honoured
     with pytest.raises(ConfigError, match="--provider cuda runs on a GPU, and --device cpu was asked for"):
         OnnxRunner(graph, "cuda", device="cpu")
     assert OnnxRunner(graph, device="cpu").provider == "cpu"
@@ -131,7 +137,7 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
     fp16 = make_runner(cfg(backend="onnxruntime", precision="fp16"))
     assert fp16.sidecar["precision"] == "fp16"
     graph = str(run / "export" / "fused.onnx")
-    assert make_runner(make_config(InferConfig, {"run": graph})).name == "onnxruntime-cpu"
+    assert make_runner(make_config(InferConfig, {"run": graph, "device": "cpu"})).name == "onnxruntime-cpu"
     with pytest.raises(ConfigError, match="--backend aoti cannot run a .onnx"):
         make_runner(make_config(InferConfig, {"run": graph, "backend": "aoti"}))
     with pytest.raises(ConfigError, match="TensorRT runs on a CUDA GPU, and --device cpu was asked for"):
@@ -188,8 +194,9 @@ def test_auto_passes_over_a_tensorrt_engine_built_for_another_gpu(exported, tmp_
     with caplog.at_level(logging.WARNING, logger="landslide.infer"):
         assert resolve_artefact(cfg)[0] != "tensorrt"
     assert "tensorrt skipped: TensorRT 8.6.1 is too old" in caplog.text
-    with pytest.raises(ConfigError, match="TensorRT 8.6.1 is too old"):
-        resolve_artefact(make_config(InferConfig, {"run": str(run), "engine_dir": str(engines), "backend": "tensorrt"}))
+    for folder in (engines, tmp_path / "none"):  # with or without an engine from this run, the version is the answer
+        with pytest.raises(ConfigError, match="TensorRT 8.6.1 is too old"):
+            resolve_artefact(make_config(InferConfig, {"run": str(run), "engine_dir": str(folder), "backend": "tensorrt"}))
 
 
 def test_sharded_inference_equals_unsharded(exported, tmp_path):

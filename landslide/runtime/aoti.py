@@ -20,7 +20,7 @@ from landslide.runtime import Runner, fit_profile
 def mismatch(side: dict, device_type: str | None = None) -> str | None:
     """Why the package its sidecar ``side`` describes cannot run here, or None. ``device_type`` (cpu|cuda),
     when given, is where it is to serve: a package for the other one is refused too."""
-    built_with = side.get("versions", {}).get("torch")
+    built_with = (side.get("versions") or {}).get("torch")
     if built_with != torch.__version__:
         return f"package compiled with torch {built_with}, this is torch {torch.__version__}"
     if device_type is not None and side.get("device") != device_type:

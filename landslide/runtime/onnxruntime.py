@@ -82,12 +82,17 @@ class OnnxRunner(Runner):
         self.provider = auto_provider(device) if provider == "auto" else provider
         if self.provider not in PROVIDERS:
             raise ConfigError(f"onnxruntime provider {provider!r} unknown", fix=f"use auto or one of {list(PROVIDERS)}")
-        if self.provider != "cpu" and device != "auto":
+        if device != "auto":
             from landslide.device import resolve_device
 
-            if resolve_device(device).type == "cpu":
+            on_gpu = resolve_device(device).type == "cuda"
+            if self.provider != "cpu" and not on_gpu:
                 raise ConfigError(f"--provider {self.provider} runs on a GPU, and --device {device} was asked for",
                                   fix="drop one of the two (--provider auto follows --device)")
+            if self.provider == "cpu" and on_gpu and provider == "auto":  # asked for the GPU: no quiet CPU run
+                raise ConfigError(f"--device {device} asked for, but this onnxruntime build has no CUDA provider "
+                                  f"(it offers {ort.get_available_providers()})",
+                                  fix=f"{INSTALL['cuda']}, or use --backend torch on the GPU")
         want = PROVIDERS[self.provider]
         if want not in ort.get_available_providers():
             raise ConfigError(f"{want} asked for, but this onnxruntime build offers only "

@@ -19,7 +19,7 @@ from landslide.runtime import Runner, fit_profile
 def mismatch(side: dict, trt) -> str | None:
     """Why the engine its sidecar ``side`` describes cannot run here, or None: engines are specific to the
     TensorRT version and the GPU model they were built on (``infer.find_engine`` skips those that differ)."""
-    built_with = side.get("versions", {}).get("tensorrt")
+    built_with = (side.get("versions") or {}).get("tensorrt")
     if built_with != trt.__version__:
         return f"engine built with TensorRT {built_with}, this is {trt.__version__}"
     if side.get("gpu") != gpu_name():

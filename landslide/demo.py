@@ -20,6 +20,15 @@ def _labels(path: Path) -> dict[str, int]:
         return {r["ID"]: int(r["label"]) for r in csv.DictReader(f)}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/synth", help="synthetic set, written when it has no Train.csv (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo", help="run folder, replaced on each run (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=2000, help="train patches to generate (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=600, help="test patches to generate (default: %(default)s)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> dict:
     from landslide import baseline, synth
     from landslide import infer as infer_mod
@@ -30,12 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     from landslide.train_config import PRESETS, TrainConfig
     from landslide.utils import setup_logging
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="data/synth", help="synthetic set, written when it has no Train.csv (default: %(default)s)")
-    p.add_argument("--out", default="runs/demo", help="run folder, replaced on each run (default: %(default)s)")
-    p.add_argument("--n-train", type=int, default=2000, help="train patches to generate (default: %(default)s)")
-    p.add_argument("--n-test", type=int, default=600, help="test patches to generate (default: %(default)s)")
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
     data, out = Path(a.data), Path(a.out)

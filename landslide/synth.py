@@ -197,7 +197,7 @@ def write_dataset(cfg: SynthConfig) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Write a synthetic data set in the Zindi layout (Train.csv, Test.csv, "
                                             "train_data/, test_data/, test_labels.csv) to OUT.")
     p.add_argument("out", help="folder to write")
@@ -206,7 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=SynthConfig.seed, help="seed (default: %(default)s)")
     p.add_argument("--dtype", default=SynthConfig.dtype, choices=["float32", "float64"],
                    help="patch dtype (default: %(default)s)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     out = write_dataset(SynthConfig(a.out, a.n_train, a.n_test, a.seed, a.dtype))
     print(f"wrote {a.n_train} train + {a.n_test} test patches to {out}")
 

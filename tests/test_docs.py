@@ -18,7 +18,9 @@ DOCS = ("README.md", "bench/README.md", "engines/README.md",
 # python train.py ..., .venv/bin/python -m bench.data ..., torchrun --nproc_per_node 8 train.py ...; up to the
 # end of the line, a closing backtick, a comment or a following command.
 COMMAND = re.compile(r"(?:python3?|\.venv/bin/python|torchrun --nproc_per_node \d+) "
-                     r"(train\.py|infer\.py|export\.py|-m bench\.(?:data|train|infer))((?:[^\n`#&]|&(?!&))*)")
+                     r"(train\.py|infer\.py|export\.py|-m bench\.(?:data|train|infer)|-m landslide\.(?:demo|synth))"
+                     r"((?:[^\n`#&)]|&(?!&))*)")
+MAKE = re.compile(r"(?:`|^ {4,})make ([a-z][a-z-]*)", re.M)  # in code, not prose ("make it")
 
 
 def parser(script: str) -> argparse.ArgumentParser:
@@ -31,6 +33,10 @@ def parser(script: str) -> argparse.ArgumentParser:
         from landslide.infer import InferConfig
 
         return build_parser(InferConfig if script == "infer.py" else ExportConfig, "", positional=("run",))
+    if script in ("-m landslide.demo", "-m landslide.synth"):
+        from landslide import demo, synth
+
+        return (demo if script == "-m landslide.demo" else synth).build_parser()
     import bench.data
     import bench.infer
     import bench.train
@@ -57,7 +63,15 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 
 def test_the_docs_show_commands_for_every_script():
     scripts = {script for _, script, _ in documented_commands()}
-    assert scripts == {"train.py", "infer.py", "export.py", "-m bench.data", "-m bench.train", "-m bench.infer"}
+    assert scripts == {"train.py", "infer.py", "export.py", "-m bench.data", "-m bench.train", "-m bench.infer",
+                       "-m landslide.synth"}
+
+
+def test_documented_make_targets_exist():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    named = {t for doc in DOCS for t in MAKE.findall((ROOT / doc).read_text())}
+    assert {"demo", "test"} <= named and named <= targets, named - targets
 
 
 @pytest.mark.parametrize("doc", DOCS)

@@ -133,10 +133,11 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     enable_autotune(rt)  # as train.py does (both pipelines share it)
     # The conventional run's runtime, through the same checks (fp16 on a CPU is refused here as in train.py,
     # before anything is timed); "same" keeps the device pipeline's resolved value.
-    onoff = {True: "on", False: "off"}
-    brt = resolve_runtime(str(rt.device), rt.precision if cfg.baseline_precision == "same" else cfg.baseline_precision,
-                          {"same": onoff[rt.channels_last]}.get(cfg.baseline_channels_last, cfg.baseline_channels_last),
-                          {"same": onoff[rt.compile]}.get(cfg.baseline_compile, cfg.baseline_compile)) \
+    def same(asked: str, resolved: str | bool) -> str:
+        return asked if asked != "same" else resolved if isinstance(resolved, str) else ("on" if resolved else "off")
+
+    brt = resolve_runtime(str(rt.device), same(cfg.baseline_precision, rt.precision),
+                          same(cfg.baseline_channels_last, rt.channels_last), same(cfg.baseline_compile, rt.compile)) \
         if cfg.baseline_loader else None
     backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
     dev = rt.device

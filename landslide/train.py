@@ -135,6 +135,13 @@ def check_config(cfg: TrainConfig) -> None:
     if bad:
         raise ConfigError(f"--only-folds {','.join(map(str, cfg.only_folds))}: fold(s) {bad} are out of range or "
                           f"repeated", fix=f"pass each fold once, from 0 to {cfg.folds - 1} (--folds {cfg.folds})")
+    # Checkpoints, OOF columns and calibrated weights are keyed by the architecture's file stem: an entry
+    # listed twice would overwrite the other's checkpoint and share one weight (a silently broken ensemble).
+    stems = [checkpoint_path("", 0, a).stem for a in cfg.archs]
+    if dup := sorted({a for a, s in zip(cfg.archs, stems) if stems.count(s) > 1}):
+        raise ConfigError(f"--archs {','.join(cfg.archs)}: {', '.join(dup)} listed more than once (or as NAME@SIZE "
+                          f"and NAME_SIZE); each architecture's checkpoints and ensemble weight are kept by its name",
+                          fix="list each architecture once (for a second seed of one backbone, train a second run)")
     if len(cfg.pretrained) > len(cfg.archs):
         raise ConfigError(f"{len(cfg.pretrained)} --pretrained files for {len(cfg.archs)} --archs",
                           fix="pass at most one checkpoint per architecture, in --archs order")

@@ -36,6 +36,24 @@ def test_a_fold_asked_for_twice_is_refused():
     check_config(make_config(TrainConfig, {**PRESETS["tiny"], "only_folds": [1, 0]}))
 
 
+def test_an_arch_listed_twice_is_refused_before_anything_is_written(tmp_path):
+    """Two entries with one name would share a checkpoint file and one ensemble weight: refused, naming it."""
+    from landslide.config import make_config
+    from landslide.train import check_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    tiny = PRESETS["tiny"]
+    for archs in (["test_efficientnet", "test_efficientnet"], ["test_efficientnet@64", "test_efficientnet@64"]):
+        with pytest.raises(ConfigError, match=f"{archs[0]} listed more than once"):
+            check_config(make_config(TrainConfig, {**tiny, "archs": archs}))
+    check_config(make_config(TrainConfig, {**tiny, "archs": ["test_efficientnet", "test_efficientnet@64"]}))
+    d = write_zindi(tmp_path / "d", n_train=6, n_test=2)
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                   "--archs", "test_efficientnet,test_efficientnet")
+    _assert_user_error(r, "test_efficientnet listed more than once", "list each architecture once")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_start_that_trained_nothing_can_be_started_again(trained_run, tmp_path):
     from landslide.config import make_config
     from landslide.train import prepare_run_dir

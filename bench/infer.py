@@ -299,7 +299,7 @@ def main(cfg: InferBenchConfig) -> list[dict]:
             continue
         build_s = time.perf_counter() - t0
         # % peak against the peak of the precision this runner computes in (AOTI is fp32, TensorRT fp16).
-        prec = runner.rt.precision if hasattr(runner, "rt") else getattr(runner, "sidecar", {}).get("precision", cfg.precision)
+        prec = runner.precision
         if prec not in peaks:
             peaks[prec] = device_peak(device, prec)[0]
         if flops is None and hasattr(runner, "module") and not getattr(runner.module, "__class__").__name__.startswith("Looped"):

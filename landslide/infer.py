@@ -65,8 +65,11 @@ class InferConfig:
                                       "Test.csv order when --data is given; scores nothing")
     skip_bad: bool = field(False, "score the readable patches and list the bad ones, instead of failing")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = field("fp32", "torch: fp32|bf16|fp16; onnxruntime on a run folder: fp16 uses fused_fp16.onnx",
-                           choices=("fp32", "bf16", "fp16"))
+    precision: str = field("auto", "auto = the backend's own (torch, onnxruntime on a run folder, aoti: fp32; a .onnx "
+                                   "file: the one it was exported at; tensorrt: fp16); torch runs fp32|bf16|fp16 "
+                                   "(fp16 on a GPU), onnxruntime on a run folder fp32|fp16 (fused_fp16.onnx); "
+                                   "a precision the artefact was not built at is refused",
+                           choices=("auto", "fp32", "bf16", "fp16"))
     compile: str = field("off", "torch backend: torch.compile on|off", choices=("auto", "on", "off"))
     provider: str = field("auto", "onnxruntime provider: auto (CUDA EP when --device is a GPU, else CPU) | cpu | cuda | tensorrt",
                           choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
@@ -104,7 +107,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
                                        file=path, fix=f"python export.py {path} --engine {cfg.backend} "
                                                       f"--engine-dir {cfg.engine_dir}")
         return cfg.backend, engine, f"built from this run, found in {cfg.engine_dir}/"
-    if _gpu_tensorrt(cfg.device):
+    if cfg.precision in ("auto", "fp16") and _gpu_tensorrt(cfg.device):  # TensorRT engines are FP16
         try:
             engine, unfit = find_engine(path, Path(cfg.engine_dir), "tensorrt", cfg.device)
         except ConfigError as e:  # an installed TensorRT this code cannot use (too old): not asked for, so say and pass
@@ -114,7 +117,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
         if unfit:  # say why the faster engine is passed over, then take the next best
             log.warning("tensorrt engines built from this run skipped: %s", "; ".join(unfit))
-    if graph.is_file():
+    if graph.is_file() and cfg.precision != "bf16":  # ONNX Runtime has no bf16 graph: torch runs that
         if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
             # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
             return "torch", path, "a CUDA device, and this onnxruntime build has no CUDA provider"
@@ -193,7 +196,11 @@ def make_runner(cfg: InferConfig) -> Runner:
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
 
-        runner: Runner = TorchRunner(path, cfg.device, cfg.precision, cfg.compile)
+        if cfg.precision == "fp16" and dev.type == "cpu":
+            raise ConfigError("--precision fp16: the torch backend runs fp16 on a CUDA GPU only", file=path,
+                              fix=f"on a CPU, python export.py {path} and then --backend onnxruntime --precision fp16 "
+                                  f"(the FP16 graph), or --precision fp32|bf16 here")
+        runner: Runner = TorchRunner(path, cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision, cfg.compile)
     elif backend == "onnxruntime":
         from landslide.runtime.onnxruntime import OnnxRunner
 
@@ -208,6 +215,11 @@ def make_runner(cfg: InferConfig) -> Runner:
         from landslide.runtime.tensorrt import TensorRTRunner
 
         runner = TensorRTRunner(path)
+    if cfg.precision not in ("auto", runner.precision):
+        raise ConfigError(f"--precision {cfg.precision} asked for, but {runner.describe()} computes at "
+                          f"{runner.precision}, fixed when it was built", file=path,
+                          fix="drop --precision (auto takes the artefact's own), or use --backend torch "
+                              "(fp32|bf16|fp16) or onnxruntime on the run folder (fp32|fp16)")
     log.info("backend %s -> %s (%s)", cfg.backend, runner.describe(), why)
     return runner
 

@@ -152,6 +152,30 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
         make_runner(make_config(InferConfig, {"run": str(bare), "backend": "onnxruntime"}))
 
 
+def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path):
+    """--precision auto takes what the artefact was built at; a precision it was not built at is refused
+    (not run at its own one under the asked-for name), and bf16 with auto goes to the backend that has it."""
+    import torch
+
+    run, _ = exported
+    cfg = lambda **kw: make_config(InferConfig, {"run": str(run), "device": "cpu", **kw})  # noqa: E731
+    assert make_runner(cfg()).precision == "fp32"
+    assert make_runner(cfg(precision="fp16")).describe().startswith("onnxruntime-cpu (fused_fp16.onnx")
+    bf16 = make_runner(cfg(precision="bf16"))  # ONNX Runtime has no bf16 graph: auto takes torch
+    assert (bf16.name, bf16.precision) == ("torch-fused", "bf16")
+    with pytest.raises(ConfigError, match="--precision bf16 asked for, but onnxruntime-cpu .* computes at fp32"):
+        make_runner(cfg(backend="onnxruntime", precision="bf16"))
+    fp16_graph = str(run / "export" / "fused_fp16.onnx")
+    assert make_runner(make_config(InferConfig, {"run": fp16_graph, "device": "cpu"})).precision == "fp16"
+    with pytest.raises(ConfigError, match="--precision fp32 asked for, .* computes at fp16") as e:
+        make_runner(make_config(InferConfig, {"run": fp16_graph, "device": "cpu", "precision": "fp32"}))
+    assert "drop --precision" in str(e.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="the torch backend runs fp16 on a CUDA GPU only") as e:
+            make_runner(cfg(backend="torch", precision="fp16"))
+        assert "--backend onnxruntime --precision fp16" in str(e.value)
+
+
 def test_auto_passes_over_a_tensorrt_engine_built_for_another_gpu(exported, tmp_path, monkeypatch, caplog):
     """On a GPU host with TensorRT, auto takes the run's engine only when it was built for this GPU and this
     TensorRT; otherwise it says why in the log and takes the next backend (no load that then refuses)."""

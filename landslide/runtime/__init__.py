@@ -17,6 +17,12 @@ class Runner(ABC):
     name: str = "runner"
     contract: dict
     threshold: float
+    sidecar: dict  # an exported artefact's (export/sidecar.py)
+
+    @property
+    def precision(self) -> str:
+        """What the probabilities are computed at: an exported artefact's was fixed when it was built."""
+        return self.sidecar["precision"]
 
     @abstractmethod
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -44,5 +44,9 @@ class TorchRunner(Runner):
                 p = self.fn(xt)
         return p.float().cpu().numpy()
 
+    @property
+    def precision(self) -> str:
+        return self.rt.precision
+
     def describe(self) -> str:
         return f"{self.name} ({self.rt.describe()})"

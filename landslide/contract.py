@@ -20,6 +20,13 @@ from landslide.errors import ContractError
 from landslide.preprocess import PREPROCESS_VERSION
 
 CHECKPOINT_FORMAT = "landslide-checkpoint/1"
+ENGINE_DIR = Path(__file__).resolve().parent.parent / "engines"  # the repository's engines/ (see its README)
+
+
+def engine_dir(value: str = "") -> Path:
+    """``--engine-dir``: the folder given (relative to the current one), else the repository's engines/, so
+    export and infer meet in one folder from wherever they are run."""
+    return Path(value) if value else ENGINE_DIR
 
 
 def checkpoint_path(run_dir: str | Path, fold: int, arch: str, suffix: str = ".pt") -> Path:

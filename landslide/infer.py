@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from landslide.bands import BandLayout
 from landslide.config import field
-from landslide.contract import check_data
+from landslide.contract import check_data, engine_dir
 from landslide.data import (
     IO_WORKERS,
     PATCH_HW,
@@ -74,7 +74,8 @@ class InferConfig:
     provider: str = field("auto", "onnxruntime provider: auto (CUDA EP when --device is a GPU, else CPU) | cpu | cuda | tensorrt",
                           choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
                                    "TensorrtExecutionProvider"))
-    engine_dir: str = field("engines", "where export.py put engines: a run folder finds its .engine/.pt2 here")
+    engine_dir: str = field("", "where export.py put engines: a run folder finds its .engine/.pt2 here (default: "
+                                "the repository's engines/, from any current folder)")
 
 
 def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
@@ -99,17 +100,19 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             raise MissingArtefactError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
         return "onnxruntime", graph, "asked for"
     if cfg.backend in ("aoti", "tensorrt"):
-        engine, unfit = find_engine(path, Path(cfg.engine_dir), cfg.backend, cfg.device)
+        engines = engine_dir(cfg.engine_dir)
+        engine, unfit = find_engine(path, engines, cfg.backend, cfg.device)
         if engine is None:
             why = f" that runs here ({'; '.join(unfit)})" if unfit else ""
             # A fitting engine has another cache key (TensorRT/torch version, GPU): export builds it beside.
-            raise MissingArtefactError(f"no {cfg.backend} engine built from this run in {cfg.engine_dir}/{why}",
-                                       file=path, fix=f"python export.py {path} --engine {cfg.backend} "
-                                                      f"--engine-dir {cfg.engine_dir}")
-        return cfg.backend, engine, f"built from this run, found in {cfg.engine_dir}/"
+            given = f" --engine-dir {cfg.engine_dir}" if cfg.engine_dir else \
+                " (or, for one exported with --engine-dir DIR, pass that --engine-dir here)"
+            raise MissingArtefactError(f"no {cfg.backend} engine built from this run in {engines}/{why}", file=path,
+                                       fix=f"python export.py {path} --engine {cfg.backend}{given}")
+        return cfg.backend, engine, f"built from this run, found in {engines}/"
     if cfg.precision in ("auto", "fp16") and _gpu_tensorrt(cfg.device):  # TensorRT engines are FP16
         try:
-            engine, unfit = find_engine(path, Path(cfg.engine_dir), "tensorrt", cfg.device)
+            engine, unfit = find_engine(path, engine_dir(cfg.engine_dir), "tensorrt", cfg.device)
         except ConfigError as e:  # an installed TensorRT this code cannot use (too old): not asked for, so say and pass
             log.warning("tensorrt skipped: %s", e)
             engine, unfit = None, []

@@ -152,6 +152,24 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
         make_runner(make_config(InferConfig, {"run": str(bare), "backend": "onnxruntime"}))
 
 
+def test_the_default_engine_folder_is_the_repositorys_from_any_current_folder(exported, tmp_path, monkeypatch):
+    """export and infer meet in ROOT/engines wherever they run; the fix names the folder given, if any."""
+    from landslide.contract import engine_dir
+    from landslide.errors import MissingArtefactError
+    from landslide.export import ExportConfig
+    from landslide.infer import resolve_artefact
+
+    run, _ = exported
+    monkeypatch.chdir(tmp_path)
+    assert engine_dir(make_config(ExportConfig, {}).engine_dir) == ROOT / "engines"
+    with pytest.raises(MissingArtefactError, match=f"in {ROOT / 'engines'}/") as e:
+        resolve_artefact(make_config(InferConfig, {"run": str(run), "backend": "aoti", "engine_dir": ""}))
+    assert e.value.fix.startswith(f"python export.py {run} --engine aoti (or, for one exported with --engine-dir")
+    with pytest.raises(MissingArtefactError, match=f"in {tmp_path / 'mine'}/") as e:
+        resolve_artefact(make_config(InferConfig, {"run": str(run), "backend": "aoti", "engine_dir": str(tmp_path / "mine")}))
+    assert e.value.fix == f"python export.py {run} --engine aoti --engine-dir {tmp_path / 'mine'}"
+
+
 def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path):
     """--precision auto takes what the artefact was built at; a precision it was not built at is refused
     (not run at its own one under the asked-for name), and bf16 with auto goes to the backend that has it."""

@@ -2,7 +2,7 @@
 
 Outputs (default ``RUN_DIR/export/``): ``fold<k>_<arch>.onnx`` per fold, ``fused.onnx`` (the whole
 ensemble on raw NHWC patches), ``fused_fp16.onnx``; each with a ``<file>.json`` sidecar. Engines
-(``--engine tensorrt|aoti``) go to ``--engine-dir`` (default ``engines/``, see engines/README.md).
+(``--engine tensorrt|aoti``) go to ``--engine-dir`` (default: the repository's ``engines/``, see its README).
 Every artefact is checked against the torch ensemble before its sidecar is written; past tolerance
 the script exits non-zero and the artefact has no sidecar, so no loader will accept it.
 """
@@ -29,14 +29,15 @@ class ExportConfig:
     data: str = field("", "Zindi-layout folder whose patches verify the exports (default: synthetic patches)")
     n_verify: int = field(256, "patches used to verify each artefact")
     engine: str = field("none", "also build an engine", choices=ENGINES)
-    engine_dir: str = field("engines", "where built engines (.engine, .pt2) and the timing cache go")
+    engine_dir: str = field("", "where built engines (.engine, .pt2) and the timing cache go (default: the "
+                                "repository's engines/, from any current folder)")
     min_batch: int = field(DEFAULT_PROFILE[0], "engine optimisation profile: smallest batch")
     opt_batch: int = field(DEFAULT_PROFILE[1], "engine optimisation profile: batch tuned for")
     max_batch: int = field(DEFAULT_PROFILE[2], "engine optimisation profile: largest batch")
     onnx: bool = field(True, "write the ONNX graphs (--no-onnx: only the --engine aoti package, which "
                               "compiles the torch modules and needs none)")
     folds_onnx: bool = field(True, "also export one ONNX per fold")
-    fp16: bool = field(True, "also export the FP16 fused graph (what TensorRT 11 builds from)")
+    fp16: bool = field(True, "also export the FP16 fused graph (what TensorRT builds from)")
     rebuild: bool = field(False, "rebuild an engine even when a matching one is cached")
 
 
@@ -65,6 +66,7 @@ def reference_inputs(info, data: str, n: int, seed: int = 0) -> np.ndarray:
 
 
 def main(cfg) -> dict:
+    from landslide.contract import engine_dir
     from landslide.ensemble import build_ensemble
     from landslide.errors import ConfigError
     from landslide.export import onnx as ox
@@ -118,11 +120,11 @@ def main(cfg) -> dict:
     if cfg.engine == "tensorrt":
         from landslide.export.tensorrt import build_engine
 
-        made["engine"] = str(build_engine(out, Path(cfg.engine_dir), profile, x, ref, rebuild=cfg.rebuild))
+        made["engine"] = str(build_engine(out, engine_dir(cfg.engine_dir), profile, x, ref, rebuild=cfg.rebuild))
     elif cfg.engine == "aoti":
         from landslide.export.aoti import build_package
 
-        made["engine"] = str(build_package(fused, info, sha, Path(cfg.engine_dir), profile, x, ref,
+        made["engine"] = str(build_package(fused, info, sha, engine_dir(cfg.engine_dir), profile, x, ref,
                                            rebuild=cfg.rebuild))
     for k, v in made.items():
         log.info("exported %s: %s", k, v)

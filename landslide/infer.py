@@ -407,14 +407,18 @@ def main(cfg: InferConfig) -> dict:
     if cfg.shard:
         i, n = parse_shard(cfg.shard)
         out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
+    replaced = out.exists()  # said in the log: another backend's or --data's submission is overwritten
     write_submission(out, r.ids, r.probs, runner.threshold, pout)
-    log.info("wrote %s (%s): %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
-             "%.1f patches/s compute (%.2f s)", out, why, len(r.ids), int((r.probs >= runner.threshold).sum()),
+    log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
+             "%.1f patches/s compute (%.2f s)", out, why, ", replacing the one there" if replaced else "",
+             f" and {pout.name}" if pout else "", len(r.ids), int((r.probs >= runner.threshold).sum()),
              runner.threshold, len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
     if cfg.shard:
         log.info("shard %d of %d: once all %d are written, join them with: %s", i, n, n,
                  _command(cfg, "--merge-shards"))
     if r.skipped:
-        log.warning("%d bad patch file(s) skipped (listed above)", len(r.skipped))
+        log.warning("%d bad patch file(s) skipped (listed above): %s holds %d of the %d IDs%s, so it is not a "
+                    "complete submission (Zindi scores complete ones only); mend the files and score again",
+                    len(r.skipped), out.name, len(r.ids), len(ids), " of this shard" if cfg.shard else "")
     return {"out": str(out), "n": len(r.ids), "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
             "compute_seconds": r.compute_s, "backend": runner.name, **({"probs": str(pout)} if pout else {})}

@@ -98,6 +98,9 @@ def test_infer_fails_before_compute_naming_every_bad_file_and_keeps_old_submissi
     assert r.returncode == 0, r.stderr
     ids = [row[0] for row in csv.reader(open(out))][1:]
     assert len(ids) == 4 and "ID_TE0001" not in ids and "skipped" in r.stderr and "ID_TE0004" in r.stderr
+    # ...and says the file is short of rows, and that it replaced the one there.
+    assert "sub.csv holds 4 of the 6 IDs, so it is not a complete submission" in r.stderr
+    assert "replacing the one there" in r.stderr
 
 
 def test_infer_lists_header_and_value_errors_in_one_message(trained_run, tmp_path):

@@ -277,7 +277,8 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError("data folder not found", file=data_dir, fix="pass --data DIR (Zindi layout)")
+        raise DataError("data folder not found", file=data_dir,
+                        fix="check the path: --data names a folder holding Train.csv/Test.csv and train_data/ or test_data/")
     layout = BandLayout.from_dir(data_dir)
     table = read_csv(data_dir / SPLITS[split][0], labelled=(split == "train"))
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

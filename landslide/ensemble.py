@@ -41,6 +41,9 @@ class RunInfo:
 
 def read_run(run_dir: str | Path) -> RunInfo:
     run = Path(run_dir)
+    if not run.is_dir():
+        raise ContractError("run folder not found", file=run,
+                            fix="check the path: pass the --out folder train.py wrote (it holds contract.json)")
     for name, fix in (("contract.json", "train first: python train.py --data DIR --out RUN"),
                       ("calibration.json", "the run has not finished all folds: re-run train.py with --resume")):
         if not (run / name).is_file():

@@ -337,3 +337,12 @@ def test_atomic_write_keeps_the_old_file_until_done_and_after_a_failure(tmp_path
             f.write("partial")
             raise RuntimeError("cut off")
     assert p.read_text() == "new" and sorted(x.name for x in tmp_path.iterdir()) == ["submission.csv"]
+
+
+def test_a_mistyped_path_is_named_with_check_the_path(tmp_path):
+    """A --data or run folder that does not exist says so (not "train first", not "pass --data")."""
+    r = run_script("train.py", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--preset", "tiny")
+    _assert_user_error(r, "data folder not found", str(tmp_path / "nope"), "check the path")
+    assert not (tmp_path / "r").exists()
+    r = run_script("export.py", str(tmp_path / "runs" / "typo"))
+    _assert_user_error(r, "run folder not found", str(tmp_path / "runs" / "typo"), "check the path")

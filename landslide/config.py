@@ -71,12 +71,36 @@ def _shown_default(help_: str, default: Any) -> str:
     return f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
 
 
+def _prog() -> str | None:
+    """``python -m bench.infer`` for a module run with ``-m`` (argparse would say ``infer.py``, which is
+    another script); None (argparse's own: the script's name) otherwise."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None and spec.name not in ("", "__main__") else None
+
+
+def _presets_epilog(presets: dict[str, dict] | None) -> str | None:
+    """What each preset sets, under --help: the flags' defaults above are the dataclass's, before any preset."""
+    if not presets:
+        return None
+    import textwrap
+
+    lines = ["presets (--preset NAME is these flags; --config and the flags typed override them):"]
+    for name, values in presets.items():
+        shown = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k, v in values.items())
+        lines.append(textwrap.fill(shown, width=100, initial_indent=f"  {name}: ", subsequent_indent="    ",
+                                   break_on_hyphens=False))
+    return "\n".join(lines)
+
+
 def build_parser(cls: type, description: str, presets: dict[str, dict] | None = None,
                  positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     # Raw description: the scripts' docstrings are usage examples, one per line. No abbreviations:
     # `--epoch 2` must fail like any unknown key instead of quietly meaning --epochs.
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(prog=_prog(), description=description, epilog=_presets_epilog(presets),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     hints = typing.get_type_hints(cls)
     if presets:
         p.add_argument("--preset", choices=sorted(presets), default=None,

@@ -96,3 +96,28 @@ def test_a_wrong_flag_in_a_documented_command_is_caught():
         with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
             parser("infer.py").parse_args(argv)
     assert arguments(" RUN_DIR --data DIR [--backend auto|torch] ...") == ["RUN_DIR", "--data", "DIR", "--backend", "auto"]
+
+
+def test_help_lists_each_preset_as_flags_that_give_that_preset():
+    """train.py --help spells every preset out as flags; typed, those flags build the same config."""
+    import dataclasses
+
+    from landslide.config import parse_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    epilog = build_parser(TrainConfig, "", PRESETS).epilog
+    blocks = re.split(r"\n  (?=\w+: )", epilog)[1:]
+    assert [b.split(":")[0] for b in blocks] == list(PRESETS)
+    for block in blocks:
+        name, flags = block.split(": ", 1)
+        preset = parse_config(TrainConfig, ["--preset", name], "", presets=PRESETS)
+        typed = parse_config(TrainConfig, flags.split(), "", presets=PRESETS)
+        assert typed != TrainConfig() and dataclasses.replace(preset, preset=typed.preset) == typed, name
+
+
+def test_a_module_run_with_dash_m_is_named_so_in_its_usage():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "bench.infer", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m bench.infer "), r.stdout[:200]

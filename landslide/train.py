@@ -470,7 +470,8 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
             results.append((fold, ai, p, r))
             if env.is_main:
                 write_metrics(run / "metrics.csv", [row for *_, rs in results for row in rs])
-                log.info("fold %d %s: OOF F1 %.4f", fold, cfg.archs[ai], best_threshold(labels[fold_of == fold], p)[1])
+                log.info("fold %d %s: OOF F1 %.4f (at this fold's own best threshold; the calibrated one is fitted "
+                         "on all folds at the end)", fold, cfg.archs[ai], best_threshold(labels[fold_of == fold], p)[1])
     if env.fold_parallel:
         gathered = dist_.gather(env, results)
         if not env.is_main:
@@ -501,4 +502,6 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     plots.pr_and_confusion(labels, ens, cal["threshold"], run / "plots" / "oof_pr_confusion.png")
     log.info("OOF F1 %.4f at threshold %.4f; weights %s; per fold %s", cal["oof_f1"], cal["threshold"],
              cal["weights"], {k: round(v, 4) for k, v in cal["per_fold_f1"].items()})
+    log.info("run folder %s complete; next: python infer.py %s --data DIR (Test.csv + test_data/), or "
+             "python export.py %s", run, run, run)
     return cal

@@ -32,6 +32,7 @@ def test_train_writes_the_run_folder(trained):
     pipeline = "torch-compiled" if cpp_compiler() else "torch"
     assert "device=cpu" in r.stderr and f"data_backend={pipeline} " in r.stderr
     assert ("augmentation kernels compiled" in r.stderr) == (pipeline == "torch-compiled")  # logged apart
+    assert f"run folder {run} complete; next: python infer.py {run} --data DIR" in r.stderr.strip().splitlines()[-1]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data_backend"] == pipeline
     assert cfg["config"]["preset"] == "tiny" and "torch" in cfg["versions"]

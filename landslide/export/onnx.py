@@ -142,22 +142,23 @@ class Parity:
     agreement: float  # share of identical decisions at the calibrated threshold
     tol: float
     min_agreement: float
+    what: str = "p"  # what max_abs is a difference of: the probability, or a fold graph's logit
 
     @property
     def ok(self) -> bool:
         return self.max_abs <= self.tol and self.agreement >= self.min_agreement
 
     def line(self) -> str:
-        return (f"verify {self.name}: n={self.n} max|dp|={self.max_abs:.3g} (tol {self.tol:g}) "
+        return (f"verify {self.name}: n={self.n} max|d{self.what}|={self.max_abs:.3g} (tol {self.tol:g}) "
                 f"decision agreement={100 * self.agreement:.2f}% (min {100 * self.min_agreement:.1f}%) "
                 f"{'OK' if self.ok else 'FAILED'}")
 
 
 def compare(name: str, got: np.ndarray, ref: np.ndarray, threshold: float, tol: float,
-            min_agreement: float = 1.0) -> Parity:
+            min_agreement: float = 1.0, what: str = "p") -> Parity:
     p = Parity(name, len(ref), float(np.abs(got.astype(np.float64) - ref).max()),
-               float(((got >= threshold) == (ref >= threshold)).mean()), tol, min_agreement)
-    print(p.line(), flush=True)
+               float(((got >= threshold) == (ref >= threshold)).mean()), tol, min_agreement, what)
+    log.info(p.line())
     return p
 
 
@@ -180,7 +181,7 @@ def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path) 
             got = ort_run(path, xp.numpy())
             # Logits are unbounded, so the tolerance is relative to their scale.
             tol = FP32_TOL * max(1.0, float(np.abs(ref).max()))
-            require(compare(path.name, got, ref, 0.0, tol), path)
+            require(compare(path.name, got, ref, 0.0, tol, what="logit"), path)
             paths.append((k, arch, path))
     return paths
 

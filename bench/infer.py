@@ -53,7 +53,9 @@ class InferBenchConfig:
     archs: list[str] = field(["test_efficientnet"], "archs of the run trained when --run is not given")
     folds: int = field(0, "folds of the run trained when --run is not given (0 = 5; --quick 2)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = field("fp32", "fp32 | bf16 | fp16 (runners that take one)", choices=("fp32", "bf16", "fp16"))
+    precision: str = field("fp32", "fp32 | bf16 | fp16 for the torch runners; ONNX Runtime: fp16 = the FP16 graph, "
+                                "else FP32; AOTI and TensorRT: their own (each record says which)",
+                           choices=("fp32", "bf16", "fp16"))
     batch_sizes: list[int] = field([], "batch sizes to time (default 1,8,64,256; --quick 1,8,32)")
     compile: str = field("auto", "include torch.compile'd fused: auto (on, except --quick on a CPU) | on | off",
                          choices=("auto", "on", "off"))
@@ -120,8 +122,12 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
     for backend in BACKENDS:
         if backend in ("auto", "torch"):
             continue
-        # Engines the benchmark builds go to its cache, not beside the user's own in engines/.
-        base = {"run": str(run), "backend": backend, "device": cfg.device, "precision": cfg.precision,
+        # Engines the benchmark builds go to its cache, not beside the user's own in engines/. An engine
+        # computes at the precision it was built at (AOTI fp32, TensorRT fp16: infer refuses another one);
+        # ONNX Runtime runs the run's FP16 graph for --precision fp16, else its FP32 one (it has no bf16).
+        # Each record's config.precision is what the runner computed at.
+        prec = "fp16" if backend == "onnxruntime" and cfg.precision == "fp16" else "auto"
+        base = {"run": str(run), "backend": backend, "device": cfg.device, "precision": prec,
                 "engine_dir": str(CACHE / "engines")}
         providers = [None]
         if backend.startswith("onnx"):
@@ -300,6 +306,7 @@ def main(cfg: InferBenchConfig) -> list[dict]:
         build_s = time.perf_counter() - t0
         # % peak against the peak of the precision this runner computes in (AOTI is fp32, TensorRT fp16).
         prec = runner.precision
+        rconf["precision"] = prec
         if prec not in peaks:
             peaks[prec] = device_peak(device, prec)[0]
         if flops is None and hasattr(runner, "module") and not getattr(runner.module, "__class__").__name__.startswith("Looped"):

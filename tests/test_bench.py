@@ -237,6 +237,7 @@ def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
 
     def make_runner(cfg):
         asked.append(cfg.engine_dir)
+        assert cfg.precision == "auto"  # an engine runs at its own precision; the bench's fp32 would be refused
         if not exported:
             raise MissingArtefactError("no aoti engine built from this run")
         return "runner"

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "torch")
 SUFFIX_BACKEND = {".onnx": "onnxruntime", ".pt2": "aoti", ".engine": "tensorrt"}
+# What each backend can compute at: torch by autocast; the others at what the artefact was built at.
+PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "fp16"), "aoti": ("fp32",), "tensorrt": ("fp16",)}
 
 
 @dataclass
@@ -120,7 +122,9 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
         if unfit:  # say why the faster engine is passed over, then take the next best
             log.warning("tensorrt engines built from this run skipped: %s", "; ".join(unfit))
-    if graph.is_file() and cfg.precision != "bf16":  # ONNX Runtime has no bf16 graph: torch runs that
+    if cfg.precision == "bf16":
+        return "torch", path, "--precision bf16 (the exported graphs are fp32 and fp16)"
+    if graph.is_file():
         if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
             # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
             return "torch", path, "a CUDA device, and this onnxruntime build has no CUDA provider"
@@ -148,8 +152,8 @@ def _gpu_without_ort_cuda(device: str) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
-def find_engine(run: Path, engine_dir: Path, backend: str, device: str = "auto") -> tuple[Path | None, list[str]]:
-    """The newest engine in ``engine_dir`` whose sidecar says it was built from ``run`` as it is now and that
+def find_engine(run: Path, folder: Path, backend: str, device: str = "auto") -> tuple[Path | None, list[str]]:
+    """The newest engine in ``folder`` whose sidecar says it was built from ``run`` as it is now and that
     can run here, and why each other engine built from ``run`` cannot (``name: reason``).
 
     "Runs here" is the runner's own check: a TensorRT engine needs this TensorRT version and GPU model;
@@ -165,7 +169,7 @@ def find_engine(run: Path, engine_dir: Path, backend: str, device: str = "auto")
         from landslide.export.tensorrt import import_trt
 
         trt = import_trt()
-    found = [(p, side) for p in engine_dir.glob(f"*{suffix}") if (side := readable_sidecar(p)) is not None]
+    found = [(p, side) for p in folder.glob(f"*{suffix}") if (side := readable_sidecar(p)) is not None]
     if found:
         want, sha = str(run.resolve()), run_hash(read_run(run))
         found = [(p, side) for p, side in found if side.get("source_run") == want and side.get("source_hash") == sha]
@@ -195,14 +199,22 @@ def make_runner(cfg: InferConfig) -> Runner:
         where = f"--device {cfg.device} was asked for" if cfg.device != "auto" else "this host has none"
         raise ConfigError(f"TensorRT runs on a CUDA GPU, and {where}", file=cfg.run,
                           fix="use --backend onnxruntime, aoti or torch here, or run on a GPU machine")
+    # Before any lookup: an export or engine the fix would send the user to build could not run it either.
+    asked = cfg.backend if cfg.backend != "auto" else SUFFIX_BACKEND.get(Path(cfg.run).suffix)
+    if asked and cfg.precision not in ("auto", *PRECISIONS[asked]):
+        raise ConfigError(f"--precision {cfg.precision}: the {asked} backend computes at "
+                          f"{'|'.join(PRECISIONS[asked])}", file=cfg.run,
+                          fix="drop --precision (auto takes the artefact's own), or use --backend torch "
+                              "(fp32|bf16|fp16) or onnxruntime on the run folder (fp32|fp16)")
     backend, path, why = resolve_artefact(cfg)
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
 
         if cfg.precision == "fp16" and dev.type == "cpu":
+            graph = "" if (path / "export" / "fused_fp16.onnx").is_file() else f"python export.py {path}, then "
             raise ConfigError("--precision fp16: the torch backend runs fp16 on a CUDA GPU only", file=path,
-                              fix=f"on a CPU, python export.py {path} and then --backend onnxruntime --precision fp16 "
-                                  f"(the FP16 graph), or --precision fp32|bf16 here")
+                              fix=f"on a CPU, {graph}--backend onnxruntime --precision fp16 (the run's FP16 graph), "
+                                  "or --precision fp32|bf16 here")
         runner: Runner = TorchRunner(path, cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision, cfg.compile)
     elif backend == "onnxruntime":
         from landslide.runtime.onnxruntime import OnnxRunner
@@ -218,7 +230,7 @@ def make_runner(cfg: InferConfig) -> Runner:
         from landslide.runtime.tensorrt import TensorRTRunner
 
         runner = TensorRTRunner(path)
-    if cfg.precision not in ("auto", runner.precision):
+    if cfg.precision not in ("auto", runner.precision):  # a .onnx file: the precision it was exported at
         raise ConfigError(f"--precision {cfg.precision} asked for, but {runner.describe()} computes at "
                           f"{runner.precision}, fixed when it was built", file=path,
                           fix="drop --precision (auto takes the artefact's own), or use --backend torch "
@@ -417,8 +429,9 @@ def main(cfg: InferConfig) -> dict:
         log.info("shard %d of %d: once all %d are written, join them with: %s", i, n, n,
                  _command(cfg, "--merge-shards"))
     if r.skipped:
-        log.warning("%d bad patch file(s) skipped (listed above): %s holds %d of the %d IDs%s, so it is not a "
-                    "complete submission (Zindi scores complete ones only); mend the files and score again",
-                    len(r.skipped), out.name, len(r.ids), len(ids), " of this shard" if cfg.shard else "")
+        whole = "the merged submission will lack them" if cfg.shard else \
+            "so it is not a complete submission (Zindi scores complete ones only); mend the files and score again"
+        log.warning("%d bad patch file(s) skipped (listed above): %s holds %d of the %d IDs%s, %s", len(r.skipped),
+                    out.name, len(r.ids), len(ids), " of this shard" if cfg.shard else "", whole)
     return {"out": str(out), "n": len(r.ids), "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
             "compute_seconds": r.compute_s, "backend": runner.name, **({"probs": str(pout)} if pout else {})}

@@ -130,8 +130,8 @@ def merge_shards(out: Path, table: Table | None, rerun: str, *, allow_missing: b
                             fix=f"score that shard again: {rerun.format(i=k, n=n)} (a shard scored with "
                                 "--skip-bad leaves its bad files out: add --skip-bad to merge without them)")
         if missing:
-            log.warning("merge: %d ID(s) of %s are in no shard (skipped as bad when scored), e.g. %s",
-                        len(missing), table.path.name, missing[0])
+            log.warning("merge: %d ID(s) of %s are in no shard (skipped as bad when scored), e.g. %s: %s is not a "
+                        "complete submission", len(missing), table.path.name, missing[0], out.name)
         order = [i for i in table.ids if i in rows]
     made = {"out": str(out), "n": len(order), "shards": n}
     pout = probs_path(out)

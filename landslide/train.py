@@ -41,11 +41,11 @@ from landslide.errors import ConfigError, DataError
 from landslide.fold import make_fold
 from landslide.io import atomic_write, read_json, write_json
 from landslide.losses import focal_loss
-from landslide.model import LandslideModel, LandslideNet, ModelConfig, check_model_config, parse_arch, tta_mean, tta_views
+from landslide.model import LandslideModel, LandslideNet, ModelConfig, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
 from landslide.sampler import BalancedSampler
 from landslide.step import TrainStep, check_cuda_graphs, load_optimizer_state, load_scaler_state, make_optimizer
-from landslide.train_config import TrainConfig
+from landslide.train_config import TrainConfig, arch_model_config, check_config
 
 log = logging.getLogger(__name__)
 
@@ -118,35 +118,6 @@ def predict(net: torch.nn.Module, x: torch.Tensor, rt: Runtime, batch_size: int,
             logits = net(xb)
         out.append(tta_mean(logits) if tta else torch.sigmoid(logits.float()))
     return torch.cat(out).cpu().numpy()
-
-
-def arch_model_config(cfg: TrainConfig, arch_i: int) -> ModelConfig:
-    name, size = parse_arch(cfg.archs[arch_i])
-    pretrained = cfg.pretrained[arch_i] if arch_i < len(cfg.pretrained) else ""
-    return ModelConfig(backbone=name, img_size=size, fusion=cfg.fusion, modalities=cfg.modalities,
-                       dropout=cfg.dropout, pretrained=pretrained)
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """What the data need not be read for, checked before anything is written (every architecture
-    buildable, the folds asked for existing): a typo must not leave a run folder behind."""
-    bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
-                                                                          if cfg.only_folds.count(k) > 1})
-    if bad:
-        raise ConfigError(f"--only-folds {','.join(map(str, cfg.only_folds))}: fold(s) {bad} are out of range or "
-                          f"repeated", fix=f"pass each fold once, from 0 to {cfg.folds - 1} (--folds {cfg.folds})")
-    # Checkpoints, OOF columns and calibrated weights are keyed by the architecture's file stem: an entry
-    # listed twice would overwrite the other's checkpoint and share one weight (a silently broken ensemble).
-    stems = [checkpoint_path("", 0, a).stem for a in cfg.archs]
-    if dup := sorted({a for a, s in zip(cfg.archs, stems) if stems.count(s) > 1}):
-        raise ConfigError(f"--archs {','.join(cfg.archs)}: {', '.join(dup)} listed more than once (or as NAME@SIZE "
-                          f"and NAME_SIZE); each architecture's checkpoints and ensemble weight are kept by its name",
-                          fix="list each architecture once (for a second seed of one backbone, train a second run)")
-    if len(cfg.pretrained) > len(cfg.archs):
-        raise ConfigError(f"{len(cfg.pretrained)} --pretrained files for {len(cfg.archs)} --archs",
-                          fix="pass at most one checkpoint per architecture, in --archs order")
-    for i in range(len(cfg.archs)):
-        check_model_config(arch_model_config(cfg, i))
 
 
 class FoldTrainer:

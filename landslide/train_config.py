@@ -1,9 +1,13 @@
-"""``train.py``'s config: one field per flag, plus the named presets."""
+"""``train.py``'s config: one field per flag, the named presets, and the checks that need no data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from landslide.config import field
+
+if TYPE_CHECKING:  # the model (torch, timm) is imported when a config is checked, not when flags are parsed
+    from landslide.model import ModelConfig
 
 
 @dataclass
@@ -75,3 +79,38 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(archs=["test_efficientnet"], folds=2, epochs=2, batch_size=16, max_steps=3, lr=1e-3,
                  patience=2, eval_batch_size=64),
 }
+
+
+def arch_model_config(cfg: TrainConfig, arch_i: int) -> ModelConfig:
+    from landslide.model import ModelConfig, parse_arch
+
+    name, size = parse_arch(cfg.archs[arch_i])
+    pretrained = cfg.pretrained[arch_i] if arch_i < len(cfg.pretrained) else ""
+    return ModelConfig(backbone=name, img_size=size, fusion=cfg.fusion, modalities=cfg.modalities,
+                       dropout=cfg.dropout, pretrained=pretrained)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """What the data need not be read for, checked before anything is written (every architecture
+    buildable, the folds asked for existing): a typo must not leave a run folder behind."""
+    from landslide.contract import checkpoint_path
+    from landslide.errors import ConfigError
+    from landslide.model import check_model_config
+
+    bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
+                                                                          if cfg.only_folds.count(k) > 1})
+    if bad:
+        raise ConfigError(f"--only-folds {','.join(map(str, cfg.only_folds))}: fold(s) {bad} are out of range or "
+                          f"repeated", fix=f"pass each fold once, from 0 to {cfg.folds - 1} (--folds {cfg.folds})")
+    # Checkpoints, OOF columns and calibrated weights are keyed by the architecture's file stem: an entry
+    # listed twice would overwrite the other's checkpoint and share one weight (a silently broken ensemble).
+    stems = [checkpoint_path("", 0, a).stem for a in cfg.archs]
+    if dup := sorted({a for a, s in zip(cfg.archs, stems) if stems.count(s) > 1}):
+        raise ConfigError(f"--archs {','.join(cfg.archs)}: {', '.join(dup)} listed more than once (or as NAME@SIZE "
+                          f"and NAME_SIZE); each architecture's checkpoints and ensemble weight are kept by its name",
+                          fix="list each architecture once (for a second seed of one backbone, train a second run)")
+    if len(cfg.pretrained) > len(cfg.archs):
+        raise ConfigError(f"{len(cfg.pretrained)} --pretrained files for {len(cfg.archs)} --archs",
+                          fix="pass at most one checkpoint per architecture, in --archs order")
+    for i in range(len(cfg.archs)):
+        check_model_config(arch_model_config(cfg, i))

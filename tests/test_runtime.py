@@ -175,14 +175,24 @@ def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path):
     (not run at its own one under the asked-for name), and bf16 with auto goes to the backend that has it."""
     import torch
 
+    from landslide.infer import resolve_artefact
+
     run, _ = exported
     cfg = lambda **kw: make_config(InferConfig, {"run": str(run), "device": "cpu", **kw})  # noqa: E731
     assert make_runner(cfg()).precision == "fp32"
     assert make_runner(cfg(precision="fp16")).describe().startswith("onnxruntime-cpu (fused_fp16.onnx")
     bf16 = make_runner(cfg(precision="bf16"))  # ONNX Runtime has no bf16 graph: auto takes torch
     assert (bf16.name, bf16.precision) == ("torch-fused", "bf16")
-    with pytest.raises(ConfigError, match="--precision bf16 asked for, but onnxruntime-cpu .* computes at fp32"):
-        make_runner(cfg(backend="onnxruntime", precision="bf16"))
+    assert resolve_artefact(cfg(precision="bf16"))[2].startswith("--precision bf16")  # not "the run has no export/"
+    # Refused before any lookup, even where the artefact is missing: exporting it (as a MissingArtefactError
+    # would have said) could not give that precision either.
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("export"))
+    for backend, precision, can in (("onnxruntime", "bf16", "fp32|fp16"), ("aoti", "fp16", "fp32")):
+        for folder in (run, bare):
+            with pytest.raises(ConfigError, match=f"--precision {precision}: the {backend} backend computes at {can}"):
+                make_runner(make_config(InferConfig, {"run": str(folder), "device": "cpu", "backend": backend,
+                                                      "precision": precision, "engine_dir": str(tmp_path / "none")}))
     fp16_graph = str(run / "export" / "fused_fp16.onnx")
     assert make_runner(make_config(InferConfig, {"run": fp16_graph, "device": "cpu"})).precision == "fp16"
     with pytest.raises(ConfigError, match="--precision fp32 asked for, .* computes at fp16") as e:
@@ -191,7 +201,10 @@ def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="the torch backend runs fp16 on a CUDA GPU only") as e:
             make_runner(cfg(backend="torch", precision="fp16"))
-        assert "--backend onnxruntime --precision fp16" in str(e.value)
+        assert e.value.fix.startswith("on a CPU, --backend onnxruntime --precision fp16")  # the run has its graph
+        with pytest.raises(ConfigError, match="the torch backend runs fp16 on a CUDA GPU only") as e:
+            make_runner(make_config(InferConfig, {"run": str(bare), "precision": "fp16"}))
+        assert e.value.fix.startswith(f"on a CPU, python export.py {bare}, then --backend onnxruntime")
 
 
 def test_auto_passes_over_a_tensorrt_engine_built_for_another_gpu(exported, tmp_path, monkeypatch, caplog):

@@ -17,7 +17,7 @@ class Runner(ABC):
     name: str = "runner"
     contract: dict
     threshold: float
-    sidecar: dict  # an exported artefact's (export/sidecar.py)
+    sidecar: dict  # an exported artefact's runners (export/sidecar.py); the torch runner has none
 
     @property
     def precision(self) -> str:

@@ -77,7 +77,17 @@ def _prog() -> str | None:
     import sys
 
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return f"python -m {spec.name}" if spec is not None and spec.name not in ("", "__main__") else None
+    if spec is None or spec.name in ("", "__main__"):
+        return None
+    return f"python -m {spec.name.removesuffix('.__main__')}"  # a package run with -m runs its __main__
+
+
+def _as_flag(name: str, value: Any) -> str:
+    """A field's value as it is typed: ``--epochs 8``, ``--archs a,b``, ``--resume`` / ``--no-resume``."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def _presets_epilog(presets: dict[str, dict] | None) -> str | None:
@@ -88,8 +98,7 @@ def _presets_epilog(presets: dict[str, dict] | None) -> str | None:
 
     lines = ["presets (--preset NAME is these flags; --config and the flags typed override them):"]
     for name, values in presets.items():
-        shown = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
-                         for k, v in values.items())
+        shown = " ".join(_as_flag(k, v) for k, v in values.items())
         lines.append(textwrap.fill(shown, width=100, initial_indent=f"  {name}: ", subsequent_indent="    ",
                                    break_on_hyphens=False))
     return "\n".join(lines)

@@ -105,13 +105,14 @@ def test_help_lists_each_preset_as_flags_that_give_that_preset():
     from landslide.config import parse_config
     from landslide.train_config import PRESETS, TrainConfig
 
-    epilog = build_parser(TrainConfig, "", PRESETS).epilog
+    presets = {**PRESETS, "flags": {"deterministic": True, "resume": False, "archs": ["a", "b@96"], "lr": 0.5}}
+    epilog = build_parser(TrainConfig, "", presets).epilog
     blocks = re.split(r"\n  (?=\w+: )", epilog)[1:]
-    assert [b.split(":")[0] for b in blocks] == list(PRESETS)
+    assert [b.split(":")[0] for b in blocks] == list(presets)
     for block in blocks:
         name, flags = block.split(": ", 1)
-        preset = parse_config(TrainConfig, ["--preset", name], "", presets=PRESETS)
-        typed = parse_config(TrainConfig, flags.split(), "", presets=PRESETS)
+        preset = parse_config(TrainConfig, ["--preset", name], "", presets=presets)
+        typed = parse_config(TrainConfig, flags.split(), "", presets=presets)
         assert typed != TrainConfig() and dataclasses.replace(preset, preset=typed.preset) == typed, name
 
 

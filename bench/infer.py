@@ -151,16 +151,17 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
                 out.append((label, "the CPU provider on a GPU host: minutes per call on the host cores, "
                                    "and not what a GPU deployment runs (bench it with --device cpu)"))
                 continue
-            out.append((label, lambda v=values: _make_with_export(v)))
+            out.append((label, lambda v=values: _make_with_export(v, user_engines=bool(cfg.run))))
     if not gpu:
         out.append(compiled)
     return out
 
 
-def _make_with_export(values: dict):
+def _make_with_export(values: dict, user_engines: bool = False):
     """``make_runner``; when the run folder lacks the backend's artefact, export it once, then retry. Any other
     refusal (a provider that cannot start, a missing library) is the result: exporting again would cost
-    minutes and fail the same way."""
+    minutes and fail the same way. ``user_engines`` (a ``--run`` of the user's): an engine built from it in
+    the default engines/ is used before any is built into the bench's cache."""
     from landslide.config import make_config
     from landslide.errors import MissingArtefactError
     from landslide.export import ExportConfig
@@ -168,6 +169,11 @@ def _make_with_export(values: dict):
     from landslide.infer import InferConfig, make_runner
 
     cfg = make_config(InferConfig, values)
+    if user_engines and values["backend"] in ("aoti", "tensorrt"):
+        try:
+            return make_runner(make_config(InferConfig, {**values, "engine_dir": ""}))
+        except MissingArtefactError:
+            pass  # none there: the bench's own cache, exporting into it if need be
     try:
         return make_runner(cfg)
     except MissingArtefactError as first:

@@ -249,6 +249,13 @@ def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
     assert asked == [str(CACHE / "engines")] * 2 and exported[0].engine_dir == str(CACHE / "engines")
     assert exported[0].run == str(tmp_path) and exported[0].engine == "aoti"
 
+    # A --run of the user's: an engine built from it in the default engines/ first, then the bench's cache.
+    exported.clear()
+    asked.clear()
+    got = dict(runner_factories(make_config(InferBenchConfig, {"device": "cpu", "run": str(tmp_path)}), tmp_path,
+                                compile_on=False))
+    assert got["aoti"]() == "runner" and asked == ["", str(CACHE / "engines"), str(CACHE / "engines")]
+    assert exported[0].engine_dir == str(CACHE / "engines")  # never built into the user's folder
     exported.clear()
 
     def refuse(cfg):

@@ -44,8 +44,10 @@ def read_csv(path: str | Path, *, labelled: bool) -> Table:
     """Read ``Train.csv`` (``ID,label``) or ``Test.csv`` (``ID``). CRLF line ends and a UTF-8 BOM are fine."""
     path = Path(path)
     if not path.is_file():
+        up = path.parent.parent / path.name  # --data given as the patch folder (train_data/, test_data/)
         raise DataError("CSV not found", file=path,
-                        fix="point --data at a folder holding Train.csv/Test.csv (Zindi layout)")
+                        fix=f"--data {up.parent} (it holds {path.name})" if up.is_file() else
+                        "point --data at a folder holding Train.csv/Test.csv (Zindi layout)")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:

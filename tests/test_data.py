@@ -37,8 +37,15 @@ def test_bad_csvs(tmp_path, content, msg):
 
 
 def test_missing_csv(tmp_path):
-    with pytest.raises(DataError, match="CSV not found"):
+    with pytest.raises(DataError, match="CSV not found") as e:
         read_csv(tmp_path / "Train.csv", labelled=True)
+    assert "point --data at a folder holding Train.csv/Test.csv" in e.value.fix
+    # --data given one level too deep (the patch folder): the fix names the folder that holds the CSV.
+    (tmp_path / "Test.csv").write_text("ID\nID_A\n")
+    (tmp_path / "test_data").mkdir()
+    with pytest.raises(DataError, match="CSV not found") as e:
+        read_csv(tmp_path / "test_data" / "Test.csv", labelled=False)
+    assert e.value.fix == f"--data {tmp_path} (it holds Test.csv)"
 
 
 def _save(tmp_path, arr, name="ID_X.npy"):

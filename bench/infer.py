@@ -75,12 +75,13 @@ def ensure_run(cfg: InferBenchConfig) -> Path:
     from landslide import synth
     from landslide import train as train_mod
     from landslide.config import make_config
+    from landslide.contract import arch_stem
     from landslide.ensemble import read_run
     from landslide.train_config import PRESETS, TrainConfig
 
     if cfg.run:
         return Path(cfg.run)
-    tag = f"{'-'.join(a.replace('@', '_') for a in cfg.archs)}-f{cfg.folds}"
+    tag = f"{'-'.join(map(arch_stem, cfg.archs))}-f{cfg.folds}"
     run, data = CACHE / f"run-{tag}", CACHE / "synth"
     try:
         read_run(run)

@@ -29,9 +29,14 @@ def engine_dir(value: str = "") -> Path:
     return Path(value) if value else ENGINE_DIR
 
 
+def arch_stem(arch: str) -> str:
+    """``arch`` in file names (checkpoints, per-fold graphs): ``NAME@SIZE`` -> ``NAME_SIZE``."""
+    return arch.replace("@", "_")
+
+
 def checkpoint_path(run_dir: str | Path, fold: int, arch: str, suffix: str = ".pt") -> Path:
-    """Where a run folder keeps fold ``fold``'s checkpoint of ``arch`` (``NAME@SIZE`` -> ``NAME_SIZE``)."""
-    return Path(run_dir) / f"fold{fold}" / f"{arch.replace('@', '_')}{suffix}"
+    """Where a run folder keeps fold ``fold``'s checkpoint of ``arch``."""
+    return Path(run_dir) / f"fold{fold}" / f"{arch_stem(arch)}{suffix}"
 
 
 def versions(*extra: str) -> dict[str, str]:

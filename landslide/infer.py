@@ -48,6 +48,13 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "torch")
 SUFFIX_BACKEND = {".onnx": "onnxruntime", ".pt2": "aoti", ".engine": "tensorrt"}
 # What each backend can compute at: torch by autocast; the others at what the artefact was built at.
 PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "fp16"), "aoti": ("fp32",), "tensorrt": ("fp16",)}
+PRECISION_FIX = ("drop --precision (auto takes the artefact's own), or use --backend torch (fp32|bf16|fp16) or "
+                 "onnxruntime on the run folder (fp32|fp16)")
+
+
+def computes_at(backend: str, precision: str) -> bool:
+    """Whether ``backend`` can serve ``--precision precision`` (``auto``: each its own)."""
+    return precision == "auto" or precision in PRECISIONS[backend]
 
 
 @dataclass
@@ -112,7 +119,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             raise MissingArtefactError(f"no {cfg.backend} engine built from this run in {engines}/{why}", file=path,
                                        fix=f"python export.py {path} --engine {cfg.backend}{given}")
         return cfg.backend, engine, f"built from this run, found in {engines}/"
-    if cfg.precision in ("auto", "fp16") and _gpu_tensorrt(cfg.device):  # TensorRT engines are FP16
+    if computes_at("tensorrt", cfg.precision) and _gpu_tensorrt(cfg.device):
         try:
             engine, unfit = find_engine(path, engine_dir(cfg.engine_dir), "tensorrt", cfg.device)
         except ConfigError as e:  # an installed TensorRT this code cannot use (too old): not asked for, so say and pass
@@ -122,8 +129,8 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             return "tensorrt", engine, "a GPU with TensorRT and an engine built from this run"
         if unfit:  # say why the faster engine is passed over, then take the next best
             log.warning("tensorrt engines built from this run skipped: %s", "; ".join(unfit))
-    if cfg.precision == "bf16":
-        return "torch", path, "--precision bf16 (the exported graphs are fp32 and fp16)"
+    if not computes_at("onnxruntime", cfg.precision):
+        return "torch", path, f"--precision {cfg.precision} (the exported graphs are fp32 and fp16)"
     if graph.is_file():
         if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
             # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
@@ -201,11 +208,9 @@ def make_runner(cfg: InferConfig) -> Runner:
                           fix="use --backend onnxruntime, aoti or torch here, or run on a GPU machine")
     # Before any lookup: an export or engine the fix would send the user to build could not run it either.
     asked = cfg.backend if cfg.backend != "auto" else SUFFIX_BACKEND.get(Path(cfg.run).suffix)
-    if asked and cfg.precision not in ("auto", *PRECISIONS[asked]):
+    if asked and not computes_at(asked, cfg.precision):
         raise ConfigError(f"--precision {cfg.precision}: the {asked} backend computes at "
-                          f"{'|'.join(PRECISIONS[asked])}", file=cfg.run,
-                          fix="drop --precision (auto takes the artefact's own), or use --backend torch "
-                              "(fp32|bf16|fp16) or onnxruntime on the run folder (fp32|fp16)")
+                          f"{'|'.join(PRECISIONS[asked])}", file=cfg.run, fix=PRECISION_FIX)
     backend, path, why = resolve_artefact(cfg)
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
@@ -232,9 +237,7 @@ def make_runner(cfg: InferConfig) -> Runner:
         runner = TensorRTRunner(path)
     if cfg.precision not in ("auto", runner.precision):  # a .onnx file: the precision it was exported at
         raise ConfigError(f"--precision {cfg.precision} asked for, but {runner.describe()} computes at "
-                          f"{runner.precision}, fixed when it was built", file=path,
-                          fix="drop --precision (auto takes the artefact's own), or use --backend torch "
-                              "(fp32|bf16|fp16) or onnxruntime on the run folder (fp32|fp16)")
+                          f"{runner.precision}, fixed when it was built", file=path, fix=PRECISION_FIX)
     log.info("backend %s -> %s (%s)", cfg.backend, runner.describe(), why)
     return runner
 

@@ -93,7 +93,7 @@ def arch_model_config(cfg: TrainConfig, arch_i: int) -> ModelConfig:
 def check_config(cfg: TrainConfig) -> None:
     """What the data need not be read for, checked before anything is written (every architecture
     buildable, the folds asked for existing): a typo must not leave a run folder behind."""
-    from landslide.contract import checkpoint_path
+    from landslide.contract import arch_stem
     from landslide.errors import ConfigError
     from landslide.model import check_model_config
 
@@ -104,7 +104,7 @@ def check_config(cfg: TrainConfig) -> None:
                           f"repeated", fix=f"pass each fold once, from 0 to {cfg.folds - 1} (--folds {cfg.folds})")
     # Checkpoints, OOF columns and calibrated weights are keyed by the architecture's file stem: an entry
     # listed twice would overwrite the other's checkpoint and share one weight (a silently broken ensemble).
-    stems = [checkpoint_path("", 0, a).stem for a in cfg.archs]
+    stems = [arch_stem(a) for a in cfg.archs]
     if dup := sorted({a for a, s in zip(cfg.archs, stems) if stems.count(s) > 1}):
         raise ConfigError(f"--archs {','.join(cfg.archs)}: {', '.join(dup)} listed more than once (or as NAME@SIZE "
                           f"and NAME_SIZE); each architecture's checkpoints and ensemble weight are kept by its name",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landslide.contract import arch_stem
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.errors import VerificationError
 from landslide.export.sidecar import weights_path
@@ -175,7 +176,7 @@ def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path) 
     xp = fused.preprocess(torch.from_numpy(x)).contiguous()
     for arch, row in zip(info.archs, fused.archs):
         for k, net in zip(info.folds, row):
-            path = out / f"fold{k}_{arch.replace('@', '_')}.onnx"
+            path = out / f"fold{k}_{arch_stem(arch)}.onnx"
             export_onnx(net, xp[:2], path, output_name="logit")
             ref = torch_run(net, xp.numpy())
             got = ort_run(path, xp.numpy())

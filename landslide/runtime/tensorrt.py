@@ -22,8 +22,8 @@ def mismatch(side: dict, trt) -> str | None:
     built_with = (side.get("versions") or {}).get("tensorrt")
     if built_with != trt.__version__:
         return f"engine built with TensorRT {built_with}, this is {trt.__version__}"
-    if side.get("gpu") != gpu_name():
-        return f"engine built for {side.get('gpu')}, this GPU is {gpu_name()}"
+    if side.get("gpu") != (here := gpu_name()):
+        return f"engine built for {side.get('gpu')}, this GPU is {here}"
     return None
 
 

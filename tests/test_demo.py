@@ -27,6 +27,7 @@ def test_demo_trains_scores_and_reports_what_it_wrote(tmp_path, monkeypatch, cap
     assert set(summary["per_fold_f1"]) == {"0", "1", "2", "3", "4"}  # the demo preset's 5 folds
     cal = json.loads((out / "calibration.json").read_text())
     assert (summary["oof_f1"], summary["threshold"]) == (round(cal["oof_f1"], 4), round(cal["threshold"], 4))
+    assert summary["oof_f1_crossfit"] == round(cal["oof_f1_crossfit"], 4)
     # The test F1 is the submission's against the generator's labels, recomputed here.
     sub = {r["ID"]: int(r["Target"]) for r in _csv(out / "submission.csv")}
     truth = {r["ID"]: int(r["label"]) for r in _csv(data / "test_labels.csv")}
@@ -39,6 +40,7 @@ def test_demo_trains_scores_and_reports_what_it_wrote(tmp_path, monkeypatch, cap
     assert 0 <= summary["logreg_means_oof_f1"] <= 1 and 0 <= summary["logreg_means_test_f1"] <= 1
 
     # What it prints names the figures, the submission and the data folder the README's commands take.
+    assert f"cross-fitted OOF F1 {summary['oof_f1_crossfit']:.4f}" in printed
     assert f"overall OOF F1 {summary['oof_f1']:.4f}" in printed and f"held-out test F1 {summary['test_f1']:.4f}" in printed
     assert f"--data {data}" in printed and str(out / "submission.csv") in printed
     # Its cache lives in its data folder (removed with it), none in the user's cache.

@@ -43,6 +43,13 @@ def test_train_writes_the_run_folder(trained):
     assert {(r["fold"], r["arch"]) for r in rows} == {(f, a) for f in "01" for a in cal["weights"]}
     oof = list(csv.DictReader(open(run / "oof.csv")))
     assert len(oof) == 60 and all(0 <= float(o["prob_test_efficientnet@80"]) <= 1 for o in oof)
+    # the honest figure is computed from the OOF file's own columns and folds, and logged beside the upper bound
+    from landslide.calibrate import crossfit_f1
+
+    probs = np.array([[float(o[f"prob_{a}"]) for a in cfg["config"]["archs"]] for o in oof])
+    y, folds = np.array([int(o["label"]) for o in oof]), np.array([int(o["fold"]) for o in oof])
+    assert cal["oof_f1_crossfit"] == pytest.approx(crossfit_f1(y, probs, folds))
+    assert f"{cal['oof_f1_crossfit']:.4f} with each fold called at the weights and threshold fitted on the other" in r.stderr
 
 
 def test_checkpoint_carries_its_contract(trained):

@@ -10,16 +10,18 @@ negatives 3:1 (α 0.25) on batches the sampler has already balanced 50/50, and f
 soft labels has its optimum away from the label. A variant is a name in ``VARIANTS`` or its own
 ``KEY=VALUE[+KEY=VALUE]`` overrides of ``TrainConfig`` (on top of ``--preset`` and ``--set``).
 
-Every variant trains the same folds (``folds.csv`` is a function of the labels and ``--folds``) with the
-same seed, through ``landslide.train`` itself. Per run it reports, from the run folder's own files:
+For one seed every variant trains the same folds (``folds.csv`` is a function of the labels, ``--folds``
+and the seed), through ``landslide.train`` itself; a second seed changes the folds too, so the spread
+between seeds includes the split's. Per run it reports, from the run folder's own files:
 the OOF F1 at the calibrated threshold (fitted on those rows: an upper bound), the **cross-fitted** OOF
-F1 (each fold at the threshold and weights fitted on the others: the honest figure, and the one to rank
-by), F1 at 0.5, log loss, Brier score, expected calibration error (10 equal-width bins) and the mean
+F1 (each fold at the threshold and weights fitted on the others: the unbiased figure; mind the seed-to-seed
+spread), F1 at 0.5, log loss, Brier score, expected calibration error (10 equal-width bins) and the mean
 probability of each class. Where the data folder has ``test_labels.csv`` (the synthetic sets do), it
 also scores ``Test.csv`` with ``landslide.infer`` and reports the test F1 at the calibrated threshold
 beside the best any threshold reaches on the test set, whose gap is the calibration's cost.
 One JSON record per run goes to ``bench/results/<device>.jsonl`` and the table to
-``<device>-ablate-<data>.md``, rewritten after every run.
+``<device>-ablate-<data>.md`` (a synthetic set: ``synth-n<N>``), rewritten after every run. ``train s``
+includes the OOF pass, and for the first run on a data folder the build of its preprocessed-tensor cache.
 """
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ import shutil
 import sys
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bench import common
-from landslide.calibrate import best_threshold, crossfit_f1, f1_at, log_loss
+from landslide.calibrate import best_threshold, f1_at, log_loss
 from landslide.config import field, make_config, parse_config
 from landslide.errors import ConfigError
 from landslide.train_config import PRESETS, TrainConfig
@@ -54,35 +57,58 @@ COLUMNS = ["variant", "seed", "OOF F1 cross-fit", "OOF F1 in-sample", "F1 @0.5",
            "ECE", "mean p pos/neg", "test F1", "test F1 best thr", "train s"]
 
 
+# Fields bench.ablate sets per run itself: a variant that set them would be silently overwritten.
+RESERVED = {"seed": "--seeds", "data": "--data", "out": "--work-dir", "device": "--device", "preset": "--preset",
+            "cache_dir": "--cache-dir", "resume": "nothing (every run starts clean)",
+            "only_folds": "nothing (calibration, so every figure here, needs every fold)"}
+
+
 @dataclass
 class AblateConfig:
     data: str = field("", "Zindi-layout folder to train on; empty = a synthetic set (with test labels) generated "
                           "into --work-dir")
     preset: str = field("demo", "train.py preset every variant starts from", choices=tuple(PRESETS))
-    variants: list[str] = field(list(VARIANTS), "names from VARIANTS, or KEY=VALUE[+KEY=VALUE] TrainConfig overrides")
-    seeds: list[int] = field([42], "training seeds; every variant runs once per seed")
+    variants: list[str] = field([], "names from VARIANTS, or KEY=VALUE[+KEY=VALUE] TrainConfig overrides (a list "
+                                    "value's items joined by ':', e.g. archs=a:b@224); empty = all of VARIANTS "
+                                    "(--quick: seed,bce)")
+    seeds: list[int] = field([42], "training seeds (each also draws the folds); every variant runs once per seed")
     set: list[str] = field([], "KEY=VALUE TrainConfig overrides for every variant (e.g. epochs=4,folds=3)")
-    quick: bool = field(False, "short run (< 3 min on a 2-core CPU): a 600-patch synthetic set, 3 folds x 2 epochs "
-                               "x 8 steps, the seed and bce variants")
-    n_train: int = field(2000, "synthetic train patches (without --data)")
-    n_test: int = field(600, "synthetic test patches (without --data)")
-    work_dir: str = field("", "where the run folders go (kept); default: a temporary folder, removed at the end")
-    cache_dir: str = field("", "preprocessed-tensor cache (default: train.py's)")
+    quick: bool = field(False, "short run (< 3 min on a 2-core CPU): a 480/120-patch synthetic set, 3 folds x 2 "
+                               "epochs x 8 steps, the seed and bce variants")
+    n_train: int = field(0, "synthetic train patches without --data (0 = 480 quick, 2000 full: the demo's set)")
+    n_test: int = field(0, "synthetic test patches without --data (0 = 120 quick, 600 full)")
+    work_dir: str = field("", "where the run folders (and a synthetic set) go, kept; default: a temporary folder, "
+                              "removed at the end")
+    cache_dir: str = field("", "preprocessed-tensor cache (default: train.py's; for a synthetic set, inside the work "
+                               "folder, so it goes with it)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     out_dir: str = field("", "where results go (default bench/results)")
 
 
+@dataclass
+class Plan:
+    """What a config resolves to, checked before anything is generated or trained."""
+
+    variants: dict[str, dict]
+    common_set: dict[str, str]
+    n_train: int
+    n_test: int
+
+
 def parse_overrides(items: list[str], what: str) -> dict[str, str]:
-    """``["KEY=VALUE", ...]`` -> dict, each key a ``TrainConfig`` field (checked with the values later)."""
-    fields = set(TrainConfig.__dataclass_fields__)
+    """``["KEY=VALUE", ...]`` -> dict, each key a ``TrainConfig`` field (the values are checked by building
+    the config). In a list field ``:`` separates items, since a comma already separates variants."""
+    hints = typing.get_type_hints(TrainConfig)
     out: dict[str, str] = {}
     for item in items:
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not eq or key not in fields:
+        if not eq or key not in hints:
             raise ConfigError(f"{what} {item!r}: not KEY=VALUE with KEY a train.py field",
                               fix="use train.py's field names, e.g. focal_gamma=0 (python train.py --help)")
-        out[key] = value
+        if key in RESERVED:
+            raise ConfigError(f"{what} {item!r}: bench.ablate sets {key} for every run itself", fix=f"use {RESERVED[key]}")
+        out[key] = value.replace(":", ",") if typing.get_origin(hints[key]) is list else value
     return out
 
 
@@ -92,6 +118,20 @@ def variant_overrides(name: str) -> dict:
     if "=" in name:
         return parse_overrides(name.split("+"), "variant")
     raise ConfigError(f"unknown variant {name!r}", fix=f"use one of {', '.join(VARIANTS)} or KEY=VALUE[+KEY=VALUE]")
+
+
+def plan(cfg: AblateConfig) -> Plan:
+    names = cfg.variants or (["seed", "bce"] if cfg.quick else list(VARIANTS))
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--variants {','.join(names)}: a variant is listed twice", fix="list each once")
+    common_set = parse_overrides(cfg.set, "--set")
+    if cfg.quick:
+        common_set = {"folds": "3", "epochs": "2", "max_steps": "8", **common_set}
+    variants = {v: variant_overrides(v) for v in names}
+    for over in variants.values():  # every key and value checked (types, choices) before the first run trains
+        make_config(TrainConfig, {**PRESETS[cfg.preset], **common_set, **over})
+    return Plan(variants, common_set, cfg.n_train or (480 if cfg.quick else 2000),
+                cfg.n_test or (120 if cfg.quick else 600))
 
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -120,23 +160,23 @@ def run_metrics(run: Path) -> dict[str, float]:
     archs = list(cal["weights"])
     probs = np.array([[float(r[f"prob_{a}"]) for a in archs] for r in rows])
     y = np.array([int(r["label"]) for r in rows])
-    folds = np.array([int(r["fold"]) for r in rows])
     p = probs @ np.array([cal["weights"][a] for a in archs])
     m = {f"oof_{k}": v for k, v in prob_metrics(y, p, cal["threshold"]).items()}
-    return {**m, "threshold": cal["threshold"], "oof_f1_crossfit": crossfit_f1(y, probs, folds)}
+    return {**m, "threshold": cal["threshold"], "oof_f1_crossfit": cal["oof_f1_crossfit"]}
 
 
 def test_metrics(run: Path, data: Path, device: str, thr: float) -> dict[str, float]:
     """Score ``Test.csv`` through ``landslide.infer`` and compare with ``test_labels.csv``."""
     from landslide import infer as infer_mod
+    from landslide.shards import probs_path
+    from landslide.synth import read_test_labels
 
     t0 = time.perf_counter()
     res = infer_mod.main(make_config(infer_mod.InferConfig, {"run": str(run), "data": str(data), "probs": True,
                                                              "device": device}))
-    with open(Path(res["out"]).with_name(Path(res["out"]).stem + "_probs.csv"), newline="") as f:
+    with open(probs_path(Path(res["out"])), newline="") as f:
         prob = {r["ID"]: float(r["prob"]) for r in csv.DictReader(f)}
-    with open(data / "test_labels.csv", newline="") as f:
-        truth = {r["ID"]: int(r["label"]) for r in csv.DictReader(f)}
+    truth = read_test_labels(data)
     ids = sorted(prob)
     y, p = np.array([truth[i] for i in ids]), np.array([prob[i] for i in ids])
     best_thr, best_f1 = best_threshold(y, p)
@@ -145,7 +185,7 @@ def test_metrics(run: Path, data: Path, device: str, thr: float) -> dict[str, fl
 
 
 def _row(name: str, seed: int | str, m: dict[str, float]) -> dict:
-    row = {"variant": name, "seed": seed, "OOF F1 cross-fit": f"{m['oof_f1_crossfit']:.4f}",
+    row = {"variant": name.replace("|", "\\|"), "seed": seed, "OOF F1 cross-fit": f"{m['oof_f1_crossfit']:.4f}",
            "OOF F1 in-sample": f"{m['oof_f1']:.4f}", "F1 @0.5": f"{m['oof_f1_at_0.5']:.4f}",
            "threshold": f"{m['threshold']:.3f}", "log loss": f"{m['oof_log_loss']:.4f}",
            "Brier": f"{m['oof_brier']:.4f}", "ECE": f"{m['oof_ece']:.4f}",
@@ -166,45 +206,35 @@ def main(cfg: AblateConfig) -> list[dict]:
     from landslide import train as train_mod
     from landslide.device import resolve_device
 
-    if cfg.quick:
-        cfg.n_train, cfg.n_test = min(cfg.n_train, 480), min(cfg.n_test, 120)
-        if cfg.variants == list(VARIANTS):
-            cfg.variants = ["seed", "bce"]
-    common_set = parse_overrides(cfg.set, "--set")
-    if cfg.quick:
-        common_set = {"folds": 3, "epochs": 2, "max_steps": 8, **common_set}
-    variants = {v: variant_overrides(v) for v in cfg.variants}
-    if len(variants) < len(cfg.variants):
-        raise ConfigError(f"--variants {','.join(cfg.variants)}: a variant is listed twice", fix="list each once")
-    for over in variants.values():  # every key and value checked (types, choices) before the first run trains
-        make_config(TrainConfig, {**PRESETS[cfg.preset], **common_set, **over})
-
+    pl = plan(cfg)
     tmp = None if cfg.work_dir else Path(tempfile.mkdtemp(prefix="landslide-ablate-"))
     work = Path(cfg.work_dir) if cfg.work_dir else tmp
     try:
         data = Path(cfg.data) if cfg.data else work / "synth"
-        if not cfg.data and not (data / "Train.csv").is_file():
-            synth.write_dataset(synth.SynthConfig(str(data), cfg.n_train, cfg.n_test, seed=0))
-        if not (data / "Train.csv").is_file():
-            raise ConfigError(f"data folder {data} has no Train.csv", fix="pass a Zindi-layout folder as --data")
+        cache_dir = cfg.cache_dir
+        if not cfg.data:
+            if not (data / "Train.csv").is_file():
+                synth.write_dataset(synth.SynthConfig(str(data), pl.n_train, pl.n_test, seed=0))
+            # train.py's default cache is keyed by the data path: a temporary set's entry would never be read again
+            cache_dir = cache_dir or str(work / "cache")
         labelled_test = (data / "test_labels.csv").is_file()
-        tag = data.name if cfg.data else "synth"
+        tag = data.resolve().name if cfg.data else f"synth-n{pl.n_train}"
         env = common.environment(resolve_device(cfg.device))
         out = Path(cfg.out_dir or common.RESULTS_DIR)
-        slug = env["device_slug"]
-        what = str(data) if cfg.data else f"synthetic set ({cfg.n_train} train / {cfg.n_test} labelled test patches)"
+        what = str(data) if cfg.data else f"synthetic set ({pl.n_train} train / {pl.n_test} labelled test patches)"
         head = (f"# bench.ablate — {what}, preset {cfg.preset}"
-                f"{' + ' + ','.join(f'{k}={v}' for k, v in common_set.items()) if common_set else ''}\n\n"
-                f"`{common.command_line('bench.ablate')}`; {env['device_name']}; ranked by the cross-fitted OOF F1 "
-                f"(the in-sample one is fitted on the rows it scores)\n\n")
+                f"{' + ' + ','.join(f'{k}={v}' for k, v in pl.common_set.items()) if pl.common_set else ''}\n\n"
+                f"`{common.command_line('bench.ablate')}`; {env['device_name']}; the cross-fitted OOF F1 is the unbiased "
+                f"one (the in-sample one is fitted on the rows it scores)\n\n")
         records, rows, per_variant = [], [], {}
-        for name, over in variants.items():
+        for i, (name, over) in enumerate(pl.variants.items()):
             for seed in cfg.seeds:
-                run = work / "runs" / f"{_slug(name)}-s{seed}"
-                values = {**PRESETS[cfg.preset], **common_set, **over, "preset": cfg.preset, "data": str(data),
+                run_name = f"{i:02d}-{_slug(name)}-s{seed}"  # the index keeps e.g. a@80 and a_80 apart
+                run = work / "runs" / run_name
+                values = {**PRESETS[cfg.preset], **pl.common_set, **over, "preset": cfg.preset, "data": str(data),
                           "out": str(run), "seed": seed, "device": cfg.device}
-                if cfg.cache_dir:
-                    values["cache_dir"] = cfg.cache_dir
+                if cache_dir:
+                    values["cache_dir"] = cache_dir
                 if run.exists():
                     shutil.rmtree(run)  # this bench owns its run folders; a rerun starts clean
                 log.info("variant %s seed %d: %s", name, seed, over or "the preset as it is")
@@ -214,14 +244,16 @@ def main(cfg: AblateConfig) -> list[dict]:
                 if labelled_test:
                     m |= test_metrics(run, data, cfg.device, m["threshold"])
                 per_variant.setdefault(name, []).append(m)
-                conf = {"data": str(data), "preset": cfg.preset, "set": common_set, "overrides": over, "seed": seed}
+                conf = {"data": str(data), "preset": cfg.preset, "set": pl.common_set, "overrides": over, "seed": seed,
+                        "quick": cfg.quick, "run": run_name,
+                        **({} if cfg.data else {"n_train": pl.n_train, "n_test": pl.n_test})}
                 rec = common.record("ablate", name, env, conf, metrics=m)
                 records.append(rec)
                 print(json.dumps({"bench": "ablate", "name": name, "seed": seed, "metrics": m}), flush=True)
                 rows.append(_row(name, seed, m))
                 # after every run, so a bench cut off keeps the runs that finished
                 common.append_jsonl(common.results_path(env, out), [rec])
-                common.write_text(out / f"{slug}-ablate-{tag}.md", head + _table(rows, per_variant) + "\n")
+                common.write_text(out / f"{env['device_slug']}-ablate-{tag}.md", head + _table(rows, per_variant) + "\n")
         print(head + _table(rows, per_variant))
         return records
     finally:

@@ -8,6 +8,7 @@ import numpy as np
 
 from landslide.calibrate import best_threshold, f1_at
 from landslide.data import load_split
+from landslide.synth import read_test_labels
 
 
 def band_means(x) -> np.ndarray:
@@ -52,8 +53,7 @@ def means_logreg(data_dir: str | Path, folds_csv: str | Path, cache_dir: str | P
     labels_path = Path(data_dir) / "test_labels.csv"
     if labels_path.is_file():
         te = load_split(data_dir, "test", cache_dir=cache_dir)
-        with open(labels_path, newline="") as fh:
-            truth = {r["ID"]: int(r["label"]) for r in csv.DictReader(fh)}
+        truth = read_test_labels(data_dir)
         mu, sd = f.mean(0), f.std(0) + 1e-9
         w, b = fit_logreg((f - mu) / sd, y)
         p = 1 / (1 + np.exp(-(((band_means(te.x) - mu) / sd) @ w + b)))

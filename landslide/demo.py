@@ -15,11 +15,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _labels(path: Path) -> dict[str, int]:
-    with open(path, newline="") as f:
-        return {r["ID"]: int(r["label"]) for r in csv.DictReader(f)}
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="data/synth", help="synthetic set, written when it has no Train.csv (default: %(default)s)")
@@ -54,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     "cache_dir": str(cache)})
     cal = train_mod.main(cfg)
     res = infer_mod.main(make_config(infer_mod.InferConfig, {"run": str(out), "data": str(data), "probs": True}))
-    truth = _labels(data / "test_labels.csv")
+    truth = synth.read_test_labels(data)
     with open(res["out"], newline="") as f:
         sub = {r["ID"]: int(r["Target"]) for r in csv.DictReader(f)}
     ids = sorted(sub)

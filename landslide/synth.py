@@ -169,6 +169,12 @@ def _ids(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
     return out
 
 
+def read_test_labels(data: str | Path) -> dict[str, int]:
+    """``test_labels.csv`` (ID -> label) of a set :func:`write_dataset` wrote; the real Test.csv has none."""
+    with open(Path(data) / "test_labels.csv", newline="") as f:
+        return {r["ID"]: int(r["label"]) for r in csv.DictReader(f)}
+
+
 def write_dataset(cfg: SynthConfig) -> Path:
     """Write the data set; returns its folder."""
     out = Path(cfg.out)

@@ -1,4 +1,4 @@
-"""Recipe ablation: train variants of one preset on the same data, folds and seeds; compare what they score.
+"""Recipe ablation: train variants of one preset on the same data and seeds; compare what they score.
 
     python -m bench.ablate --quick                                          # < 3 min on a 2-core CPU (synthetic)
     python -m bench.ablate --data /work/shared/data/bijie64 --seeds 42,43   # the loss question on real imagery
@@ -68,9 +68,9 @@ class AblateConfig:
     data: str = field("", "Zindi-layout folder to train on; empty = a synthetic set (with test labels) generated "
                           "into --work-dir")
     preset: str = field("demo", "train.py preset every variant starts from", choices=tuple(PRESETS))
-    variants: list[str] = field([], "names from VARIANTS, or KEY=VALUE[+KEY=VALUE] TrainConfig overrides (a list "
-                                    "value's items joined by ':', e.g. archs=a:b@224); empty = all of VARIANTS "
-                                    "(--quick: seed,bce)")
+    variants: list[str] = field([], "; ".join(f"{k}: {d}" for k, (_, d) in VARIANTS.items())
+                                + "; or KEY=VALUE[+KEY=VALUE] TrainConfig overrides (a list value's items joined by "
+                                  "':', e.g. archs=a:b@224); empty = the four named (--quick: seed,bce)")
     seeds: list[int] = field([42], "training seeds (each also draws the folds); every variant runs once per seed")
     set: list[str] = field([], "KEY=VALUE TrainConfig overrides for every variant (e.g. epochs=4,folds=3)")
     quick: bool = field(False, "short run (< 3 min on a 2-core CPU): a 480/120-patch synthetic set, 3 folds x 2 "
@@ -165,7 +165,7 @@ def run_metrics(run: Path) -> dict[str, float]:
     return {**m, "threshold": cal["threshold"], "oof_f1_crossfit": cal["oof_f1_crossfit"]}
 
 
-def test_metrics(run: Path, data: Path, device: str, thr: float) -> dict[str, float]:
+def heldout_metrics(run: Path, data: Path, device: str, thr: float) -> dict[str, float]:
     """Score ``Test.csv`` through ``landslide.infer`` and compare with ``test_labels.csv``."""
     from landslide import infer as infer_mod
     from landslide.shards import probs_path
@@ -237,12 +237,12 @@ def main(cfg: AblateConfig) -> list[dict]:
                     values["cache_dir"] = cache_dir
                 if run.exists():
                     shutil.rmtree(run)  # this bench owns its run folders; a rerun starts clean
-                log.info("variant %s seed %d: %s", name, seed, over or "the preset as it is")
+                log.info("variant %s seed %d: %s", name, seed, VARIANTS[name][1] if name in VARIANTS else over)
                 t0 = time.perf_counter()
                 train_mod.main(make_config(TrainConfig, values))
                 m = {**run_metrics(run), "train_s": time.perf_counter() - t0}
                 if labelled_test:
-                    m |= test_metrics(run, data, cfg.device, m["threshold"])
+                    m |= heldout_metrics(run, data, cfg.device, m["threshold"])
                 per_variant.setdefault(name, []).append(m)
                 conf = {"data": str(data), "preset": cfg.preset, "set": pl.common_set, "overrides": over, "seed": seed,
                         "quick": cfg.quick, "run": run_name,

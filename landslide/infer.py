@@ -73,6 +73,8 @@ class InferConfig:
     merge_shards: bool = field(False, "join the N shard files of --out (or the default submission) into it, in "
                                       "Test.csv order when --data is given; scores nothing")
     skip_bad: bool = field(False, "score the readable patches and list the bad ones, instead of failing")
+    threshold: float = field(-1.0, "call a patch positive at this probability (0-1) instead of the run's calibrated "
+                                   "threshold (negative, the default: the calibrated one the run or artefact carries)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     precision: str = field("auto", "auto = the backend's own (torch, onnxruntime on a run folder, aoti: fp32; a .onnx "
                                    "file: the one it was exported at; tensorrt: fp16); torch runs fp32|bf16|fp16 "
@@ -392,6 +394,9 @@ def _merge(cfg: InferConfig) -> dict:
                           fix="python infer.py RUN_DIR --merge-shards [--data DIR]")
     if cfg.shard:
         raise ConfigError("--merge-shards joins the shard files; it scores nothing", fix="drop --shard")
+    if cfg.threshold >= 0:  # the shards' Target columns were called when they were scored
+        raise ConfigError(f"--threshold {cfg.threshold} with --merge-shards: the merge only joins the shards' calls",
+                          fix="drop --threshold, or score the shards again with it (--shard K/N --threshold T)")
     if cfg.run and not cfg.out and not Path(cfg.run).exists():  # else default_out would look in the current folder
         raise ConfigError("run folder or artefact not found", file=cfg.run,
                           fix="pass the run folder (or exported file) the shards were scored with, or --out")
@@ -406,6 +411,9 @@ def main(cfg: InferConfig) -> dict:
         return _merge(cfg)
     if not cfg.run or not cfg.data:
         raise ConfigError("infer needs a run folder (or artefact) and --data", fix="python infer.py RUN_DIR --data DIR")
+    if cfg.threshold > 1:
+        raise ConfigError(f"--threshold {cfg.threshold}: a probability threshold is at most 1",
+                          fix="pass a value from 0 to 1, or leave it out for the run's calibrated threshold")
     data = Path(cfg.data)
     layout = BandLayout.from_dir(data)
     table = read_csv(data / SPLITS[cfg.split][0], labelled=False)
@@ -423,11 +431,13 @@ def main(cfg: InferConfig) -> dict:
         i, n = parse_shard(cfg.shard)
         out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
     replaced = out.exists()  # said in the log: another backend's or --data's submission is overwritten
-    write_submission(out, r.ids, r.probs, runner.threshold, pout)
-    log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f; %.1f patches/s overall (%.2f s), "
+    thr, thr_why = ((runner.threshold, "calibrated") if cfg.threshold < 0 else
+                    (cfg.threshold, f"--threshold; the calibrated one is {runner.threshold:.4f}"))
+    write_submission(out, r.ids, r.probs, thr, pout)
+    log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f (%s); %.1f patches/s overall (%.2f s), "
              "%.1f patches/s compute (%.2f s)", out, why, ", replacing the one there" if replaced else "",
-             f" and {pout.name}" if pout else "", len(r.ids), int((r.probs >= runner.threshold).sum()),
-             runner.threshold, len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
+             f" and {pout.name}" if pout else "", len(r.ids), int((r.probs >= thr).sum()), thr, thr_why,
+             len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
     if cfg.shard:
         log.info("shard %d of %d: once all %d are written, join them with: %s", i, n, n,
                  _command(cfg, "--merge-shards"))
@@ -436,5 +446,5 @@ def main(cfg: InferConfig) -> dict:
             "so it is not a complete submission (Zindi scores complete ones only); mend the files and score again"
         log.warning("%d bad patch file(s) skipped (listed above): %s holds %d of the %d IDs%s, %s", len(r.skipped),
                     out.name, len(r.ids), len(ids), " of this shard" if cfg.shard else "", whole)
-    return {"out": str(out), "n": len(r.ids), "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
+    return {"out": str(out), "n": len(r.ids), "threshold": thr, "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
             "compute_seconds": r.compute_s, "backend": runner.name, **({"probs": str(pout)} if pout else {})}

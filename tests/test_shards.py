@@ -4,6 +4,7 @@ the shard files are written here as ``infer.py --shard K/N`` writes them."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,27 @@ def test_commands_named_for_a_train_split_shard_keep_split_train(trained_run, tm
     with pytest.raises(DataError, match="shard 1 of 30 is missing") as e:
         _merge(run, synth, out=str(out), split="train")
     assert "--split train --shard 1/30" in str(e.value)
+
+
+def test_threshold_override_calls_at_the_given_probability(trained_run, tmp_path, caplog):
+    """--threshold T: Target = prob >= T, the calibrated threshold named beside it in the log; without it
+    the calibrated one. A value above 1, or one given to --merge-shards (which scores nothing), is refused."""
+    run, data = trained_run
+    calibrated = json.loads((run / "calibration.json").read_text())["threshold"]
+    base = {"run": str(run), "data": str(data), "probs": True, "device": "cpu"}
+    for t in (-1.0, 0.0, 0.5):
+        out = tmp_path / f"sub{t}.csv"
+        with caplog.at_level("INFO", logger="landslide.infer"):
+            res = infer_main(make_config(InferConfig, {**base, "out": str(out), "threshold": t}))
+        want = calibrated if t < 0 else t
+        assert res["threshold"] == want
+        probs = {r["ID"]: float(r["prob"]) for r in csv.DictReader(open(tmp_path / f"sub{t}_probs.csv"))}
+        calls = {r["ID"]: int(r["Target"]) for r in csv.DictReader(open(out))}
+        assert calls == {i: int(p >= want) for i, p in probs.items()}
+        assert t != 0.0 or set(calls.values()) == {1}  # at 0 every patch is called positive
+        said = "(calibrated)" if t < 0 else f"(--threshold; the calibrated one is {calibrated:.4f})"
+        assert f"at threshold {want:.4f} {said}" in caplog.text
+    for bad, match in (({"threshold": 1.5}, "at most 1"), ({"merge_shards": True, "threshold": 0.5}, "score the shards again")):
+        with pytest.raises(ConfigError, match=match):
+            infer_main(make_config(InferConfig, {**base, "out": str(tmp_path / "x.csv"), **bad}))
+    assert not (tmp_path / "x.csv").exists()

@@ -12,13 +12,17 @@ After every epoch the fold's state is written atomically (``fold<k>/<arch>.state
 any moment, ``--resume`` continues from the last finished epoch (a finished fold's state keeps only its
 OOF rows and metrics: its best weights are the checkpoint), and because every epoch's randomness
 is seeded from (seed, fold, arch, epoch) a resumed run on the CPU ends with the same weights as an
-uninterrupted one.
+uninterrupted one. An improving epoch's checkpoint is staged, the state written, then the checkpoint
+promoted; a resume settles a staged one by the state, so checkpoint and state never name different
+best epochs (on a GPU, where a replayed epoch can score otherwise, they would).
 """
 from __future__ import annotations
 
 import csv
 import logging
 import math
+import os
+import re
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -143,6 +147,8 @@ class FoldTrainer:
         cfg, rt = self.cfg, self.rt
         state = torch.load(self.state_path, map_location="cpu", weights_only=False) \
             if cfg.resume and self.state_path.is_file() else None
+        if self.env.is_main:
+            self._settle_staged(state)
         if state is not None and state.get("done"):
             log.info("fold %d %s: finished earlier, reusing its checkpoint", self.fold, self.arch)
             return state["oof"], state["rows"]
@@ -254,6 +260,8 @@ class FoldTrainer:
             stop = bad >= cfg.patience or epoch + 1 == cfg.epochs
             if env.is_main:
                 self._save_state(model, opt, sched, scaler, epoch, best, best_epoch, bad, rows)
+                if improved:
+                    self._promote(epoch)
             if stop:
                 if bad >= cfg.patience:
                     log.info("fold %d %s: early stop (no improvement for %d epochs)", self.fold, self.arch, bad)
@@ -274,8 +282,25 @@ class FoldTrainer:
               "mean": mean.tolist(), "std": std.tolist(),
               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
               "versions": versions()}
-        with atomic_write(self.ckpt_path, "wb") as f:
+        with atomic_write(self._staged(epoch), "wb") as f:  # promoted once the state names this epoch best
             torch.save(ck, f)
+
+    def _staged(self, epoch: int) -> Path:
+        return self.ckpt_path.with_name(f"{self.ckpt_path.stem}.epoch{epoch + 1}.staged")
+
+    def _promote(self, epoch: int) -> None:
+        os.replace(self._staged(epoch), self.ckpt_path)
+
+    def _settle_staged(self, state: dict | None) -> None:
+        """A kill after the state write promotes the staged checkpoint the state names best; one before
+        it (the state never saw that epoch, which the resume replays) or from a start over is dropped."""
+        pat = re.compile(re.escape(self.ckpt_path.stem) + r"\.epoch(\d+)\.staged")
+        for p in self.ckpt_path.parent.glob(f"{self.ckpt_path.stem}.epoch*.staged"):
+            m = pat.fullmatch(p.name)
+            if m and state is not None and int(m.group(1)) == state["best_epoch"] + 1:
+                os.replace(p, self.ckpt_path)
+            else:
+                p.unlink()
 
     def _save_state(self, model, opt, sched, scaler, epoch, best, best_epoch, bad, rows, oof=None) -> None:
         st = {"epoch": epoch, "best": list(best), "best_epoch": best_epoch, "bad": bad, "rows": rows,

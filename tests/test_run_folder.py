@@ -169,3 +169,62 @@ def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_da
     assert "finished earlier, reusing its checkpoint" in caplog.text
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 4
     assert len(calls) == 4 + 2  # epochs 1-4, then each run's OOF line: no epoch was scored after the stop
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_in", ["_save_state", "_promote"])
+def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth_data, tmp_path, monkeypatch, kill_in):
+    """Epoch 2 improves (F1 0.5 -> 0.7) and the process dies there: before its state is written, or after
+    it but before the checkpoint is promoted. On resume the checkpoint must be the one the state names
+    best, whatever the replay scores. The replay is scripted to score otherwise (0.4), as a GPU's can:
+    a checkpoint written before the state would otherwise survive as the best weights while the state and
+    metrics.csv name epoch 1."""
+    import csv
+    import dataclasses
+
+    import torch
+
+    import landslide.train as train
+    from landslide.config import make_config
+    from landslide.contract import checkpoint_path
+    from landslide.train_config import PRESETS, TrainConfig
+
+    # the killed run: 0.5, 0.7; the resumed one: a replay of epoch 2 (only when its state was never written)
+    # then epochs that do not improve, so early stopping ends the fold on the checkpoint it holds
+    scripted = [0.5, 0.7, *([0.4] if kill_in == "_save_state" else []), 0.45, 0.45]
+    calls, real = [], train.best_threshold
+
+    def fake(y, p):
+        calls.append(1)
+        return (0.5, scripted[len(calls) - 1]) if len(calls) <= len(scripted) else real(y, p)
+
+    monkeypatch.setattr(train, "best_threshold", fake)
+    original = getattr(train.FoldTrainer, kill_in)
+
+    def dies_at_epoch_2(self, *a, **kw):
+        epoch = a[4] if kill_in == "_save_state" else a[0]
+        if epoch == 1 and kw.get("oof") is None:
+            raise _Killed
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(train.FoldTrainer, kill_in, dies_at_epoch_2)
+    run = tmp_path / "run"
+    cfg = make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run), "epochs": 6,
+                                    "patience": 2, "max_steps": 1, "only_folds": [0],
+                                    "cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(_Killed):
+        train.main(cfg)
+    assert list((run / "fold0").glob("*.staged"))  # epoch 2's checkpoint, staged, not yet the checkpoint
+    monkeypatch.setattr(train.FoldTrainer, kill_in, original)
+    train.main(dataclasses.replace(cfg, resume=True))
+
+    ck = torch.load(checkpoint_path(run, 0, "test_efficientnet"), weights_only=False)
+    st = torch.load(checkpoint_path(run, 0, "test_efficientnet", ".state.pt"), weights_only=False)
+    best = (1, 0.5) if kill_in == "_save_state" else (2, 0.7)  # the replay's 0.4 did not improve on 0.5
+    assert (ck["epoch"], ck["val_f1"]) == best and st["best_epoch"] + 1 == best[0]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert max(rows, key=lambda r: float(r["val_f1"]))["epoch"] == str(best[0])
+    assert not list((run / "fold0").glob("*.staged"))

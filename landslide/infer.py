@@ -73,8 +73,8 @@ class InferConfig:
     merge_shards: bool = field(False, "join the N shard files of --out (or the default submission) into it, in "
                                       "Test.csv order when --data is given; scores nothing")
     skip_bad: bool = field(False, "score the readable patches and list the bad ones, instead of failing")
-    threshold: float = field(-1.0, "call a patch positive at this probability (0-1) instead of the run's calibrated "
-                                   "threshold (negative, the default: the calibrated one the run or artefact carries)")
+    threshold: float | None = field(None, "call a patch positive at this probability (0 to 1) instead of the "
+                                          "calibrated threshold the run or artefact carries (the default)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     precision: str = field("auto", "auto = the backend's own (torch, onnxruntime on a run folder, aoti: fp32; a .onnx "
                                    "file: the one it was exported at; tensorrt: fp16); torch runs fp32|bf16|fp16 "
@@ -388,15 +388,28 @@ def _command(cfg: InferConfig, flag: str) -> str:
     return f"python infer.py {shlex.quote(cfg.run or 'RUN')} --data {shlex.quote(cfg.data or 'DIR')}{split} {flag}{out}"
 
 
+def check_threshold(cfg: InferConfig) -> float | None:
+    """``--threshold``, refused outside 0-1 (NaN too) and with shards: a shard's calls are made when it is
+    scored, and shard files do not record a threshold, so a merge could not tell a mixed set."""
+    t = cfg.threshold
+    if t is None:
+        return None
+    if not 0 <= t <= 1:
+        raise ConfigError(f"--threshold {t}: not a probability", fix="pass a value from 0 to 1, or leave it out for "
+                          "the calibrated threshold")
+    if cfg.shard or cfg.merge_shards:
+        raise ConfigError(f"--threshold {t} with {'--shard' if cfg.shard else '--merge-shards'}: shards are called at "
+                          "the calibrated threshold, so every shard of a set is called alike",
+                          fix="drop --threshold, and call the merged submission_probs.csv (--probs) at your threshold")
+    return float(t)
+
+
 def _merge(cfg: InferConfig) -> dict:
     if not cfg.run and not cfg.out:
         raise ConfigError("--merge-shards needs the run (or --out) the shards were written for",
                           fix="python infer.py RUN_DIR --merge-shards [--data DIR]")
     if cfg.shard:
         raise ConfigError("--merge-shards joins the shard files; it scores nothing", fix="drop --shard")
-    if cfg.threshold >= 0:  # the shards' Target columns were called when they were scored
-        raise ConfigError(f"--threshold {cfg.threshold} with --merge-shards: the merge only joins the shards' calls",
-                          fix="drop --threshold, or score the shards again with it (--shard K/N --threshold T)")
     if cfg.run and not cfg.out and not Path(cfg.run).exists():  # else default_out would look in the current folder
         raise ConfigError("run folder or artefact not found", file=cfg.run,
                           fix="pass the run folder (or exported file) the shards were scored with, or --out")
@@ -407,13 +420,11 @@ def _merge(cfg: InferConfig) -> dict:
 
 
 def main(cfg: InferConfig) -> dict:
+    threshold = check_threshold(cfg)
     if cfg.merge_shards:
         return _merge(cfg)
     if not cfg.run or not cfg.data:
         raise ConfigError("infer needs a run folder (or artefact) and --data", fix="python infer.py RUN_DIR --data DIR")
-    if cfg.threshold > 1:
-        raise ConfigError(f"--threshold {cfg.threshold}: a probability threshold is at most 1",
-                          fix="pass a value from 0 to 1, or leave it out for the run's calibrated threshold")
     data = Path(cfg.data)
     layout = BandLayout.from_dir(data)
     table = read_csv(data / SPLITS[cfg.split][0], labelled=False)
@@ -431,8 +442,8 @@ def main(cfg: InferConfig) -> dict:
         i, n = parse_shard(cfg.shard)
         out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
     replaced = out.exists()  # said in the log: another backend's or --data's submission is overwritten
-    thr, thr_why = ((runner.threshold, "calibrated") if cfg.threshold < 0 else
-                    (cfg.threshold, f"--threshold; the calibrated one is {runner.threshold:.4f}"))
+    thr, thr_why = ((runner.threshold, "calibrated") if threshold is None else
+                    (threshold, f"--threshold; the calibrated one is {runner.threshold:.4f}"))
     write_submission(out, r.ids, r.probs, thr, pout)
     log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f (%s); %.1f patches/s overall (%.2f s), "
              "%.1f patches/s compute (%.2f s)", out, why, ", replacing the one there" if replaced else "",

@@ -18,13 +18,14 @@ from landslide.errors import DataError
 class Predictor:
     def __init__(self, path: str | Path, backend: str = "auto", batch_size: int = 64, **options: Any) -> None:
         from landslide.config import make_config
-        from landslide.infer import InferConfig, make_runner
+        from landslide.infer import InferConfig, check_threshold, make_runner
 
         self.cfg = make_config(InferConfig, {"run": str(path), "backend": backend, "batch_size": batch_size,
                                              **options})
+        own = check_threshold(self.cfg)  # threshold=T: an operating point of the caller's, as infer.py's flag
         self.runner = make_runner(self.cfg)
         self.backend = self.runner.backend  # what "auto" resolved to
-        self.threshold = self.runner.threshold
+        self.threshold = self.runner.threshold if own is None else own
         self.contract = self.runner.contract
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ best epochs (on a GPU, where a replayed epoch can score otherwise, they would).
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 import math
 import os
@@ -43,7 +44,7 @@ from landslide.device import Runtime, enable_autotune, resolve_runtime, sync
 from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
 from landslide.fold import make_fold
-from landslide.io import atomic_write, read_json, write_json
+from landslide.io import atomic_write, fsync_dir, read_json, write_json
 from landslide.losses import focal_loss
 from landslide.model import LandslideModel, LandslideNet, ModelConfig, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
@@ -289,13 +290,14 @@ class FoldTrainer:
         return self.ckpt_path.with_name(f"{self.ckpt_path.stem}.epoch{epoch + 1}.staged")
 
     def _promote(self, epoch: int) -> None:
+        fsync_dir(self.ckpt_path.parent)  # the state's rename first: a power cut must not keep only the promote
         os.replace(self._staged(epoch), self.ckpt_path)
 
     def _settle_staged(self, state: dict | None) -> None:
         """A kill after the state write promotes the staged checkpoint the state names best; one before
         it (the state never saw that epoch, which the resume replays) or from a start over is dropped."""
         pat = re.compile(re.escape(self.ckpt_path.stem) + r"\.epoch(\d+)\.staged")
-        for p in self.ckpt_path.parent.glob(f"{self.ckpt_path.stem}.epoch*.staged"):
+        for p in self.ckpt_path.parent.glob(f"{glob.escape(self.ckpt_path.stem)}.epoch*.staged"):
             m = pat.fullmatch(p.name)
             if m and state is not None and int(m.group(1)) == state["best_epoch"] + 1:
                 os.replace(p, self.ckpt_path)

@@ -204,7 +204,7 @@ def test_sigkill_then_resume_matches_uninterrupted(synth_data, tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     # Whatever is visible is whole: every checkpoint/state loads, every CSV parses.
-    for f in run.rglob("*.pt"):
+    for f in [*run.rglob("*.pt"), *run.rglob("*.staged")]:  # a staged best checkpoint is whole too
         torch.load(f, weights_only=False)
     for f in run.rglob("*.csv"):
         list(csv.reader(open(f)))

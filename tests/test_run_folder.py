@@ -179,9 +179,10 @@ class _Killed(Exception):
 def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth_data, tmp_path, monkeypatch, kill_in):
     """Epoch 2 improves (F1 0.5 -> 0.7) and the process dies there: before its state is written, or after
     it but before the checkpoint is promoted. On resume the checkpoint must be the one the state names
-    best, whatever the replay scores. The replay is scripted to score otherwise (0.4), as a GPU's can:
-    a checkpoint written before the state would otherwise survive as the best weights while the state and
-    metrics.csv name epoch 1."""
+    best, whatever the replay scores. The first case is the regression: the replay is scripted to score
+    otherwise (0.4), as a GPU's can, and a checkpoint written straight to its place before the state
+    survived as the best weights while the state and metrics.csv named epoch 1. The second checks that the
+    resume promotes what the state already counts as best."""
     import csv
     import dataclasses
 
@@ -194,7 +195,7 @@ def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth
 
     # the killed run: 0.5, 0.7; the resumed one: a replay of epoch 2 (only when its state was never written)
     # then epochs that do not improve, so early stopping ends the fold on the checkpoint it holds
-    scripted = [0.5, 0.7, *([0.4] if kill_in == "_save_state" else []), 0.45, 0.45]
+    scripted = [0.5, 0.7, 0.4, 0.45] if kill_in == "_save_state" else [0.5, 0.7, 0.45, 0.45]
     calls, real = [], train.best_threshold
 
     def fake(y, p):
@@ -217,7 +218,7 @@ def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth
                                     "cache_dir": str(tmp_path / "cache")})
     with pytest.raises(_Killed):
         train.main(cfg)
-    assert list((run / "fold0").glob("*.staged"))  # epoch 2's checkpoint, staged, not yet the checkpoint
+    staged = list((run / "fold0").glob("*.staged"))  # epoch 2's checkpoint, not yet the checkpoint
     monkeypatch.setattr(train.FoldTrainer, kill_in, original)
     train.main(dataclasses.replace(cfg, resume=True))
 
@@ -227,4 +228,5 @@ def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth
     assert (ck["epoch"], ck["val_f1"]) == best and st["best_epoch"] + 1 == best[0]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert max(rows, key=lambda r: float(r["val_f1"]))["epoch"] == str(best[0])
-    assert not list((run / "fold0").glob("*.staged"))
+    assert [p.name for p in staged] == ["test_efficientnet.epoch2.staged"]
+    assert not list((run / "fold0").glob("*.staged"))  # settled by the resume

@@ -14,11 +14,11 @@ from landslide.config import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "bench/README.md", "engines/README.md",
-        "train.py", "infer.py", "export.py", "bench/data.py", "bench/train.py", "bench/infer.py")
+        "train.py", "infer.py", "export.py", "bench/data.py", "bench/train.py", "bench/infer.py", "bench/ablate.py")
 # python train.py ..., .venv/bin/python -m bench.data ..., torchrun --nproc_per_node 8 train.py ...; up to the
 # end of the line, a closing backtick, a comment or a following command.
 COMMAND = re.compile(r"(?:python3?|\.venv/bin/python|torchrun --nproc_per_node \d+) "
-                     r"(train\.py|infer\.py|export\.py|-m bench\.(?:data|train|infer)|-m landslide\.(?:demo|synth))"
+                     r"(train\.py|infer\.py|export\.py|-m bench\.(?:data|train|infer|ablate)|-m landslide\.(?:demo|synth))"
                      r"((?:[^\n`#&)]|&(?!&))*)")
 MAKE = re.compile(r"(?:`|^ {4,})make ([a-z][a-z-]*)", re.M)  # in code, not prose ("make it")
 
@@ -37,12 +37,13 @@ def parser(script: str) -> argparse.ArgumentParser:
         from landslide import demo, synth
 
         return (demo if script == "-m landslide.demo" else synth).build_parser()
+    import bench.ablate
     import bench.data
     import bench.infer
     import bench.train
 
     cls = {"-m bench.data": bench.data.DataBenchConfig, "-m bench.train": bench.train.TrainBenchConfig,
-           "-m bench.infer": bench.infer.InferBenchConfig}[script]
+           "-m bench.infer": bench.infer.InferBenchConfig, "-m bench.ablate": bench.ablate.AblateConfig}[script]
     return build_parser(cls, "")
 
 
@@ -64,7 +65,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 def test_the_docs_show_commands_for_every_script():
     scripts = {script for _, script, _ in documented_commands()}
     assert scripts == {"train.py", "infer.py", "export.py", "-m bench.data", "-m bench.train", "-m bench.infer",
-                       "-m landslide.synth"}
+                       "-m bench.ablate", "-m landslide.synth"}
 
 
 def test_documented_make_targets_exist():

@@ -86,6 +86,7 @@ def test_unknown_flag_exits():
 
 
 def _script_configs():
+    from bench.ablate import AblateConfig
     from bench.data import DataBenchConfig
     from bench.infer import InferBenchConfig
     from bench.train import TrainBenchConfig
@@ -93,7 +94,7 @@ def _script_configs():
     from landslide.infer import InferConfig
 
     return [(TrainConfig, ()), (InferConfig, ("run",)), (ExportConfig, ("run",)), (DataBenchConfig, ()),
-            (InferBenchConfig, ()), (TrainBenchConfig, ())]
+            (InferBenchConfig, ()), (TrainBenchConfig, ()), (AblateConfig, ())]
 
 
 @pytest.mark.parametrize("cls,positional", _script_configs(), ids=lambda v: getattr(v, "__name__", ""))
@@ -116,6 +117,9 @@ def test_every_field_is_a_flag_that_round_trips(cls, positional):
             elem = typing.get_args(typing.get_type_hints(cls)[f.name])[0]
             want = default or [elem(1)]
             argv = [flag, ",".join(map(str, want))]
+        elif default is None:  # an optional field (X | None): a value of X, since None is the flag left out
+            inner = next(a for a in typing.get_args(typing.get_type_hints(cls)[f.name]) if a is not type(None))
+            argv, want = [flag, str(inner(1))], inner(1)
         else:
             argv, want = [flag, str(default)], default
         got = getattr(parse_config(cls, argv, "t", positional=positional), f.name)

@@ -127,6 +127,21 @@ def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):
         prepare_run_dir(cfg)
 
 
+def script_val_f1(monkeypatch, scores: list[float]) -> list:
+    """Training's validation F1, epoch after epoch, as ``scores``; once they run out (the OOF summary
+    lines) the real one. Returns the list of calls, one entry per call."""
+    import landslide.train as train
+
+    calls, real = [], train.best_threshold
+
+    def fake(y, p):
+        calls.append(1)
+        return (0.5, scores[len(calls) - 1]) if len(calls) <= len(scores) else real(y, p)
+
+    monkeypatch.setattr(train, "best_threshold", fake)
+    return calls
+
+
 def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_data, tmp_path, monkeypatch, caplog):
     """Validation F1 0.5, 0.7, 0.6, 0.6 with --patience 2: training stops after epoch 4, the checkpoint is
     epoch 2's, and resuming the stopped run trains nothing more."""
@@ -140,13 +155,7 @@ def test_early_stop_keeps_the_best_epoch_and_a_resume_does_not_train_on(synth_da
     from landslide.contract import checkpoint_path
     from landslide.train_config import PRESETS, TrainConfig
 
-    scripted, calls, real = [0.5, 0.7, 0.6, 0.6], [], train.best_threshold
-
-    def fake(y, p):  # the epochs' validation F1 as scripted; the OOF summary line's (one per run) for real
-        calls.append(1)
-        return (0.5, scripted[len(calls) - 1]) if len(calls) <= len(scripted) else real(y, p)
-
-    monkeypatch.setattr(train, "best_threshold", fake)
+    calls = script_val_f1(monkeypatch, [0.5, 0.7, 0.6, 0.6])
     run = tmp_path / "run"
     cfg = make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(run), "epochs": 6,
                                     "patience": 2, "max_steps": 1, "only_folds": [0],
@@ -195,14 +204,7 @@ def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth
 
     # the killed run: 0.5, 0.7; the resumed one: a replay of epoch 2 (only when its state was never written)
     # then epochs that do not improve, so early stopping ends the fold on the checkpoint it holds
-    scripted = [0.5, 0.7, 0.4, 0.45] if kill_in == "_save_state" else [0.5, 0.7, 0.45, 0.45]
-    calls, real = [], train.best_threshold
-
-    def fake(y, p):
-        calls.append(1)
-        return (0.5, scripted[len(calls) - 1]) if len(calls) <= len(scripted) else real(y, p)
-
-    monkeypatch.setattr(train, "best_threshold", fake)
+    script_val_f1(monkeypatch, [0.5, 0.7, 0.4, 0.45] if kill_in == "_save_state" else [0.5, 0.7, 0.45, 0.45])
     original = getattr(train.FoldTrainer, kill_in)
 
     def dies_at_epoch_2(self, *a, **kw):

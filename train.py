@@ -14,8 +14,8 @@ from landslide.utils import run_script
 
 
 def main(argv=None):
+    from landslide.run_folder import saved_config
     from landslide.train import main as train_main
-    from landslide.train import saved_config
 
     cfg = parse_config(TrainConfig, argv, __doc__, presets=PRESETS)
     if cfg.resume and (saved := saved_config(cfg.out)) is not None:

@@ -18,14 +18,12 @@ best epochs (on a GPU, where a replayed epoch can score otherwise, they would).
 """
 from __future__ import annotations
 
-import csv
 import glob
 import logging
 import math
 import os
 import re
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +42,16 @@ from landslide.device import Runtime, enable_autotune, resolve_runtime, sync
 from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
 from landslide.fold import make_fold
-from landslide.io import atomic_write, fsync_dir, read_json, write_json
+from landslide.io import atomic_write, fsync_dir, write_json
 from landslide.losses import focal_loss
 from landslide.model import LandslideModel, LandslideNet, ModelConfig, tta_mean, tta_views
 from landslide.preprocess import Normalize, fit_stats
+from landslide.run_folder import start_run, write_metrics, write_oof
 from landslide.sampler import BalancedSampler
 from landslide.step import TrainStep, check_cuda_graphs, load_optimizer_state, load_scaler_state, make_optimizer
 from landslide.train_config import TrainConfig, arch_model_config, check_config
 
 log = logging.getLogger(__name__)
-
-METRIC_FIELDS = ["fold", "arch", "epoch", "lr", "train_loss", "val_loss", "val_f1", "val_thr",
-                 "epoch_s", "samples_per_s"]
-
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold id ``(N,)`` per row: each class shuffled with ``seed`` and dealt round-robin into ``k`` folds."""
@@ -317,13 +312,6 @@ class FoldTrainer:
             torch.save(st, f)
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path) as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["fold"], r["arch"], r["epoch"])))
-
-
 def lr_multiplier(world_size: int, rule: str) -> float:
     """The lr factor for a global batch ``world_size`` times ``--batch-size`` (DDP keeps the per-process
     batch, so each step sees N times the samples and an epoch has 1/N the steps)."""
@@ -346,75 +334,15 @@ def step_module(model: torch.nn.Module, env: DistEnv, rt: Runtime, compile_mode:
     return torch.compile(fn, mode=compile_mode) if rt.compile else fn
 
 
-def saved_config(out: str, warn: bool = True) -> dict | None:
-    """The config the run folder ``out`` was started with (what ``--resume`` starts from), or None.
-
-    ``warn`` names keys this version dropped; the second read (``prepare_run_dir``) passes False so the
-    user sees that warning once."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        saved = read_json(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the run's config ({e})", file=path,
-                          fix="restore it, or start a new run with --out a new folder") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise ConfigError("not a run's config.json (no \"config\" object)", file=path,
-                          fix="point --out at a run folder written by train.py, or start a new one")
-    names = {f.name for f in fields(TrainConfig)}
-    dropped = sorted(set(saved["config"]) - names)
-    if dropped and warn:  # a run started by an older version; its other fields still apply
-        log.warning("%s: key(s) %s are not fields of this version's TrainConfig; ignored", path, dropped)
-    return {k: v for k, v in saved["config"].items() if k in names}
-
-
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    run = Path(cfg.out)
-    cfg_path = run / "config.json"
-    if cfg_path.exists() and not cfg.resume:
-        if any(run.glob("fold*/*.pt")):
-            raise ConfigError(f"run folder {run} already holds a run", file=cfg_path,
-                              fix="pass --resume to continue it, or --out a new folder")
-        # Only the files a start writes (config, contract, folds) and no trained epoch: a start that
-        # failed (data, out of memory, Ctrl-C in the first epoch) holds nothing worth keeping.
-        log.info("run folder %s holds no trained epoch: starting it afresh", run)
-    if cfg.resume and cfg_path.exists():
-        # A key the saved config lacks is a field added since that run started: it ran with the default.
-        old = {**asdict(TrainConfig()), **saved_config(cfg.out, warn=False)}
-        # How and where it runs may change on resume (a copied run folder too); what it trains may not.
-        keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
-                "cache_dir", "eval_batch_size", "fold_on")
-        diff = {k: (old[k], v) for k, v in asdict(cfg).items() if k not in keep and old[k] != v}
-        if diff:
-            raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
-                              fix="resume with the same flags as the original run")
-    run.mkdir(parents=True, exist_ok=True)
-    # A run killed mid-write leaves its temp file behind (the real file was never touched): tidy up.
-    for tmp in run.rglob(".*.tmp"):
-        tmp.unlink()
-    return run
-
-
 def _start_run(cfg: TrainConfig, rt: Runtime, backend: str, env: DistEnv, split: Split,
                fold_of: np.ndarray) -> Path:
     """Create the run folder and write its config, contract and folds (rank 0 only)."""
-    from landslide.utils import git_commit
-
-    run = prepare_run_dir(cfg)
-    write_json(run / "config.json", {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit(),
-                                     "runtime": rt.describe(), "data_backend": backend,
-                                     "distributed": {"world_size": env.world_size,
-                                                     "mode": "fold-parallel" if env.fold_parallel else
-                                                     ("ddp" if env.enabled else "single"),
-                                                     "global_batch": cfg.batch_size * env.replicas,
-                                                     "lr": cfg.lr * lr_multiplier(env.replicas, cfg.lr_scale)}})
-    write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
-    with atomic_write(run / "folds.csv") as f:
-        w = csv.writer(f)
-        w.writerow(["ID", "label", "fold"])
-        w.writerows(zip(split.ids, split.labels.tolist(), fold_of.tolist()))
-    return run
+    return start_run(cfg, split, fold_of, {
+        "runtime": rt.describe(), "data_backend": backend,
+        "distributed": {"world_size": env.world_size,
+                        "mode": "fold-parallel" if env.fold_parallel else ("ddp" if env.enabled else "single"),
+                        "global_batch": cfg.batch_size * env.replicas,
+                        "lr": cfg.lr * lr_multiplier(env.replicas, cfg.lr_scale)}})
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -488,11 +416,7 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     if cfg.only_folds and sorted(cfg.only_folds) != list(range(cfg.folds)):
         log.info("trained folds %s only: calibration needs every fold's OOF predictions", folds)
         return {}
-    with atomic_write(run / "oof.csv") as f:
-        w = csv.writer(f)
-        w.writerow(["ID", "label", "fold", *[f"prob_{a}" for a in cfg.archs]])
-        for i, id_ in enumerate(split.ids):
-            w.writerow([id_, int(labels[i]), int(fold_of[i]), *[f"{v:.6f}" for v in oof[i]]])
+    write_oof(run / "oof.csv", split.ids, labels, fold_of, oof, cfg.archs)
     cal = calibrate(labels, oof, cfg.archs)
     ens = oof @ np.array([cal["weights"][a] for a in cfg.archs])  # the calibrated ensemble's OOF probability
     cal["per_fold_f1"] = {str(k): best_threshold(labels[fold_of == k], ens[fold_of == k])[1] for k in range(cfg.folds)}

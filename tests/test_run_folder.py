@@ -56,7 +56,7 @@ def test_an_arch_listed_twice_is_refused_before_anything_is_written(tmp_path):
 
 def test_a_start_that_trained_nothing_can_be_started_again(trained_run, tmp_path):
     from landslide.config import make_config
-    from landslide.train import prepare_run_dir
+    from landslide.run_folder import prepare_run_dir
     from landslide.train_config import TrainConfig
 
     run, _ = trained_run
@@ -108,7 +108,7 @@ def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):
     import shutil
 
     from landslide.config import parse_config
-    from landslide.train import prepare_run_dir, saved_config
+    from landslide.run_folder import prepare_run_dir, saved_config
     from landslide.train_config import PRESETS, TrainConfig
 
     run, _ = trained_run

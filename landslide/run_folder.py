@@ -1,0 +1,110 @@
+"""The run folder: what a training run writes besides its weights, and the rules for starting and resuming one.
+
+``train.py`` writes ``config.json`` (every field, the versions, the commit, where it ran), ``contract.json``
+(the input contract every artefact carries), ``folds.csv`` and ``metrics.csv`` through here; the per-fold
+weights and states are the fold trainer's (``train.py``). ``--resume`` starts from the saved config and may
+change how the run runs but not what it trains (``prepare_run_dir``).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+
+from landslide.contract import data_contract, versions
+from landslide.data import Split
+from landslide.errors import ConfigError
+from landslide.io import atomic_write, read_json, write_json
+from landslide.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+METRIC_FIELDS = ["fold", "arch", "epoch", "lr", "train_loss", "val_loss", "val_f1", "val_thr",
+                 "epoch_s", "samples_per_s"]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path) as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["fold"], r["arch"], r["epoch"])))
+
+
+def write_oof(path: Path, ids: list[str], labels: np.ndarray, fold_of: np.ndarray, oof: np.ndarray,
+              archs: list[str]) -> None:
+    """One row per training patch: its label, the fold that held it out, and each architecture's OOF probability."""
+    with atomic_write(path) as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "label", "fold", *[f"prob_{a}" for a in archs]])
+        for i, id_ in enumerate(ids):
+            w.writerow([id_, int(labels[i]), int(fold_of[i]), *[f"{v:.6f}" for v in oof[i]]])
+
+
+def saved_config(out: str, warn: bool = True) -> dict | None:
+    """The config the run folder ``out`` was started with (what ``--resume`` starts from), or None.
+
+    ``warn`` names keys this version dropped; the second read (``prepare_run_dir``) passes False so the
+    user sees that warning once."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the run's config ({e})", file=path,
+                          fix="restore it, or start a new run with --out a new folder") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ConfigError("not a run's config.json (no \"config\" object)", file=path,
+                          fix="point --out at a run folder written by train.py, or start a new one")
+    names = {f.name for f in fields(TrainConfig)}
+    dropped = sorted(set(saved["config"]) - names)
+    if dropped and warn:  # a run started by an older version; its other fields still apply
+        log.warning("%s: key(s) %s are not fields of this version's TrainConfig; ignored", path, dropped)
+    return {k: v for k, v in saved["config"].items() if k in names}
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    run = Path(cfg.out)
+    cfg_path = run / "config.json"
+    if cfg_path.exists() and not cfg.resume:
+        if any(run.glob("fold*/*.pt")):
+            raise ConfigError(f"run folder {run} already holds a run", file=cfg_path,
+                              fix="pass --resume to continue it, or --out a new folder")
+        # Only the files a start writes (config, contract, folds) and no trained epoch: a start that
+        # failed (data, out of memory, Ctrl-C in the first epoch) holds nothing worth keeping.
+        log.info("run folder %s holds no trained epoch: starting it afresh", run)
+    if cfg.resume and cfg_path.exists():
+        # A key the saved config lacks is a field added since that run started: it ran with the default.
+        old = {**asdict(TrainConfig()), **saved_config(cfg.out, warn=False)}
+        # How and where it runs may change on resume (a copied run folder too); what it trains may not.
+        keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
+                "cache_dir", "eval_batch_size", "fold_on")
+        diff = {k: (old[k], v) for k, v in asdict(cfg).items() if k not in keep and old[k] != v}
+        if diff:
+            raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
+                              fix="resume with the same flags as the original run")
+    run.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-write leaves its temp file behind (the real file was never touched): tidy up.
+    for tmp in run.rglob(".*.tmp"):
+        tmp.unlink()
+    return run
+
+
+def start_run(cfg: TrainConfig, split: Split, fold_of: np.ndarray, meta: dict) -> Path:
+    """Create (or re-enter, on resume) the run folder and write its config, contract and folds.
+
+    ``meta`` is where and how it runs (runtime, data backend, distributed layout), recorded beside the config."""
+    from landslide.utils import git_commit
+
+    run = prepare_run_dir(cfg)
+    write_json(run / "config.json", {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit(), **meta})
+    write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
+    with atomic_write(run / "folds.csv") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "label", "fold"])
+        w.writerows(zip(split.ids, split.labels.tolist(), fold_of.tolist()))
+    return run

@@ -85,11 +85,12 @@ class TrainStep:
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Warm up, capture, restore the state after the first warm-up step; returns that step's loss."""
-        # A resumed optimizer's lr tensor was loaded with map_location="cpu"; the graph must read (and
-        # the scheduler fill) one tensor on the device.
+        # The graph reads (and the scheduler fills) the lr tensor make_optimizer put on the device; a
+        # resume keeps that tensor (load_optimizer_state), or a replay would never see the schedule.
         for group in self.opt.param_groups:
-            if torch.is_tensor(group["lr"]) and group["lr"].device != x.device:
-                group["lr"] = group["lr"].to(x.device)
+            if not (torch.is_tensor(group["lr"]) and group["lr"].device == x.device):
+                raise RuntimeError(f"a captured step needs the lr as a tensor on {x.device}, got {group['lr']!r}: "
+                                   "build the optimizer with make_optimizer(..., graphs=True)")
         # Static buffers keep the layout of the first batch (channels-last when that is on).
         self.sx, self.sy, self.sc = x.clone(), y.clone(), c.clone()
         snapshot = None
@@ -140,11 +141,18 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
     contiguous parameters, which the fused CPU kernel updates element-misaligned without an error).
     The choice ``make_optimizer`` just made is put back, the moments take their parameter's layout,
     and ``step`` goes where that implementation reads it (the device when fused or capturable).
+
+    The lr keeps this run's type too: a captured step reads a device tensor, and an lr loaded as a
+    Python float (a run started without ``--cuda-graphs``) would be baked into the graph at capture, so
+    the schedule's later values (assigned to the group, never read by a replay) would not apply.
     """
     keep = [{k: g[k] for k in IMPL_FLAGS if k in g} for g in opt.param_groups]
+    lrs = [g["lr"] for g in opt.param_groups]
     opt.load_state_dict(state)
-    for group, flags in zip(opt.param_groups, keep, strict=True):
+    for group, flags, lr in zip(opt.param_groups, keep, lrs, strict=True):
         group.update(flags)
+        saved = float(group["lr"])
+        group["lr"] = lr.fill_(saved) if torch.is_tensor(lr) else saved  # filled in place: no host sync, same tensor
         on_device = bool(group.get("fused") or group.get("capturable"))
         for p in group["params"]:
             st = opt.state.get(p, {})

@@ -105,6 +105,42 @@ def test_resumed_optimizer_keeps_this_runs_implementation_and_layout(saved_fused
     torch.testing.assert_close(resumed.detach().contiguous(), ref.detach().contiguous(), atol=1e-6, rtol=1e-5)
 
 
+def test_resumed_optimizer_keeps_this_runs_lr_type():
+    """A run started eagerly (float lr) resumed with --cuda-graphs (tensor lr, read by the captured step)
+    keeps its tensor, and the schedule moves that same tensor; plain load_state_dict put the saved float
+    back, which a capture bakes in, so the lr froze at its resume-time value. And the reverse."""
+    from landslide.step import load_optimizer_state
+
+    def setup(lr):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.AdamW([p], lr=lr, foreach=False)
+        return p, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=0.0)
+
+    p, opt, sched = setup(0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    saved, saved_sched = copy.deepcopy(opt.state_dict()), sched.state_dict()
+    assert not torch.is_tensor(saved["param_groups"][0]["lr"])
+
+    _, opt2, sched2 = setup(torch.tensor(0.1))
+    lr_tensor = opt2.param_groups[0]["lr"]
+    load_optimizer_state(opt2, copy.deepcopy(saved))
+    sched2.load_state_dict(saved_sched)
+    group = opt2.param_groups[0]
+    assert group["lr"] is lr_tensor  # the very tensor a captured step reads
+    assert float(lr_tensor) == pytest.approx(sched.get_last_lr()[0])
+    sched.step()
+    sched2.step()
+    assert group["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(float(opt.param_groups[0]["lr"]))
+    assert float(lr_tensor) < saved["param_groups"][0]["lr"]  # the schedule moved it
+
+    _, opt3, _ = setup(0.1)  # a graph-run state resumed eagerly: the lr is a float again
+    load_optimizer_state(opt3, copy.deepcopy(opt2.state_dict()))
+    assert isinstance(opt3.param_groups[0]["lr"], float)
+    assert opt3.param_groups[0]["lr"] == pytest.approx(float(lr_tensor))
+
+
 def test_scaler_state_from_a_bf16_run_resumes_under_fp16():
     from landslide.step import load_scaler_state
 

@@ -47,7 +47,10 @@ class Runtime:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return (f"device={self.device} ({name}) precision={self.precision} "
+        precision = self.precision
+        if self.device.type == "cuda" and precision == "fp32" and torch.backends.cudnn.allow_tf32:
+            precision += " (convolutions in TF32: cuDNN's default)"  # a 10-bit mantissa: say so beside "fp32"
+        return (f"device={self.device} ({name}) precision={precision} "
                 f"channels_last={'on' if self.channels_last else 'off'} compile={'on' if self.compile else 'off'}")
 
 

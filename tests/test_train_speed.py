@@ -366,3 +366,18 @@ def test_ieee_fp32_turns_tf32_off_on_cuda_only_and_restores_it():
         assert flags() == (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_runtime_description_says_when_fp32_convolutions_run_in_tf32(monkeypatch):
+    """On CUDA cuDNN runs fp32 convolutions in TF32 by default: the start-up line and the benchmarks'
+    baseline description say so beside "fp32" instead of implying IEEE fp32."""
+    from landslide.device import Runtime
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")  # no GPU needed
+    cuda = lambda p: Runtime(torch.device("cuda"), p, True, False)  # noqa: E731
+    with ieee_fp32("cuda"):
+        assert "precision=fp32 channels_last" in cuda("fp32").describe()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert "precision=fp32 (convolutions in TF32" in cuda("fp32").describe()
+    assert "precision=bf16 channels_last" in cuda("bf16").describe()
+    assert "TF32" not in resolve_runtime("cpu").describe()

@@ -61,4 +61,7 @@ class AotiRunner(Runner):
         return self.fn(xt).float().cpu().numpy()[:n]
 
     def describe(self) -> str:
-        return f"aoti ({self.path.name}, device={self.sidecar['device_name']}, precision=fp32)"
+        # Checked in true fp32 when built (export/aoti.py); served with the process's TF32 setting, as torch is.
+        tf32 = self.device.type == "cuda" and torch.backends.cudnn.allow_tf32
+        return (f"aoti ({self.path.name}, device={self.sidecar['device_name']}, precision=fp32"
+                f"{' (convolutions in TF32: cuDNN default)' if tf32 else ''})")

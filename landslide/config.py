@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -104,11 +105,26 @@ def _presets_epilog(presets: dict[str, dict] | None) -> str | None:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a short error: the message, the flag a mistyped one was probably meant to be, and a
+    pointer to --help (a script's full usage is dozens of lines, burying the one that matters)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hints = []
+        if message.startswith("unrecognized arguments: "):
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            for tok in message.removeprefix("unrecognized arguments: ").split():
+                name = tok.split("=")[0]
+                if name.startswith("--") and (close := difflib.get_close_matches(name, flags, n=1, cutoff=0.6)):
+                    hints.append(f"  {name}: did you mean {close[0]}? (flags are never abbreviated)")
+        self.exit(2, "\n".join([f"{self.prog}: error: {message}", *hints, f"  all flags: {self.prog} --help", ""]))
+
+
 def build_parser(cls: type, description: str, presets: dict[str, dict] | None = None,
                  positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     # Raw description: the scripts' docstrings are usage examples, one per line. No abbreviations:
     # `--epoch 2` must fail like any unknown key instead of quietly meaning --epochs.
-    p = argparse.ArgumentParser(prog=_prog(), description=description, epilog=_presets_epilog(presets),
+    p = _Parser(prog=_prog(), description=description, epilog=_presets_epilog(presets),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     hints = typing.get_type_hints(cls)
     if presets:

@@ -69,8 +69,14 @@ def check_model_config(cfg: ModelConfig) -> None:
     """What would only fail once a fold starts (a backbone name, a weights file), checked up front."""
     import timm
 
-    if cfg.backbone not in timm.list_models():
-        raise ConfigError(f"unknown timm backbone {cfg.backbone!r}", fix="pick a name from timm.list_models()")
+    names = timm.list_models()
+    if cfg.backbone not in names:
+        import difflib
+
+        close = difflib.get_close_matches(cfg.backbone, names, n=3, cutoff=0.8)  # over 1,000 names: say which
+        raise ConfigError(f"unknown timm backbone {cfg.backbone!r}",
+                          fix=(f"did you mean {', '.join(close[:-1]) + ' or ' if close[1:] else ''}{close[-1]}? Otherwise "
+                               if close else "") + "pick a name from timm.list_models()")
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
         raise ConfigError("pretrained checkpoint not found", file=cfg.pretrained,
                           fix="pass a local timm checkpoint file (no network access at run time)")

@@ -41,9 +41,14 @@ def test_unknown_config_key_fails_naming_the_file(tmp_path):
     assert str(f) in str(e.value) and "epochs" in str(e.value)  # the file, and the valid keys
 
 
-def test_abbreviated_flags_are_refused():
-    with pytest.raises(SystemExit):  # argparse would otherwise take --epoch for --epochs
-        parse(["--epoch", "3"])
+def test_abbreviated_flags_are_refused_with_the_flag_meant(capsys):
+    with pytest.raises(SystemExit) as e:  # argparse would otherwise take --epoch for --epochs
+        parse(["--epoch", "3", "--bach-size=4", "--zzz"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "--epoch: did you mean --epochs?" in err and "--bach-size: did you mean --batch-size?" in err
+    assert "--zzz:" not in err and "--help" in err  # nothing close: no guess, but where to look
+    assert "usage:" not in err  # the one line that matters, not the whole usage
 
 
 def test_base_replaces_the_defaults_and_typed_flags_win():

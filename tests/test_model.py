@@ -109,3 +109,13 @@ def test_tta_views_and_mean():
     assert torch.equal(v[4:6], x.flip(2)) and torch.equal(v[6:], x.flip((2, 3)))
     logits = torch.tensor([0.0, 2.0] * 4)
     assert torch.allclose(tta_mean(logits), torch.sigmoid(torch.tensor([0.0, 2.0])))
+
+
+def test_a_mistyped_backbone_is_refused_with_close_names():
+    from landslide.model import check_model_config
+
+    with pytest.raises(ConfigError, match=r"did you mean efficientnet_b0(,| or) .*timm.list_models\(\)"):
+        check_model_config(ModelConfig(backbone="efficientnet_b0x"))
+    with pytest.raises(ConfigError) as e:
+        check_model_config(ModelConfig(backbone="resnet_bogus_zz"))
+    assert "did you mean" not in str(e.value) and "timm.list_models()" in str(e.value)

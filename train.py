@@ -20,7 +20,9 @@ def main(argv=None):
     cfg = parse_config(TrainConfig, argv, __doc__, presets=PRESETS)
     if cfg.resume and (saved := saved_config(cfg.out)) is not None:
         # The run's own config in the defaults' place: what is typed still wins, and a typed change to
-        # what the run trains is refused by prepare_run_dir, naming the field.
+        # what the run trains is refused by prepare_run_dir, naming the field. --only-folds is the
+        # invocation's own, not the run's: --resume alone trains every fold not finished yet.
+        saved.pop("only_folds", None)
         cfg = parse_config(TrainConfig, argv, __doc__, presets=PRESETS, base=saved)
     return train_main(cfg)
 

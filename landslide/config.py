@@ -83,7 +83,7 @@ def _prog() -> str | None:
     return f"python -m {spec.name.removesuffix('.__main__')}"  # a package run with -m runs its __main__
 
 
-def _as_flag(name: str, value: Any) -> str:
+def as_flag(name: str, value: Any) -> str:
     """A field's value as it is typed: ``--epochs 8``, ``--archs a,b``, ``--resume`` / ``--no-resume``."""
     flag = name.replace("_", "-")
     if isinstance(value, bool):
@@ -99,7 +99,7 @@ def _presets_epilog(presets: dict[str, dict] | None) -> str | None:
 
     lines = ["presets (--preset NAME is these flags; --config and the flags typed override them):"]
     for name, values in presets.items():
-        shown = " ".join(_as_flag(k, v) for k, v in values.items())
+        shown = " ".join(as_flag(k, v) for k, v in values.items())
         lines.append(textwrap.fill(shown, width=100, initial_indent=f"  {name}: ", subsequent_indent="    ",
                                    break_on_hyphens=False))
     return "\n".join(lines)

@@ -404,6 +404,19 @@ def check_threshold(cfg: InferConfig) -> float | None:
     return float(t)
 
 
+def check_out(*paths: Path | None) -> None:
+    """Refuse an output path that is a folder (or lies under a file), which the final os.replace would only
+    find once every patch had been scored."""
+    for p in paths:
+        if p is None:
+            continue
+        if p.is_dir():
+            raise ConfigError("--out names a folder; it is the submission file's path", file=p,
+                              fix=f"name the file: --out {p / 'submission.csv'}")
+        if (blocker := next((a for a in p.parents if a.exists() and not a.is_dir()), None)) is not None:
+            raise ConfigError(f"the output's folder {blocker} is a file", file=p, fix="pick --out in a folder")
+
+
 def _merge(cfg: InferConfig) -> dict:
     if not cfg.run and not cfg.out:
         raise ConfigError("--merge-shards needs the run (or --out) the shards were written for",
@@ -414,6 +427,7 @@ def _merge(cfg: InferConfig) -> dict:
         raise ConfigError("run folder or artefact not found", file=cfg.run,
                           fix="pass the run folder (or exported file) the shards were scored with, or --out")
     out = Path(cfg.out) if cfg.out else default_out(cfg)[0]
+    check_out(out, probs_path(out))
     rerun = _command(cfg, "--shard {i}/{n}")
     table = read_csv(Path(cfg.data) / SPLITS[cfg.split][0], labelled=False) if cfg.data else None
     return merge_shards(out, table, rerun, allow_missing=cfg.skip_bad)
@@ -432,15 +446,16 @@ def main(cfg: InferConfig) -> dict:
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")
-    # A shard's file is written even when it scores nothing, so --merge-shards finds the whole set.
-    r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad, allow_empty=bool(cfg.shard))
-    for e in r.skipped:
-        log.warning("skipped: %s", e.format())
     out, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
     pout = probs_path(out) if cfg.probs else None
     if cfg.shard:
         i, n = parse_shard(cfg.shard)
         out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
+    check_out(out, pout)  # before the compute, not after it
+    # A shard's file is written even when it scores nothing, so --merge-shards finds the whole set.
+    r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad, allow_empty=bool(cfg.shard))
+    for e in r.skipped:
+        log.warning("skipped: %s", e.format())
     replaced = out.exists()  # said in the log: another backend's or --data's submission is overwritten
     thr, thr_why = ((runner.threshold, "calibrated") if threshold is None else
                     (threshold, f"--threshold; the calibrated one is {runner.threshold:.4f}"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from landslide.config import as_flag
 from landslide.contract import data_contract, versions
 from landslide.data import Split
 from landslide.errors import ConfigError
@@ -82,11 +83,15 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         old = {**asdict(TrainConfig()), **saved_config(cfg.out, warn=False)}
         # How and where it runs may change on resume (a copied run folder too); what it trains may not.
         keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
-                "cache_dir", "eval_batch_size", "fold_on")
+                "cache_dir", "eval_batch_size", "fold_on", "only_folds",
+                "preset")  # a preset's name: what it sets is compared field by field
         diff = {k: (old[k], v) for k, v in asdict(cfg).items() if k not in keep and old[k] != v}
         if diff:
-            raise ConfigError(f"--resume with a different config: {diff}", file=cfg_path,
-                              fix="resume with the same flags as the original run")
+            said = "; ".join(f"{as_flag(k, new)} (the run has {as_flag(k, was)})" for k, (was, new) in diff.items())
+            flags = ", ".join("--" + k.replace("_", "-") for k in diff)
+            raise ConfigError(f"--resume may change how a run runs, not what it trains: {said}", file=cfg_path,
+                              fix=f"drop {flags} (--resume needs only --out; the run's config.json supplies the rest), "
+                                  "or train that change as a new run with --out a new folder")
     run.mkdir(parents=True, exist_ok=True)
     # A run killed mid-write leaves its temp file behind (the real file was never touched): tidy up.
     for tmp in run.rglob(".*.tmp"):

@@ -138,6 +138,13 @@ class FoldTrainer:
         self.ckpt_path = checkpoint_path(run_dir, fold, self.arch)
         self.backend = backend
 
+    def finished(self) -> tuple[np.ndarray, list[dict]] | None:
+        """(OOF probabilities, metric rows) when an earlier invocation finished this fold, else None."""
+        if not self.state_path.is_file():
+            return None
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        return (state["oof"], state["rows"]) if state.get("done") else None
+
     def run(self) -> tuple[np.ndarray, list[dict]]:
         """Train (or resume) to completion; returns (OOF probabilities for the val rows, metric rows)."""
         cfg, rt = self.cfg, self.rt
@@ -406,6 +413,14 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     elif not env.is_main:
         return {}
 
+    # --only-folds trains some folds; the others may have been finished by an earlier invocation.
+    have = {(fold, ai) for fold, ai, *_ in results}
+    for fold in range(cfg.folds):
+        for ai in range(len(cfg.archs)):
+            if (fold, ai) not in have and (got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished()):
+                results.append((fold, ai, *got))
+    have = {(fold, ai) for fold, ai, *_ in results}
+    todo = sorted({fold for fold in range(cfg.folds) for ai in range(len(cfg.archs)) if (fold, ai) not in have})
     oof = np.full((len(labels), len(cfg.archs)), np.nan)
     rows: list[dict] = []
     for fold, ai, p, r in sorted(results, key=lambda t: (t[0], t[1])):
@@ -413,8 +428,9 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
         rows.extend(r)
     write_metrics(run / "metrics.csv", rows)
     plots.training_curves(rows, run / "plots" / "training_curves.png")
-    if cfg.only_folds and sorted(cfg.only_folds) != list(range(cfg.folds)):
-        log.info("trained folds %s only: calibration needs every fold's OOF predictions", folds)
+    if todo:
+        log.info("trained folds %s; fold(s) %s still to train (calibration needs every fold's OOF predictions): "
+                 "python train.py --out %s --resume (every unfinished fold; add --only-folds to pick)", folds, todo, run)
         return {}
     write_oof(run / "oof.csv", split.ids, labels, fold_of, oof, cfg.archs)
     cal = calibrate(labels, oof, cfg.archs)

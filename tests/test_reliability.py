@@ -224,7 +224,8 @@ def test_sigkill_then_resume_matches_uninterrupted(synth_data, tmp_path):
 def test_resume_with_different_config_is_refused(trained_run):
     run, data = trained_run
     r = run_script("train.py", "--data", str(data), "--out", str(run), "--preset", "tiny", "--lr", "0.5", "--resume")
-    _assert_user_error(r, "--resume with a different config", "lr")
+    _assert_user_error(r, "--resume may change how a run runs, not what it trains: --lr 0.5 (the run has --lr 0.001)",
+                       "drop --lr (--resume needs only --out")
 
 
 # ---------------------------------------------------------------- property-based
@@ -346,3 +347,25 @@ def test_a_mistyped_path_is_named_with_check_the_path(tmp_path):
     assert not (tmp_path / "r").exists()
     r = run_script("export.py", str(tmp_path / "runs" / "typo"))
     _assert_user_error(r, "run folder not found", str(tmp_path / "runs" / "typo"), "check the path")
+
+
+def test_infer_refuses_an_out_that_is_a_folder_before_scoring(trained_run, tmp_path, monkeypatch):
+    import landslide.infer as infer
+    from landslide.config import make_config
+    from landslide.errors import ConfigError
+
+    run, data = trained_run
+    monkeypatch.setattr(infer, "score", lambda *a, **k: pytest.fail("scored before the output path was checked"))
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "sub_probs.csv").mkdir()  # what --probs would write beside --out sub.csv
+    (tmp_path / "afile").write_text("x")
+    for out, extra, said in ((tmp_path / "outdir", {}, "--out names a folder"),
+                             (tmp_path / "sub.csv", {"probs": True}, "--out names a folder"),
+                             (tmp_path / "afile" / "sub.csv", {}, "is a file")):
+        cfg = make_config(infer.InferConfig, {"run": str(run), "data": str(data), "out": str(out), "device": "cpu",
+                                              **extra})
+        with pytest.raises(ConfigError, match=said) as e:
+            infer.main(cfg)
+        assert "Fix:" in str(e.value)
+        if out.name == "outdir":
+            assert f"--out {out / 'submission.csv'}" in str(e.value)

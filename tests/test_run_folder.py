@@ -123,7 +123,7 @@ def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):
     assert prepare_run_dir(cfg) == copy
     # A typed value other than the default is still a change to what the run trains.
     cfg = parse_config(TrainConfig, [*argv, "--lr-scale", "linear"], "", presets=PRESETS, base=saved_config(str(copy)))
-    with pytest.raises(ConfigError, match="lr_scale"):
+    with pytest.raises(ConfigError, match="--lr-scale linear \\(the run has --lr-scale sqrt\\)"):
         prepare_run_dir(cfg)
 
 
@@ -232,3 +232,34 @@ def test_a_kill_at_an_improving_epoch_leaves_checkpoint_and_state_agreeing(synth
     assert max(rows, key=lambda r: float(r["val_f1"]))["epoch"] == str(best[0])
     assert [p.name for p in staged] == ["test_efficientnet.epoch2.staged"]
     assert not list((run / "fold0").glob("*.staged"))  # settled by the resume
+
+
+def test_a_run_trained_fold_by_fold_is_finished_by_resume(synth_data, tmp_path, caplog):
+    """--only-folds belongs to the invocation: after `--only-folds 0`, `--resume` alone trains the folds
+    still to train (and `--resume --only-folds 1` just that one), then calibrates over every fold."""
+    import csv
+    import importlib.util
+    import shutil
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run, cache = tmp_path / "run", str(tmp_path / "cache")
+    with caplog.at_level("INFO", logger="landslide.train"):
+        assert script.main(["--data", str(synth_data), "--out", str(run), "--preset", "tiny", "--epochs", "1",
+                            "--only-folds", "0", "--cache-dir", cache, "--device", "cpu"]) == {}
+    assert f"fold(s) [1] still to train (calibration needs every fold's OOF predictions): python train.py --out {run} " \
+           "--resume" in caplog.text
+    assert not (run / "calibration.json").exists()
+    assert {r["fold"] for r in csv.DictReader(open(run / "metrics.csv"))} == {"0"}
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+
+    cal = script.main(["--out", str(run), "--resume"])
+    picked = script.main(["--out", str(other), "--resume", "--only-folds", "1"])
+    for r, c in ((run, cal), (other, picked)):
+        assert json.loads((r / "calibration.json").read_text())["oof_f1"] == c["oof_f1"]
+        assert {row["fold"] for row in csv.DictReader(open(r / "metrics.csv"))} == {"0", "1"}
+    assert picked == cal  # the same folds, trained in the same order of invocations

@@ -6,7 +6,10 @@
     python train.py --out runs/demo --resume                      # continue it: its saved config, plus
                                                                   # any flag typed (device, precision, ...)
 """
+import os
+import shlex
 import sys
+from pathlib import Path
 
 from landslide.config import parse_config
 from landslide.train_config import PRESETS, TrainConfig
@@ -24,7 +27,13 @@ def main(argv=None):
         # invocation's own, not the run's: --resume alone trains every fold not finished yet.
         saved.pop("only_folds", None)
         cfg = parse_config(TrainConfig, argv, __doc__, presets=PRESETS, base=saved)
-    return train_main(cfg)
+    try:
+        return train_main(cfg)
+    except KeyboardInterrupt:
+        if (Path(cfg.out) / "config.json").is_file() and os.environ.get("RANK", "0") == "0":
+            # Every finished epoch is on disk (atomic state files): say how to pick it up.
+            print(f"continue with: python train.py --out {shlex.quote(cfg.out)} --resume", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

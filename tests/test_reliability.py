@@ -221,6 +221,24 @@ def test_sigkill_then_resume_matches_uninterrupted(synth_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(synth_data, tmp_path):
+    run = tmp_path / "run"
+    state = run / "fold0" / "test_efficientnet.state.pt"
+    cmd = _train_cmd(synth_data, run, tmp_path / "cache")
+    cmd[cmd.index("--epochs") + 1] = "200"  # still training when the signal comes
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and not state.exists():
+        time.sleep(0.1)
+    assert p.poll() is None, "training ended before the signal"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err
+    assert f"continue with: python train.py --out {run} --resume" in err
+    assert state.is_file() and not list(run.rglob(".*.tmp"))
+
+
 def test_resume_with_different_config_is_refused(trained_run):
     run, data = trained_run
     r = run_script("train.py", "--data", str(data), "--out", str(run), "--preset", "tiny", "--lr", "0.5", "--resume")

@@ -16,6 +16,14 @@ from landslide.errors import DataError
 
 
 class Predictor:
+    """A run folder or exported artefact, loaded once, scoring raw patches in-process as ``infer.py`` does.
+
+    ``backend`` (auto | torch | onnxruntime | aoti | tensorrt), ``batch_size`` and any other ``infer.py``
+    flag as a keyword (``device="cpu"``, ``precision="fp16"``, ``threshold=0.4``). ``predict`` returns the
+    calibrated ensemble's probabilities; ``probs >= p.threshold`` gives the 0/1 calls a submission holds
+    (``p.threshold``: the run's calibrated one, or ``threshold=`` when given).
+    """
+
     def __init__(self, path: str | Path, backend: str = "auto", batch_size: int = 64, **options: Any) -> None:
         from landslide.config import make_config
         from landslide.infer import InferConfig, check_threshold, make_runner

@@ -204,7 +204,8 @@ def write_dataset(cfg: SynthConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Write a synthetic data set in the Zindi layout (Train.csv, Test.csv, "
+    p = argparse.ArgumentParser(prog="python -m landslide.synth",
+                                description="Write a synthetic data set in the Zindi layout (Train.csv, Test.csv, "
                                             "train_data/, test_data/, test_labels.csv) to OUT.")
     p.add_argument("out", help="folder to write")
     p.add_argument("--n-train", type=int, default=SynthConfig.n_train, help="train patches (default: %(default)s)")

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +125,12 @@ class FoldTrainer:
     """Trains one architecture on one fold; resumable from ``<run>/fold<k>/<arch>.state.pt``."""
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, split: Split, fold_of: np.ndarray, fold: int,
-                 arch_i: int, run_dir: Path, backend: str, env: DistEnv | None = None) -> None:
-        """``env``: the DDP group training this fold together (default: this process alone)."""
+                 arch_i: int, run_dir: Path, backend: str, env: DistEnv | None = None,
+                 on_epoch: Callable[[list[dict]], None] | None = None) -> None:
+        """``env``: the DDP group training this fold together (default: this process alone); ``on_epoch``:
+        called with this fold's metric rows so far once each epoch's state is written."""
         self.cfg, self.rt, self.fold, self.arch_i = cfg, rt, fold, arch_i
+        self.on_epoch = on_epoch
         self.env = env or DistEnv()
         self.arch = cfg.archs[arch_i]
         self.mcfg = arch_model_config(cfg, arch_i)
@@ -265,6 +269,8 @@ class FoldTrainer:
                 self._save_state(model, opt, sched, scaler, epoch, best, best_epoch, bad, rows)
                 if improved:
                     self._promote(epoch)
+                if self.on_epoch is not None:
+                    self.on_epoch(rows)
             if stop:
                 if bad >= cfg.patience:
                     log.info("fold %d %s: early stop (no improvement for %d epochs)", self.fold, self.arch, bad)
@@ -397,12 +403,24 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     mine = folds[env.rank::env.world_size] if env.fold_parallel else folds
     fold_env = env if env.ddp else DistEnv()  # fold-parallel ranks train their folds alone
     results: list[tuple[int, int, np.ndarray, list[dict]]] = []
+    # metrics.csv is rewritten after every epoch, so it is never behind the log: the rows of this
+    # process's folds so far, and of folds an earlier invocation finished that this one does not train.
+    elsewhere: list[dict] = []
+    for fold in (f for f in range(cfg.folds) if f not in mine and env.is_main):
+        for ai in range(len(cfg.archs)):
+            if got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished():
+                elsewhere.extend(got[1])
+
+    def live_metrics(current: list[dict]) -> None:
+        write_metrics(run / "metrics.csv", elsewhere + [row for *_, rs in results for row in rs] + current)
+
     for fold in mine:
         for ai in range(len(cfg.archs)):
-            p, r = FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend, env=fold_env).run()
+            p, r = FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend, env=fold_env,
+                               on_epoch=live_metrics if env.is_main else None).run()
             results.append((fold, ai, p, r))
             if env.is_main:
-                write_metrics(run / "metrics.csv", [row for *_, rs in results for row in rs])
+                live_metrics([])
                 log.info("fold %d %s: OOF F1 %.4f (at this fold's own best threshold; the calibrated one is fitted "
                          "on all folds at the end)", fold, cfg.archs[ai], best_threshold(labels[fold_of == fold], p)[1])
     if env.fold_parallel:

@@ -263,3 +263,32 @@ def test_a_run_trained_fold_by_fold_is_finished_by_resume(synth_data, tmp_path, 
         assert json.loads((r / "calibration.json").read_text())["oof_f1"] == c["oof_f1"]
         assert {row["fold"] for row in csv.DictReader(open(r / "metrics.csv"))} == {"0", "1"}
     assert picked == cal  # the same folds, trained in the same order of invocations
+
+
+def test_metrics_csv_is_written_after_every_epoch(synth_data, tmp_path, monkeypatch):
+    """A long run can be watched: metrics.csv holds each epoch as soon as its state is on disk, with the
+    folds an earlier invocation finished (--only-folds) from the first write on."""
+    import csv
+
+    import landslide.run_folder as run_folder
+    import landslide.train as train
+    from landslide.config import make_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    seen: list[list[tuple[str, str]]] = []
+    real = run_folder.write_metrics
+
+    def recording(path, rows):
+        real(path, rows)
+        seen.append([(r["fold"], r["epoch"]) for r in csv.DictReader(open(path))])
+
+    monkeypatch.setattr(train, "write_metrics", recording)
+    run = tmp_path / "run"
+    base = {**PRESETS["tiny"], "data": str(synth_data), "out": str(run), "device": "cpu", "epochs": 3,
+            "patience": 10, "max_steps": 1, "cache_dir": str(tmp_path / "cache")}
+    train.main(make_config(TrainConfig, {**base, "only_folds": [0]}))
+    assert seen[:3] == [[("0", "1")], [("0", "1"), ("0", "2")], [("0", "1"), ("0", "2"), ("0", "3")]]
+    seen.clear()
+    train.main(make_config(TrainConfig, {**base, "only_folds": [1], "resume": True}))
+    assert seen[0] == [("0", "1"), ("0", "2"), ("0", "3"), ("1", "1")]  # fold 0's rows kept, fold 1's first epoch
+    assert seen[-1] == seen[0] + [("1", "2"), ("1", "3")]

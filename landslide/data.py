@@ -267,6 +267,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LANDSLIDE_CACHE", Path.home() / ".cache" / "landslide"))
 
 
+def require_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` as a Path, refused with one message (train's and infer's alike) when it is no folder."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError("data folder not found", file=data_dir,
+                        fix="check the path: --data names a folder holding Train.csv/Test.csv and train_data/ or test_data/")
+    return data_dir
+
+
 def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None = None) -> Split:
     """Read, validate and preprocess a split, through a cache keyed by a hash of its inputs; any bad
     file is an error (training and the baseline need every row; inference reads its files itself).
@@ -277,10 +286,7 @@ def load_split(data_dir: str | Path, split: str, *, cache_dir: str | Path | None
     """
     from landslide.preprocess import median_filter_sar
 
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError("data folder not found", file=data_dir,
-                        fix="check the path: --data names a folder holding Train.csv/Test.csv and train_data/ or test_data/")
+    data_dir = require_data_dir(data_dir)
     layout = BandLayout.from_dir(data_dir)
     table = read_csv(data_dir / SPLITS[split][0], labelled=(split == "train"))
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -37,6 +37,7 @@ from landslide.data import (
     read_csv,
     read_npy_header,
     read_patches,
+    require_data_dir,
 )
 from landslide.errors import BadFilesError, ConfigError, DataError, MissingArtefactError
 from landslide.runtime import Runner
@@ -439,7 +440,7 @@ def main(cfg: InferConfig) -> dict:
         return _merge(cfg)
     if not cfg.run or not cfg.data:
         raise ConfigError("infer needs a run folder (or artefact) and --data", fix="python infer.py RUN_DIR --data DIR")
-    data = Path(cfg.data)
+    data = require_data_dir(cfg.data)
     layout = BandLayout.from_dir(data)
     table = read_csv(data / SPLITS[cfg.split][0], labelled=False)
     ids = shard_ids(table.ids, cfg.shard)

@@ -365,6 +365,8 @@ def test_a_mistyped_path_is_named_with_check_the_path(tmp_path):
     assert not (tmp_path / "r").exists()
     r = run_script("export.py", str(tmp_path / "runs" / "typo"))
     _assert_user_error(r, "run folder not found", str(tmp_path / "runs" / "typo"), "check the path")
+    r = run_script("infer.py", str(tmp_path / "runs" / "typo"), "--data", str(tmp_path / "nope"))
+    _assert_user_error(r, "data folder not found", str(tmp_path / "nope"), "check the path")  # as train says it
 
 
 def test_infer_refuses_an_out_that_is_a_folder_before_scoring(trained_run, tmp_path, monkeypatch):

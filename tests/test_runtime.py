@@ -170,7 +170,7 @@ def test_the_default_engine_folder_is_the_repositorys_from_any_current_folder(ex
     assert e.value.fix == f"python export.py {run} --engine aoti --engine-dir {tmp_path / 'mine'}"
 
 
-def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path):
+def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path, caplog):
     """--precision auto takes what the artefact was built at; a precision it was not built at is refused
     (not run at its own one under the asked-for name), and bf16 with auto goes to the backend that has it."""
     import torch
@@ -180,7 +180,12 @@ def test_precision_is_the_artefacts_own_or_refused(exported, tmp_path):
     run, _ = exported
     cfg = lambda **kw: make_config(InferConfig, {"run": str(run), "device": "cpu", **kw})  # noqa: E731
     assert make_runner(cfg()).precision == "fp32"
-    assert make_runner(cfg(precision="fp16")).describe().startswith("onnxruntime-cpu (fused_fp16.onnx")
+    with caplog.at_level("WARNING", logger="landslide.runtime.onnxruntime"):
+        assert make_runner(cfg(precision="fp16")).describe().startswith("onnxruntime-cpu (fused_fp16.onnx")
+    assert "FP32 between casts, slower than the FP32 graph" in caplog.text
+    caplog.clear()
+    make_runner(cfg())
+    assert "between casts" not in caplog.text  # the FP32 graph: nothing to say
     bf16 = make_runner(cfg(precision="bf16"))  # ONNX Runtime has no bf16 graph: auto takes torch
     assert (bf16.name, bf16.precision) == ("torch-fused", "bf16")
     assert resolve_artefact(cfg(precision="bf16"))[2].startswith("--precision bf16")  # not "the run has no export/"

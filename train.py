@@ -32,7 +32,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         if (Path(cfg.out) / "config.json").is_file() and os.environ.get("RANK", "0") == "0":
             # Every finished epoch is on disk (atomic state files): say how to pick it up.
-            print(f"continue with: python train.py --out {shlex.quote(cfg.out)} --resume", file=sys.stderr)
+            # With this invocation's --only-folds: --resume alone would train every unfinished fold.
+            folds = f" --only-folds {','.join(map(str, cfg.only_folds))}" if cfg.only_folds else ""
+            print(f"continue with: python train.py --out {shlex.quote(cfg.out)} --resume{folds}", file=sys.stderr)
         raise
 
 

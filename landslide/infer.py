@@ -405,15 +405,19 @@ def check_threshold(cfg: InferConfig) -> float | None:
     return float(t)
 
 
-def check_out(*paths: Path | None) -> None:
-    """Refuse an output path that is a folder (or lies under a file), which the final os.replace would only
-    find once every patch had been scored."""
-    for p in paths:
+def check_out(out: Path, *derived: Path | None) -> None:
+    """Refuse output paths that are folders (or lie under a file) before any compute: the final os.replace
+    would only find out once every patch had been scored. ``out``: the submission path (--out or its
+    default); ``derived``: the files named after it that this call writes (probabilities, shard files)."""
+    for p in (out, *derived):
         if p is None:
             continue
         if p.is_dir():
-            raise ConfigError("--out names a folder; it is the submission file's path", file=p,
-                              fix=f"name the file: --out {p / 'submission.csv'}")
+            if p == out:
+                raise ConfigError("--out names a folder; it is the submission file's path", file=p,
+                                  fix=f"name the file: --out {p / 'submission.csv'}")
+            raise ConfigError(f"a folder stands where infer writes {p.name} (named after {out.name})", file=p,
+                              fix="move or rename that folder, or pick another --out")
         if (blocker := next((a for a in p.parents if a.exists() and not a.is_dir()), None)) is not None:
             raise ConfigError(f"the output's folder {blocker} is a file", file=p, fix="pick --out in a folder")
 
@@ -430,7 +434,7 @@ def _merge(cfg: InferConfig) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg)[0]
     check_out(out, probs_path(out))
     rerun = _command(cfg, "--shard {i}/{n}")
-    table = read_csv(Path(cfg.data) / SPLITS[cfg.split][0], labelled=False) if cfg.data else None
+    table = read_csv(require_data_dir(cfg.data) / SPLITS[cfg.split][0], labelled=False) if cfg.data else None
     return merge_shards(out, table, rerun, allow_missing=cfg.skip_bad)
 
 
@@ -444,15 +448,17 @@ def main(cfg: InferConfig) -> dict:
     layout = BandLayout.from_dir(data)
     table = read_csv(data / SPLITS[cfg.split][0], labelled=False)
     ids = shard_ids(table.ids, cfg.shard)
+    out, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
+    pout = probs_path(out) if cfg.probs else None
+    written = (out, pout)
+    if cfg.shard:
+        i, n = parse_shard(cfg.shard)
+        written = (shard_path(out, i, n), pout and shard_path(pout, i, n))
+    check_out(out, *written)  # before the runner (a TensorRT EP session can take minutes) and the compute
+    out, pout = written
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")
-    out, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
-    pout = probs_path(out) if cfg.probs else None
-    if cfg.shard:
-        i, n = parse_shard(cfg.shard)
-        out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
-    check_out(out, pout)  # before the compute, not after it
     # A shard's file is written even when it scores nothing, so --merge-shards finds the whole set.
     r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad, allow_empty=bool(cfg.shard))
     for e in r.skipped:

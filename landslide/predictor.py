@@ -56,10 +56,10 @@ class Predictor:
         """Score a Zindi-layout folder's split: ``(ids, probs (N,))`` in CSV order (bad files: see infer)."""
         from landslide.bands import BandLayout
         from landslide.contract import check_data
-        from landslide.data import SPLITS, read_csv
+        from landslide.data import SPLITS, read_csv, require_data_dir
         from landslide.infer import score
 
-        data = Path(data_dir)
+        data = require_data_dir(data_dir)
         check_data(self.contract, BandLayout.from_dir(data), artefact=self.cfg.run, data_dir=data)
         ids = read_csv(data / SPLITS[split][0], labelled=False).ids
         r = score(self.runner, data, split, ids, self.cfg.batch_size, skip_bad)

@@ -2,7 +2,7 @@
 
 ``train.py`` writes ``config.json`` (every field, the versions, the commit, where it ran), ``contract.json``
 (the input contract every artefact carries), ``folds.csv`` and ``metrics.csv`` through here; the per-fold
-weights and states are the fold trainer's (``train.py``). ``--resume`` starts from the saved config and may
+weights and states are the fold trainer's (``landslide/train.py``). ``--resume`` starts from the saved config and may
 change how the run runs but not what it trains (``prepare_run_dir``).
 """
 from __future__ import annotations
@@ -90,8 +90,9 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
             said = "; ".join(f"{as_flag(k, new)} (the run has {as_flag(k, was)})" for k, (was, new) in diff.items())
             flags = ", ".join("--" + k.replace("_", "-") for k in diff)
             raise ConfigError(f"--resume may change how a run runs, not what it trains: {said}", file=cfg_path,
-                              fix=f"drop {flags} (--resume needs only --out; the run's config.json supplies the rest), "
-                                  "or train that change as a new run with --out a new folder")
+                              fix=f"drop {flags} (or the --preset/--config that sets it: --resume needs only --out, the "
+                                  "run's config.json supplies the rest), or train that change as a new run with --out a new "
+                                  "folder")
     run.mkdir(parents=True, exist_ok=True)
     # A run killed mid-write leaves its temp file behind (the real file was never touched): tidy up.
     for tmp in run.rglob(".*.tmp"):

@@ -54,6 +54,7 @@ from landslide.train_config import TrainConfig, arch_model_config, check_config
 
 log = logging.getLogger(__name__)
 
+
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold id ``(N,)`` per row: each class shuffled with ``seed`` and dealt round-robin into ``k`` folds."""
     if k < 2:
@@ -146,7 +147,9 @@ class FoldTrainer:
         """(OOF probabilities, metric rows) when an earlier invocation finished this fold, else None."""
         if not self.state_path.is_file():
             return None
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        # mmap: an unfinished fold's state holds the weights and optimizer (GBs for the full preset), read
+        # here only for its "done" flag.
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False, mmap=True)
         return (state["oof"], state["rows"]) if state.get("done") else None
 
     def run(self) -> tuple[np.ndarray, list[dict]]:
@@ -406,10 +409,11 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     # metrics.csv is rewritten after every epoch, so it is never behind the log: the rows of this
     # process's folds so far, and of folds an earlier invocation finished that this one does not train.
     elsewhere: list[dict] = []
-    for fold in (f for f in range(cfg.folds) if f not in mine and env.is_main):
-        for ai in range(len(cfg.archs)):
-            if got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished():
-                elsewhere.extend(got[1])
+    if env.is_main:
+        for fold in (f for f in range(cfg.folds) if f not in mine):
+            for ai in range(len(cfg.archs)):
+                if got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished():
+                    elsewhere.extend(got[1])
 
     def live_metrics(current: list[dict]) -> None:
         write_metrics(run / "metrics.csv", elsewhere + [row for *_, rs in results for row in rs] + current)

@@ -87,7 +87,8 @@ def test_documented_commands_parse(doc):
                 parser(script).parse_args(argv)
         except SystemExit as e:
             if e.code != 0:  # 0: --help, printed and exited
-                failures.append(f"{script} {' '.join(argv)}: {err.getvalue().strip().splitlines()[-1]}")
+                said = [ln for ln in err.getvalue().splitlines() if "error:" in ln] or err.getvalue().splitlines()[-1:]
+                failures.append(f"{script} {' '.join(argv)}: {said[0]}")
     assert not failures, "\n".join(failures)
 
 

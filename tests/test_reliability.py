@@ -235,7 +235,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(synth_data, tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted" in err
-    assert f"continue with: python train.py --out {run} --resume" in err
+    assert f"continue with: python train.py --out {run} --resume --only-folds 0" in err  # RESUME_ARGS: fold 0 only
     assert state.is_file() and not list(run.rglob(".*.tmp"))
 
 
@@ -243,7 +243,7 @@ def test_resume_with_different_config_is_refused(trained_run):
     run, data = trained_run
     r = run_script("train.py", "--data", str(data), "--out", str(run), "--preset", "tiny", "--lr", "0.5", "--resume")
     _assert_user_error(r, "--resume may change how a run runs, not what it trains: --lr 0.5 (the run has --lr 0.001)",
-                       "drop --lr (--resume needs only --out")
+                       "drop --lr (or the --preset/--config that sets it: --resume needs only --out")
 
 
 # ---------------------------------------------------------------- property-based
@@ -375,17 +375,20 @@ def test_infer_refuses_an_out_that_is_a_folder_before_scoring(trained_run, tmp_p
     from landslide.errors import ConfigError
 
     run, data = trained_run
-    monkeypatch.setattr(infer, "score", lambda *a, **k: pytest.fail("scored before the output path was checked"))
+    monkeypatch.setattr(infer, "make_runner", lambda *a, **k: pytest.fail("a runner built before the output path was checked"))
     (tmp_path / "outdir").mkdir()
     (tmp_path / "sub_probs.csv").mkdir()  # what --probs would write beside --out sub.csv
     (tmp_path / "afile").write_text("x")
-    for out, extra, said in ((tmp_path / "outdir", {}, "--out names a folder"),
-                             (tmp_path / "sub.csv", {"probs": True}, "--out names a folder"),
-                             (tmp_path / "afile" / "sub.csv", {}, "is a file")):
+    outdir = tmp_path / "outdir"
+    for out, extra, said, fix in (
+            (outdir, {}, "--out names a folder", f"name the file: --out {outdir / 'submission.csv'}"),
+            (outdir, {"shard": "1/2"}, "--out names a folder", f"name the file: --out {outdir / 'submission.csv'}"),
+            (tmp_path / "sub.csv", {"probs": True}, "a folder stands where infer writes sub_probs.csv",
+             "move or rename that folder"),
+            (tmp_path / "afile" / "sub.csv", {}, "is a file", "pick --out in a folder"),
+            (outdir, {"merge_shards": True}, "--out names a folder", f"name the file: --out {outdir / 'submission.csv'}")):
         cfg = make_config(infer.InferConfig, {"run": str(run), "data": str(data), "out": str(out), "device": "cpu",
                                               **extra})
         with pytest.raises(ConfigError, match=said) as e:
             infer.main(cfg)
-        assert "Fix:" in str(e.value)
-        if out.name == "outdir":
-            assert f"--out {out / 'submission.csv'}" in str(e.value)
+        assert f"Fix: {fix}" in str(e.value)

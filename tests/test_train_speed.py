@@ -332,6 +332,31 @@ def test_cuda_graph_step_matches_eager():
 
 @pytest.mark.gpu
 @GPU
+def test_cuda_graph_step_resumed_from_an_eager_state_follows_the_schedule():
+    """An eager run's state (float lr) resumed into a graphed step: replays must see each new lr (the
+    saved float, baked in at capture, froze it), so parameters track an eager run on the same schedule."""
+    from landslide.step import load_optimizer_state
+
+    rt = resolve_runtime("cuda", "fp32", "off", "off")
+    a = _model("cuda")
+    eager = _step(a, rt)
+    with ieee_fp32("cuda"):
+        for s in range(2):
+            eager(*_batch("cuda", seed=s))
+        b = copy.deepcopy(a)
+        graphed = _step(b, rt, graphs=True)
+        load_optimizer_state(graphed.opt, copy.deepcopy(eager.opt.state_dict()))
+        graphed.sched.load_state_dict(eager.sched.state_dict())
+        for s in range(2, 6):  # step 2 captures, 3-5 replay while the cosine schedule moves
+            x, y, c = _batch("cuda", seed=s)
+            torch.testing.assert_close(graphed(x, y, c), eager(x, y, c), atol=1e-4, rtol=1e-4)
+    assert graphed.opt.param_groups[0]["lr"].item() == pytest.approx(eager.opt.param_groups[0]["lr"])
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@GPU
 # Compile (auto: on for CUDA) only where the case is about it: each compiling run costs tens of seconds.
 @pytest.mark.parametrize("extra", [
     pytest.param(["--data-backend", "dali", "--compile", "off"],

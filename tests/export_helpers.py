@@ -1,6 +1,6 @@
-"""A tiny trained + exported run shared by test_export.py and test_runtime.py (built once per session).
+"""A tiny trained + exported run shared by test_export.py, test_export_engines.py and test_runtime.py (built once per session).
 
-Not a conftest: main's conftest.py is owned elsewhere; both test files call these helpers, which
+Not a conftest: main's conftest.py is owned elsewhere; the test files call these helpers, which
 reuse the folders under pytest's session base temp once they exist.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The TensorRT build's calls into TensorRT's Python API, with a recording stand-in for the module (TensorRT
-cannot be installed on the machines this suite runs on; the real build is ``test_export::test_tensorrt_engine``,
+cannot be installed on the machines this suite runs on; the real build is ``test_export_engines::test_tensorrt_engine``,
 GPU-marked). What is checked is what this code decides: which graph, which network flags, which builder flags,
 the batch profile, and the timing cache it keeps."""
 from __future__ import annotations

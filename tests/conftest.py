@@ -78,3 +78,19 @@ def run_script(*args: str, timeout: int = 600, env: dict | None = None) -> subpr
         args = (*args, "--device", "cpu")
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """(run, data) of the tiny exported run that test_export*, test_runtime share (export_helpers.py)."""
+    from export_helpers import exported_run
+
+    return exported_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(exported) -> tuple:
+    """The run's fused torch ensemble, its info, reference patches and its probabilities on them."""
+    from export_helpers import reference_outputs
+
+    return reference_outputs(*exported)

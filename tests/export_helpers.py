@@ -1,7 +1,5 @@
-"""A tiny trained + exported run shared by test_export.py, test_export_engines.py and test_runtime.py (built once per session).
-
-Not a conftest: main's conftest.py is owned elsewhere; the test files call these helpers, which
-reuse the folders under pytest's session base temp once they exist.
+"""A tiny trained + exported run shared by test_export.py, test_export_engines.py and test_runtime.py through
+conftest's ``exported``/``reference`` fixtures: built once per session under pytest's base temp, then reused.
 """
 from __future__ import annotations
 
@@ -41,3 +39,14 @@ def exported_run(tmp_path_factory) -> tuple[Path, Path]:
     if not (run / "export" / "fused_fp16.onnx.json").is_file():
         main(make_config(ExportConfig, {"run": str(run), "data": str(data), "n_verify": 24}))
     return run, data
+
+
+def reference_outputs(run: Path, data: Path, n: int = 24) -> tuple:
+    """(fused torch ensemble, its info, ``n`` reference patches, the ensemble's probabilities on them)."""
+    from landslide.ensemble import build_ensemble
+    from landslide.export import onnx as ox
+    from landslide.export import reference_inputs
+
+    fused, info = build_ensemble(run)
+    x = reference_inputs(info, str(data), n)
+    return fused, info, x, ox.torch_run(fused, x)

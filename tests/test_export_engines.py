@@ -13,26 +13,9 @@ import torch
 from test_export import _copy_artefact
 
 from landslide.contract import file_sha256
-from landslide.ensemble import build_ensemble
 from landslide.errors import ConfigError, ContractError
-from landslide.export import ExportConfig, reference_inputs
-from landslide.export import onnx as ox
+from landslide.export import ExportConfig
 from landslide.export.sidecar import read_sidecar, sidecar_path
-
-from export_helpers import exported_run
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(exported):
-    run, data = exported
-    fused, info = build_ensemble(run)
-    x = reference_inputs(info, str(data), 24)
-    return fused, info, x, ox.torch_run(fused, x)
 
 
 @pytest.mark.slow

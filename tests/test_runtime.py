@@ -15,14 +15,7 @@ from landslide.errors import BadFilesError, ConfigError
 from landslide.infer import InferConfig, make_runner
 from landslide.infer import main as infer_main
 
-from export_helpers import exported_run
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_run(tmp_path_factory)
 
 
 def _probs(path: Path) -> dict[str, float]:

@@ -88,7 +88,9 @@ def as_flag(name: str, value: Any) -> str:
     flag = name.replace("_", "-")
     if isinstance(value, bool):
         return f"--{flag}" if value else f"--no-{flag}"
-    return f"--{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
+    import shlex
+
+    return f"--{flag} {shlex.quote(','.join(map(str, value)) if isinstance(value, list) else str(value))}"
 
 
 def _presets_epilog(presets: dict[str, dict] | None) -> str | None:

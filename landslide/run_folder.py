@@ -89,6 +89,8 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         if diff:
             said = "; ".join(f"{as_flag(k, new)} (the run has {as_flag(k, was)})" for k, (was, new) in diff.items())
             flags = ", ".join("--" + k.replace("_", "-") for k in diff)
+            if "epochs" in diff:  # the one most often wished for; the schedule is why it cannot be
+                said += " (the cosine schedule spans the run's epochs: a longer run is another run)"
             raise ConfigError(f"--resume may change how a run runs, not what it trains: {said}", file=cfg_path,
                               fix=f"drop {flags} (or the --preset/--config that sets it: --resume needs only --out, the "
                                   "run's config.json supplies the rest), or train that change as a new run with --out a new "

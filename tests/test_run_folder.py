@@ -125,6 +125,10 @@ def test_resume_of_a_run_whose_config_predates_a_field(trained_run, tmp_path):
     cfg = parse_config(TrainConfig, [*argv, "--lr-scale", "linear"], "", presets=PRESETS, base=saved_config(str(copy)))
     with pytest.raises(ConfigError, match="--lr-scale linear \\(the run has --lr-scale sqrt\\)"):
         prepare_run_dir(cfg)
+    cfg = parse_config(TrainConfig, [*argv, "--epochs", "9"], "", presets=PRESETS, base=saved_config(str(copy)))
+    with pytest.raises(ConfigError, match="--epochs 9 .*the cosine schedule spans the run's epochs") as e:
+        prepare_run_dir(cfg)
+    assert "Fix: drop --epochs" in str(e.value)
 
 
 def script_val_f1(monkeypatch, scores: list[float]) -> list:

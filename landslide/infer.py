@@ -41,7 +41,7 @@ from landslide.data import (
 )
 from landslide.errors import BadFilesError, ConfigError, DataError, MissingArtefactError
 from landslide.runtime import Runner
-from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv
+from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv, write_threshold
 
 log = logging.getLogger(__name__)
 
@@ -390,18 +390,17 @@ def _command(cfg: InferConfig, flag: str) -> str:
 
 
 def check_threshold(cfg: InferConfig) -> float | None:
-    """``--threshold``, refused outside 0-1 (NaN too) and with shards: a shard's calls are made when it is
-    scored, and shard files do not record a threshold, so a merge could not tell a mixed set."""
+    """``--threshold``, refused outside 0-1 (NaN too) and with --merge-shards: a shard's calls are made when
+    it is scored (and recorded beside it, so the merge refuses a set called at two thresholds)."""
     t = cfg.threshold
     if t is None:
         return None
     if not 0 <= t <= 1:
         raise ConfigError(f"--threshold {t}: not a probability", fix="pass a value from 0 to 1, or leave it out for "
                           "the calibrated threshold")
-    if cfg.shard or cfg.merge_shards:
-        raise ConfigError(f"--threshold {t} with {'--shard' if cfg.shard else '--merge-shards'}: shards are called at "
-                          "the calibrated threshold, so every shard of a set is called alike",
-                          fix="drop --threshold, and call the merged submission_probs.csv (--probs) at your threshold")
+    if cfg.merge_shards:
+        raise ConfigError(f"--threshold {t} with --merge-shards: a merge joins calls made when each shard was scored",
+                          fix="drop --threshold here and pass it when scoring the shards (--shard K/N --threshold T)")
     return float(t)
 
 
@@ -467,13 +466,15 @@ def main(cfg: InferConfig) -> dict:
     thr, thr_why = ((runner.threshold, "calibrated") if threshold is None else
                     (threshold, f"--threshold; the calibrated one is {runner.threshold:.4f}"))
     write_submission(out, r.ids, r.probs, thr, pout)
+    if cfg.shard:
+        write_threshold(out, thr, "calibrated" if threshold is None else "--threshold")
     log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f (%s); %.1f patches/s overall (%.2f s), "
              "%.1f patches/s compute (%.2f s)", out, why, ", replacing the one there" if replaced else "",
              f" and {pout.name}" if pout else "", len(r.ids), int((r.probs >= thr).sum()), thr, thr_why,
              len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
     if cfg.shard:
-        log.info("shard %d of %d: once all %d are written, join them with: %s", i, n, n,
-                 _command(cfg, "--merge-shards"))
+        log.info("shard %d of %d: once all %d are written%s, join them with: %s", i, n, n,
+                 "" if threshold is None else f" (each with --threshold {threshold})", _command(cfg, "--merge-shards"))
     if r.skipped:
         whole = "the merged submission will lack them" if cfg.shard else \
             "so it is not a complete submission (Zindi scores complete ones only); mend the files and score again"

@@ -3,11 +3,13 @@
 Shard ``i`` of ``n`` is the contiguous slice ``ids[i*N//n:(i+1)*N//n]`` of the CSV's IDs, written to
 ``<out stem>.shard<i>of<n>.csv`` (probabilities: ``<out stem>_probs.shard<i>of<n>.csv``), so shards run on
 several hosts never overwrite each other or the full submission. :func:`merge_shards` checks the set and
-writes the submission atomically.
+writes the submission atomically. A shard's calls are made when it is scored; ``<shard>.json`` records the
+threshold they were made at, and a merge refuses a set called at two.
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -45,6 +47,43 @@ def probs_path(out: Path) -> Path:
 def shard_path(out: Path, i: int, n: int) -> Path:
     """Shard ``i`` of ``n`` of ``out``: ``<stem>.shard<i>of<n><suffix>`` (found again by this name to merge)."""
     return out.with_name(f"{out.stem}.shard{i}of{n}{out.suffix}")
+
+
+def threshold_path(shard: Path) -> Path:
+    """Where a shard records the threshold its calls were made at: ``<shard file>.json`` (not a shard name)."""
+    return shard.with_name(shard.name + ".json")
+
+
+def write_threshold(shard: Path, threshold: float, source: str) -> None:
+    """Record ``shard``'s threshold (``source``: calibrated | --threshold), so a merge can refuse a mixed set."""
+    with atomic_write(threshold_path(shard)) as f:
+        json.dump({"threshold": threshold, "source": source}, f)
+
+
+def check_thresholds(parts: dict[int, Path], rerun: str) -> float | None:
+    """The one threshold every shard of a set was called at (None when none recorded one: shards written
+    before shards recorded it); refuses a set called at two."""
+    seen: dict[int, dict] = {}
+    for i, p in sorted(parts.items()):
+        if (t := threshold_path(p)).is_file():
+            try:
+                seen[i] = json.loads(t.read_text())
+                float(seen[i]["threshold"])
+            except (OSError, ValueError, KeyError, TypeError):
+                raise DataError("cannot read the shard's threshold record", file=t,
+                                fix=f"score that shard again: {rerun.format(i=i, n=len(parts))}") from None
+    if not seen:
+        return None
+    if unrecorded := [i for i in parts if i not in seen]:
+        log.warning("merge: shard(s) %s record no threshold (scored by an older version); the others were called at "
+                    "%s", unrecorded, sorted({r["threshold"] for r in seen.values()}))
+    values = {float(r["threshold"]) for r in seen.values()}
+    if len(values) > 1:
+        listing = "; ".join(f"shard {i}: {r['threshold']:.4f} ({r['source']})" for i, r in seen.items())
+        raise DataError(f"the shards were called at different thresholds ({listing})", file=parts[min(seen)].parent,
+                        fix="score the odd ones again with the same --threshold as the rest (or none, for the "
+                            f"calibrated one): {rerun.format(i='K', n=len(parts))} [--threshold T]")
+    return values.pop()
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable) -> None:
@@ -114,6 +153,7 @@ def merge_shards(out: Path, table: Table | None, rerun: str, *, allow_missing: b
                             "of one N), then merge again")
     (n, parts), = sets.items()
     header, rows = read_shards(out, n, parts, rerun)
+    threshold = check_thresholds(parts, rerun)
     order = list(rows)
     if table is not None:
         known = set(table.ids)
@@ -133,7 +173,7 @@ def merge_shards(out: Path, table: Table | None, rerun: str, *, allow_missing: b
             log.warning("merge: %d ID(s) of %s are in no shard (skipped as bad when scored), e.g. %s: %s is not a "
                         "complete submission", len(missing), table.path.name, missing[0], out.name)
         order = [i for i in table.ids if i in rows]
-    made = {"out": str(out), "n": len(order), "shards": n}
+    made = {"out": str(out), "n": len(order), "shards": n, "threshold": threshold}
     pout = probs_path(out)
     psets = shard_sets(pout)
     pparts = psets.get(n)
@@ -148,6 +188,7 @@ def merge_shards(out: Path, table: Table | None, rerun: str, *, allow_missing: b
         write_csv(pout, pheader, (prows[i] for i in order))
         made["probs"] = str(pout)
     write_csv(out, header, (rows[i] for i in order))
-    log.info("merged %d shard(s) into %s: %d rows%s", n, out, len(order),
-             f" (and {pout.name})" if "probs" in made else "")
+    log.info("merged %d shard(s) into %s: %d rows%s%s", n, out, len(order),
+             f" (and {pout.name})" if "probs" in made else "",
+             "" if threshold is None else f", called at threshold {threshold:.4f}")
     return made

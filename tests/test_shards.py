@@ -58,7 +58,8 @@ def test_merge_writes_test_csv_order_and_keeps_the_shards(setup):
     run, data, ids = setup
     _write_shards(run, ids, 3, probs=True)
     made = _merge(run, data)
-    assert made == {"out": str(run / "submission.csv"), "n": 9, "shards": 3, "probs": str(run / "submission_probs.csv")}
+    assert made == {"out": str(run / "submission.csv"), "n": 9, "shards": 3, "probs": str(run / "submission_probs.csv"),
+                    "threshold": None}  # these shard files were written by hand: no threshold record
     assert _ids(run / "submission.csv") == ids and _ids(run / "submission_probs.csv") == ids
     rows = {r[0]: r[1] for r in csv.reader(open(run / "submission.csv"))}
     assert rows["ID"] == "Target" and rows["ID_TE0000"] == "0" and rows["ID_TE0001"] == "1"
@@ -219,7 +220,7 @@ def test_commands_named_for_a_train_split_shard_keep_split_train(trained_run, tm
 
 def test_threshold_override_calls_at_the_given_probability(trained_run, tmp_path, caplog):
     """--threshold T: Target = prob >= T, the calibrated threshold named beside it in the log; without it
-    the calibrated one. Outside 0-1 (NaN too), or with shards (their files do not record it), it is refused."""
+    the calibrated one. Outside 0-1 (NaN too), or with --merge-shards (calls are made per shard), refused."""
     from landslide.predictor import Predictor
 
     run, data = trained_run
@@ -242,8 +243,40 @@ def test_threshold_override_calls_at_the_given_probability(trained_run, tmp_path
     assert Predictor(run, device="cpu").threshold == calibrated
     for bad, match in (({"threshold": 1.5}, "not a probability"), ({"threshold": float("nan")}, "not a probability"),
                        ({"threshold": -0.1}, "not a probability"),
-                       ({"threshold": 0.5, "shard": "0/2"}, "with --shard: shards are called at the calibrated"),
-                       ({"threshold": 0.5, "merge_shards": True}, "with --merge-shards")):
+                       ({"threshold": 0.5, "merge_shards": True}, "with --merge-shards: a merge joins calls made")):
         with pytest.raises(ConfigError, match=match):
             infer_main(make_config(InferConfig, {**base, "out": str(tmp_path / "x.csv"), **bad}))
     assert not list(tmp_path.glob("x*.csv"))
+
+
+def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, tmp_path, caplog):
+    """A shard scored with --threshold T records T beside it (and without, the calibrated one); the merge
+    of shards all called at T equals the unsharded submission at T, and a set called at two is refused."""
+    from landslide.shards import threshold_path
+
+    run, data = trained_run
+    base = {"run": str(run), "data": str(data), "device": "cpu"}
+    whole = tmp_path / "whole.csv"
+    infer_main(make_config(InferConfig, {**base, "out": str(whole), "threshold": 0.3}))
+    out = tmp_path / "sub.csv"
+    for k in range(2):
+        infer_main(make_config(InferConfig, {**base, "out": str(out), "shard": f"{k}/2", "threshold": 0.3}))
+    assert json.loads(threshold_path(tmp_path / "sub.shard1of2.csv").read_text()) == {"threshold": 0.3,
+                                                                                      "source": "--threshold"}
+    with caplog.at_level("INFO", logger="landslide.shards"):
+        made = infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
+    assert made["threshold"] == 0.3 and "called at threshold 0.3000" in caplog.text
+    assert out.read_text() == whole.read_text()
+
+    calibrated = json.loads((run / "calibration.json").read_text())["threshold"]
+    infer_main(make_config(InferConfig, {**base, "out": str(out), "shard": "1/2"}))  # shard 1 again, calibrated
+    with pytest.raises(DataError, match=f"different thresholds \\(shard 0: 0.3000 \\(--threshold\\); shard 1: "
+                                        f"{calibrated:.4f} \\(calibrated\\)\\)") as e:
+        infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
+    assert "--shard K/2" in str(e.value) and out.read_text() == whole.read_text()  # nothing overwritten
+    threshold_path(tmp_path / "sub.shard0of2.csv").unlink()  # a shard from before the record: merged, with a warning
+    with caplog.at_level("WARNING", logger="landslide.shards"):
+        assert infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))["threshold"] == \
+            calibrated
+    assert "shard(s) [0] record no threshold" in caplog.text
+

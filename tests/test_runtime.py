@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -269,7 +270,8 @@ def test_sharded_inference_equals_unsharded(exported, tmp_path):
     assert list(parts) == list(whole) and parts == whole  # same IDs, same order once concatenated
     made = infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out),
                                                 "merge_shards": True}))
-    assert made == {"out": str(out), "n": len(whole), "shards": 2, "probs": str(probs_path(out))}
+    calibrated = json.loads((run / "calibration.json").read_text())["threshold"]
+    assert made == {"out": str(out), "n": len(whole), "shards": 2, "probs": str(probs_path(out)), "threshold": calibrated}
     assert _probs(probs_path(out)) == whole and list(_probs(probs_path(out))) == list(whole)
     assert out.read_text() == (tmp_path / "all.csv").read_text()
 

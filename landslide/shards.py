@@ -79,7 +79,7 @@ def check_thresholds(parts: dict[int, Path], rerun: str) -> float | None:
                     "%s", unrecorded, sorted({r["threshold"] for r in seen.values()}))
     values = {float(r["threshold"]) for r in seen.values()}
     if len(values) > 1:
-        listing = "; ".join(f"shard {i}: {r['threshold']:.4f} ({r['source']})" for i, r in seen.items())
+        listing = "; ".join(f"shard {i}: {float(r['threshold']):.4f} ({r.get('source', '?')})" for i, r in seen.items())
         raise DataError(f"the shards were called at different thresholds ({listing})", file=parts[min(seen)].parent,
                         fix="score the odd ones again with the same --threshold as the rest (or none, for the "
                             f"calibrated one): {rerun.format(i='K', n=len(parts))} [--threshold T]")

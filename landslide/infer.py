@@ -41,7 +41,17 @@ from landslide.data import (
 )
 from landslide.errors import BadFilesError, ConfigError, DataError, MissingArtefactError
 from landslide.runtime import Runner
-from landslide.shards import merge_shards, parse_shard, probs_path, shard_ids, shard_path, write_csv, write_threshold
+from landslide.shards import (
+    forget_threshold,
+    merge_shards,
+    parse_shard,
+    probs_path,
+    shard_ids,
+    shard_path,
+    threshold_path,
+    write_csv,
+    write_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -453,8 +463,10 @@ def main(cfg: InferConfig) -> dict:
     if cfg.shard:
         i, n = parse_shard(cfg.shard)
         written = (shard_path(out, i, n), pout and shard_path(pout, i, n))
+    if cfg.shard:
+        written = (*written, threshold_path(written[0]))
     check_out(out, *written)  # before the runner (a TensorRT EP session can take minutes) and the compute
-    out, pout = written
+    out, pout = written[:2]
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")
@@ -465,6 +477,8 @@ def main(cfg: InferConfig) -> dict:
     replaced = out.exists()  # said in the log: another backend's or --data's submission is overwritten
     thr, thr_why = ((runner.threshold, "calibrated") if threshold is None else
                     (threshold, f"--threshold; the calibrated one is {runner.threshold:.4f}"))
+    if cfg.shard:
+        forget_threshold(out)
     write_submission(out, r.ids, r.probs, thr, pout)
     if cfg.shard:
         write_threshold(out, thr, "calibrated" if threshold is None else "--threshold")

@@ -3,12 +3,13 @@
 Shard ``i`` of ``n`` is the contiguous slice ``ids[i*N//n:(i+1)*N//n]`` of the CSV's IDs, written to
 ``<out stem>.shard<i>of<n>.csv`` (probabilities: ``<out stem>_probs.shard<i>of<n>.csv``), so shards run on
 several hosts never overwrite each other or the full submission. :func:`merge_shards` checks the set and
-writes the submission atomically. A shard's calls are made when it is scored; ``<shard>.json`` records the
-threshold they were made at, and a merge refuses a set called at two.
+writes the submission atomically. A shard's calls are made when it is scored; ``<out stem>.shard<i>of<n>.csv.json``
+records the threshold they were made at (and the file's hash), and a merge refuses a set called at two.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -54,35 +55,62 @@ def threshold_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".json")
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # a shard file: one row per ID, small
+
+
+def forget_threshold(shard: Path) -> None:
+    """Drop ``shard``'s record before its file is rewritten: killed between the two writes, the shard is
+    then unrecorded (refused by a merge beside recorded ones), never recorded at its old threshold."""
+    threshold_path(shard).unlink(missing_ok=True)
+
+
 def write_threshold(shard: Path, threshold: float, source: str) -> None:
-    """Record ``shard``'s threshold (``source``: calibrated | --threshold), so a merge can refuse a mixed set."""
+    """Record ``shard``'s threshold (``source``: calibrated | --threshold) and the hash of the file it was
+    written with, so a merge can refuse a mixed set and a record that no longer matches its file."""
     with atomic_write(threshold_path(shard)) as f:
-        json.dump({"threshold": threshold, "source": source}, f)
+        json.dump({"threshold": threshold, "source": source, "sha256": _sha256(shard)}, f)
+
+
+def _read_threshold(shard: Path, rerun: str) -> tuple[float, str] | None:
+    """(threshold, source) of ``shard``'s record, None without one; a record that is unreadable, not a
+    probability, or written for another version of the file is refused (``rerun`` scores it again)."""
+    t = threshold_path(shard)
+    if not t.is_file():
+        return None
+    try:
+        rec = json.loads(t.read_text())
+        value = rec["threshold"]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1  # NaN fails too
+        if not ok:
+            raise ValueError(value)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError("cannot read the shard's threshold record", file=t, fix=f"score that shard again: {rerun}") from None
+    if rec.get("sha256") != _sha256(shard):
+        raise DataError(f"the threshold record does not match {shard.name} (rewritten since it was recorded)", file=t,
+                        fix=f"score that shard again: {rerun}")
+    return float(value), str(rec.get("source", "?"))
 
 
 def check_thresholds(parts: dict[int, Path], rerun: str) -> float | None:
-    """The one threshold every shard of a set was called at (None when none recorded one: shards written
-    before shards recorded it); refuses a set called at two."""
-    seen: dict[int, dict] = {}
-    for i, p in sorted(parts.items()):
-        if (t := threshold_path(p)).is_file():
-            try:
-                seen[i] = json.loads(t.read_text())
-                float(seen[i]["threshold"])
-            except (OSError, ValueError, KeyError, TypeError):
-                raise DataError("cannot read the shard's threshold record", file=t,
-                                fix=f"score that shard again: {rerun.format(i=i, n=len(parts))}") from None
+    """The one threshold every shard of a set was called at: None when no shard records one (a set scored
+    before shards recorded it, all at the calibrated threshold); refuses a set called at two, or one in
+    which some shards record it and some do not (their threshold is unknown)."""
+    n = len(parts)
+    seen = {i: rec for i, p in sorted(parts.items()) if (rec := _read_threshold(p, rerun.format(i=i, n=n)))}
     if not seen:
         return None
-    if unrecorded := [i for i in parts if i not in seen]:
-        log.warning("merge: shard(s) %s record no threshold (scored by an older version); the others were called at "
-                    "%s", unrecorded, sorted({r["threshold"] for r in seen.values()}))
-    values = {float(r["threshold"]) for r in seen.values()}
+    if unrecorded := [i for i in sorted(parts) if i not in seen]:
+        raise DataError(f"shard(s) {unrecorded} record no threshold (scored by an older version, or interrupted), "
+                        f"the others do: the set's calls may mix thresholds", file=parts[unrecorded[0]],
+                        fix=f"score them again: {rerun.format(i=unrecorded[0], n=n)} (with the --threshold of the "
+                            "rest, if they had one)")
+    values = {v for v, _ in seen.values()}
     if len(values) > 1:
-        listing = "; ".join(f"shard {i}: {float(r['threshold']):.4f} ({r.get('source', '?')})" for i, r in seen.items())
+        listing = "; ".join(f"shard {i}: {v:.4f} ({src})" for i, (v, src) in seen.items())
         raise DataError(f"the shards were called at different thresholds ({listing})", file=parts[min(seen)].parent,
                         fix="score the odd ones again with the same --threshold as the rest (or none, for the "
-                            f"calibrated one): {rerun.format(i='K', n=len(parts))} [--threshold T]")
+                            f"calibrated one): {rerun.format(i='K', n=n)} [--threshold T]")
     return values.pop()
 
 
@@ -150,7 +178,7 @@ def merge_shards(out: Path, table: Table | None, rerun: str, *, allow_missing: b
                             for n, s in sorted(sets.items()))
         raise DataError(f"shard files of more than one shard count ({listing})", file=out.parent,
                         fix=f"delete the files of the set that is stale (all {out.stem}.shard*of<N>{out.suffix} "
-                            "of one N), then merge again")
+                            "of one N, and their .json records), then merge again")
     (n, parts), = sets.items()
     header, rows = read_shards(out, n, parts, rerun)
     threshold = check_thresholds(parts, rerun)

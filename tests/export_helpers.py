@@ -50,3 +50,15 @@ def reference_outputs(run: Path, data: Path, n: int = 24) -> tuple:
     fused, info = build_ensemble(run)
     x = reference_inputs(info, str(data), n)
     return fused, info, x, ox.torch_run(fused, x)
+
+
+def copy_artefact(src: Path, dst_dir: Path) -> Path:
+    """``src`` and its sidecar copied into ``dst_dir`` (to tamper with the copy, not the shared run)."""
+    import shutil
+
+    from landslide.export.sidecar import sidecar_path
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst_dir / src.name)
+    shutil.copy(sidecar_path(src), sidecar_path(dst_dir / src.name))
+    return dst_dir / src.name

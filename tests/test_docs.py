@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_help_lists_each_preset_as_flags_that_give_that_preset():
     for block in blocks:
         name, flags = block.split(": ", 1)
         preset = parse_config(TrainConfig, ["--preset", name], "", presets=presets)
-        typed = parse_config(TrainConfig, flags.split(), "", presets=presets)
+        typed = parse_config(TrainConfig, shlex.split(flags), "", presets=presets)  # as_flag quotes values
         assert typed != TrainConfig() and dataclasses.replace(preset, preset=typed.preset) == typed, name
 
 

@@ -20,6 +20,8 @@ from landslide.export import onnx as ox
 from landslide.export.sidecar import read_sidecar, sidecar_path
 from landslide.infer import InferConfig, make_runner
 
+from export_helpers import copy_artefact
+
 
 def test_every_artefact_has_a_checked_sidecar(exported):
     run, _ = exported
@@ -188,18 +190,11 @@ def test_fp16_graph_is_also_checked_on_the_cuda_ep_where_there_is_one(exported, 
             ox.ort_run(run / "export" / "fused_fp16.onnx", x[:2], provider="CUDAExecutionProvider")
 
 
-def _copy_artefact(src: Path, dst_dir: Path) -> Path:
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src, dst_dir / src.name)
-    shutil.copy(sidecar_path(src), sidecar_path(dst_dir / src.name))
-    return dst_dir / src.name
-
-
 def test_tampered_artefact_refused(exported, tmp_path):
     from landslide.runtime.onnxruntime import OnnxRunner
 
     run, _ = exported
-    path = _copy_artefact(run / "export" / "fused.onnx", tmp_path)
+    path = copy_artefact(run / "export" / "fused.onnx", tmp_path)
     with open(path, "r+b") as f:  # flip one byte near the end (inside the weights)
         f.seek(-100, 2)
         b = f.read(1)
@@ -259,7 +254,7 @@ def test_wrong_bands_refused(exported, tmp_path):
 
 def test_stale_preprocess_version_refused(exported, tmp_path):
     run, _ = exported
-    path = _copy_artefact(run / "export" / "fused.onnx", tmp_path)
+    path = copy_artefact(run / "export" / "fused.onnx", tmp_path)
     side = json.loads(sidecar_path(path).read_text())
     side["contract"]["preprocess_version"] = 0
     sidecar_path(path).write_text(json.dumps(side))

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export import _copy_artefact
 
 from landslide.contract import file_sha256
 from landslide.errors import ConfigError, ContractError
 from landslide.export import ExportConfig
 from landslide.export.sidecar import read_sidecar, sidecar_path
+
+from export_helpers import copy_artefact
 
 
 @pytest.mark.slow
@@ -76,7 +77,7 @@ def test_aoti_build_and_run(exported, reference, tmp_path):
     assert str(e.value).endswith(f"Fix: rebuild it: python export.py {run.resolve()} --engine aoti --engine-dir "
                                  f"{path.parent} --min-batch 8 --opt-batch 8 --max-batch 16 --rebuild")
     # A tampered package: the fix names the real run, engine folder and profile, and forces the rebuild.
-    tampered = _copy_artefact(path, tmp_path / "tampered")
+    tampered = copy_artefact(path, tmp_path / "tampered")
     tampered.write_bytes(tampered.read_bytes()[:-1] + bytes([tampered.read_bytes()[-1] ^ 0xFF]))
     with pytest.raises(ContractError, match="sha256") as e:
         AotiRunner(tampered)

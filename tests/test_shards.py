@@ -252,6 +252,7 @@ def test_threshold_override_calls_at_the_given_probability(trained_run, tmp_path
 def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, tmp_path, caplog):
     """A shard scored with --threshold T records T beside it (and without, the calibrated one); the merge
     of shards all called at T equals the unsharded submission at T, and a set called at two is refused."""
+    from landslide.contract import file_sha256
     from landslide.shards import threshold_path
 
     run, data = trained_run
@@ -261,8 +262,8 @@ def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, t
     out = tmp_path / "sub.csv"
     for k in range(2):
         infer_main(make_config(InferConfig, {**base, "out": str(out), "shard": f"{k}/2", "threshold": 0.3}))
-    assert json.loads(threshold_path(tmp_path / "sub.shard1of2.csv").read_text()) == {"threshold": 0.3,
-                                                                                      "source": "--threshold"}
+    rec = json.loads(threshold_path(tmp_path / "sub.shard1of2.csv").read_text())
+    assert rec == {"threshold": 0.3, "source": "--threshold", "sha256": file_sha256(tmp_path / "sub.shard1of2.csv")}
     with caplog.at_level("INFO", logger="landslide.shards"):
         made = infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
     assert made["threshold"] == 0.3 and "called at threshold 0.3000" in caplog.text
@@ -274,9 +275,20 @@ def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, t
                                         f"{calibrated:.4f} \\(calibrated\\)\\)") as e:
         infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
     assert "--shard K/2" in str(e.value) and out.read_text() == whole.read_text()  # nothing overwritten
-    threshold_path(tmp_path / "sub.shard0of2.csv").unlink()  # a shard from before the record: merged, with a warning
-    with caplog.at_level("WARNING", logger="landslide.shards"):
-        assert infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))["threshold"] == \
-            calibrated
-    assert "shard(s) [0] record no threshold" in caplog.text
+    # A record that no longer matches its file (rewritten since, by hand or by an older version): refused.
+    shard1 = tmp_path / "sub.shard1of2.csv"
+    shard1.write_text(shard1.read_text().replace(",0\n", ",1\n"))
+    with pytest.raises(DataError, match="threshold record does not match sub.shard1of2.csv") as e:
+        infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
+    assert "--shard 1/2" in str(e.value)
+    # Some shards recorded and some not (killed between the two writes, or an older version): refused too.
+    threshold_path(shard1).unlink()
+    with pytest.raises(DataError, match=r"shard\(s\) \[1\] record no threshold"):
+        infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
+    threshold_path(tmp_path / "sub.shard0of2.csv").unlink()  # none recorded: a set from before the records
+    assert infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))["threshold"] is None
+    for bad in ('{"threshold": true}', '{"threshold": NaN}', '{"threshold": "0.3"}', "[]"):
+        threshold_path(shard1).write_text(bad)
+        with pytest.raises(DataError, match="cannot read the shard's threshold record"):
+            infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import subprocess
 import sys
@@ -345,7 +346,10 @@ def test_cuda_graph_step_resumed_from_an_eager_state_follows_the_schedule():
             eager(*_batch("cuda", seed=s))
         b = copy.deepcopy(a)
         graphed = _step(b, rt, graphs=True)
-        load_optimizer_state(graphed.opt, copy.deepcopy(eager.opt.state_dict()))
+        buf = io.BytesIO()  # as a resume reads it: saved, then loaded onto the CPU
+        torch.save(eager.opt.state_dict(), buf)
+        buf.seek(0)
+        load_optimizer_state(graphed.opt, torch.load(buf, map_location="cpu"))
         graphed.sched.load_state_dict(eager.sched.state_dict())
         for s in range(2, 6):  # step 2 captures, 3-5 replay while the cosine schedule moves
             x, y, c = _batch("cuda", seed=s)

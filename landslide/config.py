@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -88,8 +89,6 @@ def as_flag(name: str, value: Any) -> str:
     flag = name.replace("_", "-")
     if isinstance(value, bool):
         return f"--{flag}" if value else f"--no-{flag}"
-    import shlex
-
     return f"--{flag} {shlex.quote(','.join(map(str, value)) if isinstance(value, list) else str(value))}"
 
 

@@ -47,9 +47,7 @@ class Runtime:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        precision = self.precision
-        if self.device.type == "cuda" and precision == "fp32" and torch.backends.cudnn.allow_tf32:
-            precision += " (convolutions in TF32: cuDNN's default)"  # a 10-bit mantissa: say so beside "fp32"
+        precision = self.precision + (tf32_note(self.device) if self.precision == "fp32" else "")
         return (f"device={self.device} ({name}) precision={precision} "
                 f"channels_last={'on' if self.channels_last else 'off'} compile={'on' if self.compile else 'off'}")
 
@@ -58,6 +56,12 @@ def sync(device: torch.device | str | None) -> None:
     """Wait for the device's queued work, so a clock read after it measures that work (no-op on the CPU)."""
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def tf32_note(device: torch.device) -> str:
+    """What to say beside "fp32" for work on ``device``: on CUDA cuDNN runs fp32 convolutions in TF32 by
+    default (a 10-bit mantissa), which a bare "fp32" would hide."""
+    return " (convolutions in TF32: cuDNN's default)" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else ""
 
 
 @contextlib.contextmanager

@@ -457,16 +457,13 @@ def main(cfg: InferConfig) -> dict:
     layout = BandLayout.from_dir(data)
     table = read_csv(data / SPLITS[cfg.split][0], labelled=False)
     ids = shard_ids(table.ids, cfg.shard)
-    out, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
-    pout = probs_path(out) if cfg.probs else None
-    written = (out, pout)
+    asked, why = (Path(cfg.out), "--out") if cfg.out else default_out(cfg)
+    out, pout = asked, probs_path(asked) if cfg.probs else None
     if cfg.shard:
         i, n = parse_shard(cfg.shard)
-        written = (shard_path(out, i, n), pout and shard_path(pout, i, n))
-    if cfg.shard:
-        written = (*written, threshold_path(written[0]))
-    check_out(out, *written)  # before the runner (a TensorRT EP session can take minutes) and the compute
-    out, pout = written[:2]
+        out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
+    # Before the runner (a TensorRT EP session can take minutes) and the compute.
+    check_out(asked, out, pout, threshold_path(out) if cfg.shard else None)
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")

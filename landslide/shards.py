@@ -9,13 +9,13 @@ records the threshold they were made at (and the file's hash), and a merge refus
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from landslide.contract import file_sha256
 from landslide.data import Table
 from landslide.errors import ConfigError, DataError
 from landslide.io import atomic_write
@@ -55,10 +55,6 @@ def threshold_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()  # a shard file: one row per ID, small
-
-
 def forget_threshold(shard: Path) -> None:
     """Drop ``shard``'s record before its file is rewritten: killed between the two writes, the shard is
     then unrecorded (refused by a merge beside recorded ones), never recorded at its old threshold."""
@@ -69,7 +65,7 @@ def write_threshold(shard: Path, threshold: float, source: str) -> None:
     """Record ``shard``'s threshold (``source``: calibrated | --threshold) and the hash of the file it was
     written with, so a merge can refuse a mixed set and a record that no longer matches its file."""
     with atomic_write(threshold_path(shard)) as f:
-        json.dump({"threshold": threshold, "source": source, "sha256": _sha256(shard)}, f)
+        json.dump({"threshold": threshold, "source": source, "sha256": file_sha256(shard)}, f)
 
 
 def _read_threshold(shard: Path, rerun: str) -> tuple[float, str] | None:
@@ -86,7 +82,7 @@ def _read_threshold(shard: Path, rerun: str) -> tuple[float, str] | None:
             raise ValueError(value)
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError("cannot read the shard's threshold record", file=t, fix=f"score that shard again: {rerun}") from None
-    if rec.get("sha256") != _sha256(shard):
+    if rec.get("sha256") != file_sha256(shard):
         raise DataError(f"the threshold record does not match {shard.name} (rewritten since it was recorded)", file=t,
                         fix=f"score that shard again: {rerun}")
     return float(value), str(rec.get("source", "?"))

@@ -406,16 +406,17 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     mine = folds[env.rank::env.world_size] if env.fold_parallel else folds
     fold_env = env if env.ddp else DistEnv()  # fold-parallel ranks train their folds alone
     results: list[tuple[int, int, np.ndarray, list[dict]]] = []
-    # metrics.csv is rewritten after every epoch, so it is never behind the log: the rows of this
-    # process's folds so far, and of folds an earlier invocation finished that this one does not train.
-    elsewhere: list[dict] = []
+    # Folds this process does not train that an earlier invocation finished (--only-folds): read once,
+    # for metrics.csv from its first write and for the calibration at the end.
+    earlier: dict[tuple[int, int], tuple[np.ndarray, list[dict]]] = {}
     if env.is_main:
         for fold in (f for f in range(cfg.folds) if f not in mine):
             for ai in range(len(cfg.archs)):
                 if got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished():
-                    elsewhere.extend(got[1])
+                    earlier[fold, ai] = got
+    elsewhere = [row for _, rs in earlier.values() for row in rs]
 
-    def live_metrics(current: list[dict]) -> None:
+    def live_metrics(current: list[dict]) -> None:  # after every epoch: metrics.csv is never behind the log
         write_metrics(run / "metrics.csv", elsewhere + [row for *_, rs in results for row in rs] + current)
 
     for fold in mine:
@@ -435,13 +436,9 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     elif not env.is_main:
         return {}
 
-    # --only-folds trains some folds; the others may have been finished by an earlier invocation.
-    have = {(fold, ai) for fold, ai, *_ in results}
-    for fold in range(cfg.folds):
-        for ai in range(len(cfg.archs)):
-            if (fold, ai) not in have and (got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished()):
-                results.append((fold, ai, *got))
-    have = {(fold, ai) for fold, ai, *_ in results}
+    have = {(fold, ai) for fold, ai, *_ in results}  # fold-parallel ranks return earlier-finished folds too
+    results += [(fold, ai, *got) for (fold, ai), got in earlier.items() if (fold, ai) not in have]
+    have |= set(earlier)
     todo = sorted({fold for fold in range(cfg.folds) for ai in range(len(cfg.archs)) if (fold, ai) not in have})
     oof = np.full((len(labels), len(cfg.archs)), np.nan)
     rows: list[dict] = []

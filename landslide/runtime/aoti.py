@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from landslide.device import tf32_note
 from landslide.errors import ContractError
 from landslide.export.sidecar import read_sidecar, rebuild_command
 from landslide.runtime import Runner, fit_profile
@@ -62,6 +63,4 @@ class AotiRunner(Runner):
 
     def describe(self) -> str:
         # Checked in true fp32 when built (export/aoti.py); served with the process's TF32 setting, as torch is.
-        tf32 = self.device.type == "cuda" and torch.backends.cudnn.allow_tf32
-        return (f"aoti ({self.path.name}, device={self.sidecar['device_name']}, precision=fp32"
-                f"{' (convolutions in TF32: cuDNN default)' if tf32 else ''})")
+        return f"aoti ({self.path.name}, device={self.sidecar['device_name']}, precision=fp32{tf32_note(self.device)})"

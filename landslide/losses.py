@@ -9,7 +9,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
                reduction: str = "mean") -> torch.Tensor:
     """``alpha_t * (1 - p_t)^gamma * BCE(logits, target)``; ``logits``/``target`` ``(B,)``, target in [0, 1].
 
-    ``alpha < 0`` disables the class weighting. Computed in float32 whatever the autocast dtype.
+    ``alpha < 0`` disables the class weighting (``alpha = 0`` weights only the negatives). Computed in
+    float32 whatever the autocast dtype.
     """
     logits, target = logits.float(), target.float()
     p = torch.sigmoid(logits)
@@ -22,4 +23,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
         return loss.mean()
     if reduction == "sum":
         return loss.sum()
-    return loss
+    if reduction == "none":
+        return loss
+    raise ValueError(f"focal_loss: reduction {reduction!r}; use 'mean', 'sum' or 'none'")

@@ -33,6 +33,16 @@ def test_flips_and_rot90_are_exact():
     assert any(torch.allclose(r, torch.rot90(x, s, (2, 3)), atol=1e-4) for s in (1, -1))
 
 
+def test_shift_moves_along_its_own_axis():
+    """``dx`` shifts along the width, ``dy`` along the height, by that fraction of the patch (the matrix
+    maps output to input, so a positive shift moves the content towards index 0)."""
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 10, 20] = 1.0
+    for kw, want in (({"dx": 0.25}, [10, 12]), ({"dy": 0.25}, [2, 20]), ({"dx": -0.125, "dy": 0.125}, [6, 24])):
+        out = apply(x, params(1, **kw))[0, 0]
+        assert (out > 0.5).nonzero().tolist() == [want], kw
+
+
 def test_a_flip_twice_is_identity():
     x = torch.randn(3, 12, 64, 64)
     p = params(3, h=True)
@@ -97,6 +107,27 @@ def test_cutmix_label_equals_pasted_area():
     xm, ym, _ = mixer(x, y, y.clone(), torch.Generator().manual_seed(1))
     # Label = share of pixels that come from a positive image.
     assert torch.allclose(ym, xm.mean((1, 2, 3)), atol=1e-6)
+
+
+def test_mix_and_switch_probabilities():
+    """``prob`` is the share of batches mixed at all, ``switch_prob`` the share of those that get CutMix."""
+    mixer = Mixer(MixConfig(mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.3, switch_prob=0.8), seed=2)
+    consts = torch.arange(8.0) * 10 + 1  # image i is the constant 10*i + 1
+    x = consts.view(8, 1, 1, 1).expand(8, 1, 16, 16).contiguous()
+    y = torch.zeros(8)
+    g = torch.Generator().manual_seed(0)
+    kinds = {"none": 0, "cutmix": 0, "mixup": 0}
+    for _ in range(600):
+        xm, _, _ = mixer(x, y, y, g)
+        if xm is x:
+            kinds["none"] += 1
+        elif torch.isin(xm, consts).all():  # CutMix pastes whole pixels: only the original constants remain
+            kinds["cutmix"] += 1
+        else:
+            kinds["mixup"] += 1
+    mixed = kinds["cutmix"] + kinds["mixup"]
+    assert mixed / 600 == pytest.approx(0.3, abs=0.06)
+    assert kinds["cutmix"] / mixed == pytest.approx(0.8, abs=0.1)
 
 
 def test_unmixed_when_prob_zero():

@@ -5,6 +5,11 @@ from landslide.errors import DataError
 
 
 def test_default_layout_is_zindi_order():
+    # The official starter notebook's channel order, written out here (not derived from ALL_BANDS), so a
+    # reordered constant fails: every model, cache and contract indexes channels through it.
+    assert ALL_BANDS == ("red", "green", "blue", "nir",
+                         "vv_desc", "vh_desc", "vv_desc_diff", "vh_desc_diff",
+                         "vv_asc", "vh_asc", "vv_asc_diff", "vh_asc_diff")
     lay = BandLayout()
     assert lay.names == ALL_BANDS and lay.n_channels == 12
     assert lay.optical_idx == [0, 1, 2, 3]
@@ -21,6 +26,11 @@ def test_optical_only_has_no_sar(tmp_path):
     (tmp_path / "bands.txt").write_text("red\ngreen\nblue\n")
     lay = BandLayout.from_dir(tmp_path)
     assert lay.names == ("red", "green", "blue") and lay.sar_idx == []
+
+
+def test_bands_file_skips_comments_blank_lines_bom_and_crlf(tmp_path):
+    (tmp_path / "bands.txt").write_bytes("\ufeff# written by an export script\r\nred\r\n\r\n  nir \r\n# end\r\n".encode())
+    assert BandLayout.from_dir(tmp_path).names == ("red", "nir")
 
 
 def test_missing_bands_file_means_all_bands(tmp_path):

@@ -44,6 +44,7 @@ def test_calibrate_output():
     cal = calibrate(y, probs, ["a", "b"])
     assert set(cal) >= {"threshold", "weights", "oof_f1", "per_arch"}
     assert cal["oof_f1"] == 1.0 and abs(sum(cal["weights"].values()) - 1) < 1e-9
+    assert (cal["n"], cal["n_pos"]) == (6, 3)
 
 
 def test_crossfit_calls_each_fold_at_the_other_folds_threshold():
@@ -98,6 +99,13 @@ def test_calibration_threshold_and_f1_are_the_weighted_ensembles():
     w = np.array([cal["weights"]["a"], cal["weights"]["b"]])
     thr, f1 = best_threshold(y, probs @ w)
     assert (cal["threshold"], cal["oof_f1"]) == (pytest.approx(thr), pytest.approx(f1))
+    # The diagnostics beside it, by hand from the same probabilities (here F1 at 0.5 is well below the best).
+    p = probs @ w
+    call = p >= 0.5
+    tp, fp, fn = int(np.sum(call & (y == 1))), int(np.sum(call & (y == 0))), int(np.sum(~call & (y == 1)))
+    assert cal["oof_f1_at_0.5"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) and cal["oof_f1_at_0.5"] < f1 - 0.02
+    pc = np.clip(p, 1e-7, 1 - 1e-7)  # some rows are exactly 0 or 1 here
+    assert cal["oof_log_loss"] == pytest.approx(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)))
     grid = [brute_best_f1(y, probs @ np.array([k / 20, 1 - k / 20])) for k in range(21)]
     assert cal["oof_f1"] == pytest.approx(max(grid))
     for i, arch in enumerate("ab"):

@@ -28,6 +28,23 @@ def test_mean_reduction_and_gamma_zero_is_weighted_bce():
     assert focal_loss(logits, y, alpha=-1, gamma=0).item() == pytest.approx(bce.item(), rel=1e-6)
 
 
+def test_reductions_sum_and_none_and_a_wrong_one():
+    logits, y = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 0.0, 0.3])
+    each = [hand_focal(a, b, 0.25, 2.0) for a, b in zip(logits.tolist(), y.tolist())]
+    assert focal_loss(logits, y, reduction="none").tolist() == pytest.approx(each, rel=1e-5)
+    assert focal_loss(logits, y, reduction="sum").item() == pytest.approx(sum(each), rel=1e-5)
+    with pytest.raises(ValueError, match="reduction 'avg'"):
+        focal_loss(logits, y, reduction="avg")
+
+
+def test_alpha_zero_weights_only_the_negatives():
+    """``alpha = 0`` is a class weight (positives x 0, negatives x 1), not "weighting off" (that is alpha < 0)."""
+    logits, y = torch.tensor([-1.0, 1.0]), torch.tensor([1.0, 0.0])
+    loss = focal_loss(logits, y, alpha=0.0, reduction="none")
+    assert loss[0].item() == 0.0
+    assert loss[1].item() == pytest.approx(hand_focal(1.0, 0.0, 0.0, 2.0), rel=1e-5) and loss[1].item() > 0
+
+
 def test_easy_examples_are_down_weighted():
     easy = focal_loss(torch.tensor([5.0]), torch.tensor([1.0]), alpha=-1)
     hard = focal_loss(torch.tensor([-5.0]), torch.tensor([1.0]), alpha=-1)

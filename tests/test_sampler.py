@@ -26,6 +26,14 @@ def test_every_batch_has_the_ratio(bs, frac):
     assert (idx >= 0).all() and (idx < len(y)).all()
 
 
+@pytest.mark.parametrize("bs,frac,want", [(4, 0.95, 3), (4, 0.05, 1), (2, 0.9, 1)])
+def test_extreme_fractions_still_hold_both_classes(bs, frac, want):
+    """round(B * fraction) would give a batch of one class; the sampler keeps at least one of each."""
+    y = _labels(23, 170)
+    idx = BalancedSampler(y, bs, frac, generator=torch.Generator().manual_seed(1)).epoch()
+    assert (y[idx].sum(1) == want).all()
+
+
 @pytest.mark.parametrize("n_pos,bs", [(23, 16), (5, 8), (40, 6)])
 def test_every_positive_seen_within_expected_batches(n_pos, bs):
     y = _labels(n_pos, 300)

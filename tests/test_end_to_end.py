@@ -93,6 +93,25 @@ def test_oof_predictions_are_the_best_checkpoints_tta_probabilities(trained, syn
             np.testing.assert_allclose(got[fold == k], want, atol=2e-6)
 
 
+def test_each_fold_standardises_with_its_own_training_rows_only(trained, synth_data, tmp_path):
+    """Normalisation statistics are fitted on the fold's training rows: the held-out rows (whose OOF
+    probabilities calibrate the ensemble) must not leak into them."""
+    from landslide.contract import checkpoint_path
+    from landslide.data import load_split
+    from landslide.preprocess import fit_stats
+
+    run, _ = trained
+    split = load_split(synth_data, "train", cache_dir=tmp_path)
+    fold = np.array([int(r["fold"]) for r in csv.DictReader(open(run / "oof.csv"))])
+    all_mean, _ = fit_stats(split.x)
+    for k in (0, 1):
+        ck = torch.load(checkpoint_path(run, k, "test_efficientnet"), weights_only=False)
+        mean, std = fit_stats(split.x, np.flatnonzero(fold != k))
+        np.testing.assert_allclose(ck["mean"], mean.tolist(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ck["std"], std.tolist(), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(ck["mean"], all_mean.tolist(), rtol=1e-5, atol=1e-6)
+
+
 def test_fused_ensemble_weighs_archs_and_averages_folds_as_calibrated(trained, tmp_path):
     """The served probability is sum over archs of calibration.json's weight (by name) x the mean over
     folds of the mean over the 4 flip views of sigmoid(logit): checked by hand with uneven weights and

@@ -39,24 +39,25 @@ def _batch(device: str = "cpu", b: int = 8, seed: int = 0):
     return x.to(device), y.to(device), torch.rand(b, generator=g).to(device)
 
 
-def _step(model, rt, graphs=False, compiled=False):
+def _step(model, rt, graphs=False, compiled=False, alpha=0.25, gamma=2.0):
     opt = make_optimizer(model, 1e-3, 1e-4, rt, graphs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
     scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
     fwd = torch.compile(model) if compiled else model
-    return TrainStep(fwd, model, opt, sched, scaler, rt, 0.25, 2.0, graphs=graphs)
+    return TrainStep(fwd, model, opt, sched, scaler, rt, alpha, gamma, graphs=graphs)
 
 
-def test_eager_step_is_a_plain_adamw_step():
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.6, 0.5)])  # the second: not focal_loss's defaults
+def test_eager_step_is_a_plain_adamw_step(alpha, gamma):
     rt = resolve_runtime("cpu")
     model, ref = _model(), _model()
-    step = _step(model, rt)
+    step = _step(model, rt, alpha=alpha, gamma=gamma)
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
     for s in range(2):
         x, y, c = _batch(seed=s)
         loss = step(x, y, c)
-        ref_loss = focal_loss(ref(x, c), y, 0.25, 2.0)
+        ref_loss = focal_loss(ref(x, c), y, alpha, gamma)
         opt.zero_grad()
         ref_loss.backward()
         opt.step()

@@ -43,6 +43,19 @@ def test_bad_layouts_raise(names, msg):
         BandLayout(names)
 
 
+def test_data_with_the_same_bands_in_another_order_is_refused(tmp_path):
+    """Channel order is the contract: the same bands shuffled would be scored with the wrong weights."""
+    from landslide.contract import check_data
+    from landslide.errors import ContractError
+
+    check_data({"bands": ["red", "green", "blue"]}, BandLayout(("red", "green", "blue")), artefact="m.onnx",
+               data_dir=tmp_path)
+    with pytest.raises(ContractError, match="same order") as e:
+        check_data({"bands": ["red", "green", "blue"]}, BandLayout(("blue", "green", "red")), artefact="m.onnx",
+                   data_dir=tmp_path)
+    assert "m.onnx" in str(e.value) and "['blue', 'green', 'red']" in str(e.value)
+
+
 def test_bands_file_error_names_the_file(tmp_path):
     (tmp_path / "bands.txt").write_text("red\nultraviolet\n")
     with pytest.raises(DataError) as e:

@@ -36,6 +36,12 @@ def test_bad_csvs(tmp_path, content, msg):
     assert "Train.csv" in str(e.value) and "Fix:" in str(e.value)
 
 
+def test_float_labels_read_as_their_class(tmp_path):
+    p = tmp_path / "Train.csv"
+    p.write_bytes(b"ID,label\nID_A,1.0\nID_B,0.0\nID_C,1\nID_D,0\n")
+    assert read_csv(p, labelled=True).labels.tolist() == [1, 0, 1, 0]
+
+
 def test_missing_csv(tmp_path):
     with pytest.raises(DataError, match="CSV not found") as e:
         read_csv(tmp_path / "Train.csv", labelled=True)
@@ -115,6 +121,16 @@ def test_nested_layout_is_found(tmp_path):
     d = write_zindi(tmp_path / "d", nested=True)
     s = load_split(d, "train", cache_dir=tmp_path / "c")
     assert s.x.shape == (24, 12, 64, 64)
+
+
+def test_flat_patches_win_over_a_nested_folder_beside_them(tmp_path):
+    """Patches in train_data/ itself are the data; a nested train_data/train_data/ is used only when the
+    outer folder holds none (the official zip's layout)."""
+    d = write_zindi(tmp_path / "d")
+    (d / "train_data" / "train_data").mkdir()
+    assert patch_dir(d, "train") == d / "train_data"
+    n = write_zindi(tmp_path / "n", nested=True)
+    assert patch_dir(n, "train") == n / "train_data" / "train_data"
 
 
 def test_bands_file_subset(tmp_path):

@@ -2,45 +2,27 @@
 
 ``RUN`` is a run folder (torch, or its ``export/`` ONNX graphs) or an artefact file whose suffix
 picks the backend: ``.onnx`` onnxruntime, ``.pt2`` AOTInductor, ``.engine`` TensorRT. ``auto`` picks
-the best this host can run for what was given, and says which in one log line. Patches are read by a
-reader thread two batches ahead of the runner, so file I/O overlaps compute. Every file's .npy header
-is checked before any compute (missing, truncated, wrong shape or dtype); bad files are all named at
-once, those the header check finds together with those whose values are NaN/Inf, and no submission is
-written unless ``--skip-bad``. A ``--shard K/N`` run writes ``<out stem>.shard<K>of<N>.csv``; once all N
+the best this host can run for what was given, and says which in one log line. Reading and scoring
+the patches is :mod:`landslide.scoring`'s (bad files all named at once; no submission is written
+unless ``--skip-bad``). A ``--shard K/N`` run writes ``<out stem>.shard<K>of<N>.csv``; once all N
 are written, ``--merge-shards`` checks and joins them into the submission (see :func:`merge_shards`).
 """
 from __future__ import annotations
 
 import logging
 import shlex
-import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from landslide.bands import BandLayout
 from landslide.config import field
 from landslide.contract import check_data, engine_dir
-from landslide.data import (
-    IO_WORKERS,
-    PATCH_HW,
-    SPLITS,
-    bad_files_fix,
-    bands_file,
-    load_patch,
-    patch_dir,
-    read_csv,
-    read_npy_header,
-    read_patches,
-    require_data_dir,
-)
-from landslide.errors import BadFilesError, ConfigError, DataError, MissingArtefactError
+from landslide.data import SPLITS, read_csv, require_data_dir
+from landslide.errors import ConfigError, ContractError, MissingArtefactError
 from landslide.runtime import Runner
+from landslide.scoring import Scored, iter_batches, prescan, run_batches, score  # noqa: F401 - the module's API too
 from landslide.shards import (
     forget_threshold,
     merge_shards,
@@ -120,6 +102,9 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
     if cfg.backend == "onnxruntime":
         if not graph.is_file():
             raise MissingArtefactError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
+        if stale := stale_export(path, graph):
+            raise ContractError(f"{graph.name} is not this run's ensemble: {stale}", file=graph,
+                                fix=f"export the run again: python export.py {path}")
         return "onnxruntime", graph, "asked for"
     if cfg.backend in ("aoti", "tensorrt"):
         engines = engine_dir(cfg.engine_dir)
@@ -148,8 +133,29 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
         if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
             # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
             return "torch", path, "a CUDA device, and this onnxruntime build has no CUDA provider"
+        if stale := stale_export(path, graph):
+            # The checkpoints are the truth: score them (slower) rather than another ensemble, and say so.
+            log.warning("export/%s skipped: %s (python export.py %s refreshes it)", graph.name, stale, path)
+            return "torch", path, f"the run's export/{graph.name} is stale"
         return "onnxruntime", graph, f"the run has an exported graph ({graph.name})"
     return "torch", path, f"the run has no export/ folder (python export.py {path} makes one)"
+
+
+def stale_export(run: Path, graph: Path) -> str | None:
+    """Why ``run``'s ``export/`` graph is not the run's ensemble as it is now (None when it is): its sidecar
+    records the hash of the checkpoints and calibration it was built from, which retraining, a new
+    calibration.json or an export copied from another run changes. An unreadable sidecar is the runner's
+    to refuse, with its own message."""
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import readable_sidecar, run_hash
+
+    side = readable_sidecar(graph)
+    if side is None or "source_hash" not in side:
+        return None
+    if side["source_hash"] == run_hash(read_run(run)):
+        return None
+    return (f"it was exported from {side.get('source_run', 'another run')} when its checkpoints or calibration "
+            "differed from this run's now (retrained, recalibrated, or copied from another run)")
 
 
 def _gpu_tensorrt(device: str) -> bool:
@@ -253,117 +259,6 @@ def make_runner(cfg: InferConfig) -> Runner:
                           f"{runner.precision}, fixed when it was built", file=path, fix=PRECISION_FIX)
     log.info("backend %s -> %s (%s)", cfg.backend, runner.describe(), why)
     return runner
-
-
-def iter_batches(data: Path, split: str, ids: list[str], layout: BandLayout, batch_size: int,
-                 ahead: int = 2) -> Iterator[tuple[np.ndarray | None, list[str], list[DataError]]]:
-    """Yield ``(x (b, 64, 64, C) float32 | None, ids, bad files)`` per batch, read ``ahead`` batches early."""
-    folder, bands = patch_dir(data, split), bands_file(data)
-
-    def read(chunk: list[str]):  # the file pool overlaps the I/O of one batch
-        return read_patches(files, folder, chunk, layout.n_channels, bands=bands)
-
-    chunks = iter([ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
-    with ThreadPoolExecutor(max_workers=IO_WORKERS) as files, \
-            ThreadPoolExecutor(max_workers=1) as reader:
-        # range first: zip stops on it without pulling (and dropping) one more chunk.
-        pending = deque(reader.submit(read, c) for _, c in zip(range(ahead), chunks))
-        while pending:
-            batch = pending.popleft().result()
-            nxt = next(chunks, None)
-            if nxt is not None:
-                pending.append(reader.submit(read, nxt))
-            yield batch
-
-
-def run_batches(runner: Runner, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities ``(N,)`` for patches already in memory, ``(N, 64, 64, C)`` (used by bench/infer.py)."""
-    out = np.empty(len(x), dtype=np.float32)
-    for s in tqdm(range(0, len(x), batch_size), desc="infer", leave=False, disable=None):
-        out[s:s + batch_size] = runner.predict(x[s:s + batch_size])
-    return out
-
-
-def _header_ok(path: Path, n_channels: int) -> bool:
-    """Cheap check from the .npy header (~128 bytes): real dtype, (64, 64, C) shape, file not truncated."""
-    try:
-        with open(path, "rb") as f:
-            shape, _, dtype = read_npy_header(f)  # thread-safe: prescan runs on a pool
-            start = f.tell()
-    except (OSError, ValueError):
-        return False
-    return (dtype.kind in "biuf" and tuple(shape) == (*PATCH_HW, n_channels)
-            and path.stat().st_size >= start + int(np.prod(shape)) * dtype.itemsize)
-
-
-def prescan(data: Path, split: str, ids: list[str], n_channels: int) -> list[DataError]:
-    """Every file whose header is wrong, with :func:`load_patch`'s message, before any compute.
-
-    Only what the values themselves show (NaN/Inf) is left to the streaming reader.
-    """
-    folder, bands = patch_dir(data, split), bands_file(data)
-
-    def one(id_: str) -> DataError | None:
-        path = folder / f"{id_}.npy"
-        if _header_ok(path, n_channels):
-            return None
-        try:
-            load_patch(path, id_, n_channels, bands=bands)  # the full check names the problem
-        except DataError as e:
-            return e
-        return None
-
-    with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
-        return [e for e in pool.map(one, ids) if e is not None]
-
-
-@dataclass
-class Scored:
-    ids: list[str]
-    probs: np.ndarray           # (N,) float32
-    skipped: list[DataError]
-    compute_s: float
-    total_s: float
-
-
-def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool,
-          allow_empty: bool = False) -> Scored:
-    """Run ``runner`` over the patches of ``ids``; every bad file is named at once (unless ``skip_bad``).
-
-    ``allow_empty``: no patch to score is a result, not an error (a shard may hold no ID, or only bad ones).
-    """
-    layout = BandLayout.from_dir(data)
-    order = {id_: k for k, id_ in enumerate(ids)}
-    bad = prescan(data, split, ids, layout.n_channels)
-    if bad and not skip_bad:
-        # No compute now (the loop below skips it), but the other files are still read: a NaN shows only
-        # in the values, and the user should get every bad file in one message, not one pass per kind.
-        log.warning("%d file(s) failed the header check; reading the other %d for NaN/Inf before failing",
-                    len(bad), len(ids) - len(bad))
-    skip = {e.id for e in bad}
-    ids = [i for i in ids if i not in skip]
-    out_ids: list[str] = []
-    probs: list[np.ndarray] = []
-    compute = 0.0
-    t0 = time.perf_counter()
-    n_batches = (len(ids) + batch_size - 1) // batch_size
-    for x, ok, errs in tqdm(iter_batches(data, split, ids, layout, batch_size), total=n_batches, desc="infer",
-                            leave=False, disable=None):
-        bad += errs
-        if x is None or (bad and not skip_bad):
-            continue  # once a file is bad no submission will be written; keep reading to name them all
-        t = time.perf_counter()
-        probs.append(runner.predict(x))
-        compute += time.perf_counter() - t
-        out_ids += ok
-    bad.sort(key=lambda e: order.get(e.id, -1))  # CSV order, whichever pass found each file
-    if bad and not skip_bad:
-        raise BadFilesError(bad, fix=bad_files_fix(data, split, "score again, or pass --skip-bad to score the "
-                                                                "rest (no submission was written)"))
-    if not out_ids and not allow_empty:
-        raise DataError("no readable patches", file=patch_dir(data, split), fix="check the folder and the CSV IDs")
-    p = np.concatenate(probs).astype(np.float32) if probs else np.zeros(0, np.float32)
-    return Scored(out_ids, p, bad, compute, time.perf_counter() - t0)
 
 
 def default_out(cfg: InferConfig) -> tuple[Path, str]:
@@ -478,7 +373,8 @@ def main(cfg: InferConfig) -> dict:
         forget_threshold(out)
     write_submission(out, r.ids, r.probs, thr, pout)
     if cfg.shard:
-        write_threshold(out, thr, "calibrated" if threshold is None else "--threshold")
+        write_threshold(out, thr, "calibrated" if threshold is None else "--threshold", runner.source_hash,
+                        runner.describe())
     log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f (%s); %.1f patches/s overall (%.2f s), "
              "%.1f patches/s compute (%.2f s)", out, why, ", replacing the one there" if replaced else "",
              f" and {pout.name}" if pout else "", len(r.ids), int((r.probs >= thr).sum()), thr, thr_why,

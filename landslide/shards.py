@@ -4,7 +4,8 @@ Shard ``i`` of ``n`` is the contiguous slice ``ids[i*N//n:(i+1)*N//n]`` of the C
 ``<out stem>.shard<i>of<n>.csv`` (probabilities: ``<out stem>_probs.shard<i>of<n>.csv``), so shards run on
 several hosts never overwrite each other or the full submission. :func:`merge_shards` checks the set and
 writes the submission atomically. A shard's calls are made when it is scored; ``<out stem>.shard<i>of<n>.csv.json``
-records the threshold they were made at (and the file's hash), and a merge refuses a set called at two.
+records the threshold they were made at, the model that scored it (the run's hash) and the file's hash, and a
+merge refuses a set called at two thresholds or scored by two models.
 """
 from __future__ import annotations
 
@@ -61,16 +62,18 @@ def forget_threshold(shard: Path) -> None:
     threshold_path(shard).unlink(missing_ok=True)
 
 
-def write_threshold(shard: Path, threshold: float, source: str) -> None:
-    """Record ``shard``'s threshold (``source``: calibrated | --threshold) and the hash of the file it was
-    written with, so a merge can refuse a mixed set and a record that no longer matches its file."""
+def write_threshold(shard: Path, threshold: float, source: str, model: str, runner: str) -> None:
+    """Record ``shard``'s threshold (``source``: calibrated | --threshold), the model that scored it
+    (``model``: ``Runner.source_hash``, one value for every backend of a run; ``runner``: its description)
+    and the hash of the file it was written with, so a merge can refuse a mixed set and a stale record."""
     with atomic_write(threshold_path(shard)) as f:
-        json.dump({"threshold": threshold, "source": source, "sha256": file_sha256(shard)}, f)
+        json.dump({"threshold": threshold, "source": source, "model": model, "runner": runner,
+                   "sha256": file_sha256(shard)}, f)
 
 
-def _read_threshold(shard: Path, rerun: str) -> tuple[float, str] | None:
-    """(threshold, source) of ``shard``'s record, None without one; a record that is unreadable, not a
-    probability, or written for another version of the file is refused (``rerun`` scores it again)."""
+def _read_threshold(shard: Path, rerun: str) -> dict | None:
+    """``shard``'s record, None without one; a record that is unreadable, not a probability, or written
+    for another version of the file is refused (``rerun`` scores it again)."""
     t = threshold_path(shard)
     if not t.is_file():
         return None
@@ -85,13 +88,15 @@ def _read_threshold(shard: Path, rerun: str) -> tuple[float, str] | None:
     if rec.get("sha256") != file_sha256(shard):
         raise DataError(f"the threshold record does not match {shard.name} (rewritten since it was recorded)", file=t,
                         fix=f"score that shard again: {rerun}")
-    return float(value), str(rec.get("source", "?"))
+    return {"threshold": float(value), "source": str(rec.get("source", "?")), "model": rec.get("model"),
+            "runner": str(rec.get("runner", "?"))}
 
 
 def check_thresholds(parts: dict[int, Path], rerun: str) -> float | None:
     """The one threshold every shard of a set was called at: None when no shard records one (a set scored
-    before shards recorded it, all at the calibrated threshold); refuses a set called at two, or one in
-    which some shards record it and some do not (their threshold is unknown)."""
+    before shards recorded it, all at the calibrated threshold); refuses a set called at two, one in
+    which some shards record it and some do not (their threshold is unknown), and one scored by two
+    models (shards scored on several hosts from different runs or exports)."""
     n = len(parts)
     seen = {i: rec for i, p in sorted(parts.items()) if (rec := _read_threshold(p, rerun.format(i=i, n=n)))}
     if not seen:
@@ -101,12 +106,21 @@ def check_thresholds(parts: dict[int, Path], rerun: str) -> float | None:
                         f"the others do: the set's calls may mix thresholds", file=parts[unrecorded[0]],
                         fix=f"score them again: {rerun.format(i=unrecorded[0], n=n)} (with the --threshold of the "
                             "rest, if they had one)")
-    values = {v for v, _ in seen.values()}
+    models = {r["model"] for r in seen.values() if r["model"] is not None}  # None: recorded before models were
+    if len(models) > 1:
+        listing = "; ".join(f"shard {i}: model {r['model'] or '?'} ({r['runner']})" for i, r in seen.items())
+        raise DataError(f"the shards were scored by different models ({listing})", file=parts[min(seen)].parent,
+                        fix="score the odd ones again with the run (or artefact) the rest were scored with: "
+                            f"{rerun.format(i='K', n=n)}")
+    values = {r["threshold"] for r in seen.values()}
     if len(values) > 1:
-        listing = "; ".join(f"shard {i}: {v:.4f} ({src})" for i, (v, src) in seen.items())
+        listing = "; ".join(f"shard {i}: {r['threshold']:.4f} ({r['source']})" for i, r in seen.items())
         raise DataError(f"the shards were called at different thresholds ({listing})", file=parts[min(seen)].parent,
                         fix="score the odd ones again with the same --threshold as the rest (or none, for the "
                             f"calibrated one): {rerun.format(i='K', n=n)} [--threshold T]")
+    runners = {r["runner"] for r in seen.values()}
+    if len(runners) > 1:  # one model, several backends (hosts with and without a GPU): calls agree to rounding
+        log.info("merge: one model, scored by %s", "; ".join(sorted(runners)))
     return values.pop()
 
 

@@ -146,6 +146,30 @@ def test_backend_resolution(exported, tmp_path, monkeypatch):
         make_runner(make_config(InferConfig, {"run": str(bare), "backend": "onnxruntime"}))
 
 
+def test_a_stale_export_is_never_scored_for_its_run(exported, tmp_path, caplog):
+    """export/ graphs carry the hash of the run they were built from. A copied (moved) run keeps using them;
+    once its calibration (or a checkpoint) changes, or an export is copied in from another run, auto scores
+    the checkpoints with torch and says why, and --backend onnxruntime is refused."""
+    from landslide.errors import ContractError
+
+    run, _ = exported
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    cfg = lambda **kw: make_config(InferConfig, {"run": str(moved), "device": "cpu", **kw})  # noqa: E731
+    fresh = make_runner(cfg())
+    assert fresh.name == "onnxruntime-cpu"
+    assert fresh.source_hash == make_runner(cfg(backend="torch")).source_hash  # one model, two backends
+    cal = json.loads((moved / "calibration.json").read_text())
+    (moved / "calibration.json").write_text(json.dumps({**cal, "threshold": 0.123}))
+    with caplog.at_level("WARNING", logger="landslide.infer"):
+        runner = make_runner(cfg())
+    assert runner.name == "torch-fused" and runner.threshold == pytest.approx(0.123)
+    assert "export/fused.onnx skipped" in caplog.text and f"python export.py {moved}" in caplog.text
+    with pytest.raises(ContractError, match="fused.onnx is not this run's ensemble") as e:
+        make_runner(cfg(backend="onnxruntime"))
+    assert e.value.fix == f"export the run again: python export.py {moved}"
+
+
 def test_the_default_engine_folder_is_the_repositorys_from_any_current_folder(exported, tmp_path, monkeypatch):
     """export and infer meet in ROOT/engines wherever they run; the fix names the folder given, if any."""
     from landslide.contract import engine_dir

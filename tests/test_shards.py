@@ -253,6 +253,8 @@ def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, t
     """A shard scored with --threshold T records T beside it (and without, the calibrated one); the merge
     of shards all called at T equals the unsharded submission at T, and a set called at two is refused."""
     from landslide.contract import file_sha256
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import run_hash
     from landslide.shards import threshold_path
 
     run, data = trained_run
@@ -263,7 +265,10 @@ def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, t
     for k in range(2):
         infer_main(make_config(InferConfig, {**base, "out": str(out), "shard": f"{k}/2", "threshold": 0.3}))
     rec = json.loads(threshold_path(tmp_path / "sub.shard1of2.csv").read_text())
-    assert rec == {"threshold": 0.3, "source": "--threshold", "sha256": file_sha256(tmp_path / "sub.shard1of2.csv")}
+    model = run_hash(read_run(run))  # the model that scored it: the run's checkpoints + calibration
+    assert rec == {"threshold": 0.3, "source": "--threshold", "model": model, "runner": rec["runner"],
+                   "sha256": file_sha256(tmp_path / "sub.shard1of2.csv")}
+    assert rec["runner"].startswith("torch-fused")
     with caplog.at_level("INFO", logger="landslide.shards"):
         made = infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
     assert made["threshold"] == 0.3 and "called at threshold 0.3000" in caplog.text
@@ -292,3 +297,26 @@ def test_shards_record_their_threshold_and_a_mixed_set_is_refused(trained_run, t
         with pytest.raises(DataError, match="cannot read the shard's threshold record"):
             infer_main(make_config(InferConfig, {**base, "out": str(out), "merge_shards": True}))
 
+
+
+def test_shards_scored_by_different_models_are_refused(trained_run, tmp_path, caplog):
+    """Shards scored on several hosts must come from one model: a record naming another run's hash (here
+    written by hand, as a shard scored from another run or a stale export would record it) is refused;
+    one model scored by two backends merges, and the log says which."""
+    from landslide.shards import threshold_path
+
+    run, data = trained_run
+    base = {"run": str(run), "data": str(data), "device": "cpu", "out": str(tmp_path / "sub.csv")}
+    for k in range(2):
+        infer_main(make_config(InferConfig, {**base, "shard": f"{k}/2"}))
+    rec_path = threshold_path(tmp_path / "sub.shard1of2.csv")
+    rec = json.loads(rec_path.read_text())
+    rec_path.write_text(json.dumps({**rec, "runner": "onnxruntime-fused (fused.onnx, precision=fp32)"}))
+    with caplog.at_level("INFO", logger="landslide.shards"):
+        assert infer_main(make_config(InferConfig, {**base, "merge_shards": True}))["shards"] == 2
+    assert "one model, scored by onnxruntime-fused" in caplog.text
+    rec_path.write_text(json.dumps({**rec, "model": "0123456789abcdef"}))
+    with pytest.raises(DataError, match="scored by different models") as e:
+        infer_main(make_config(InferConfig, {**base, "merge_shards": True}))
+    assert f"shard 0: model {rec['model']}" in str(e.value) and "shard 1: model 0123456789abcdef" in str(e.value)
+    assert "--shard K/2" in str(e.value)

@@ -24,6 +24,13 @@ class Runner(ABC):
         """What the probabilities are computed at: an exported artefact's was fixed when it was built."""
         return self.sidecar["precision"]
 
+    @property
+    def source_hash(self) -> str:
+        """Which ensemble this runner computes: the hash of the run's checkpoints and calibration it was built
+        from (``export.sidecar.run_hash``), the same for every backend of one run. Shards record it, so a
+        merge refuses a set scored by different models."""
+        return self.sidecar["source_hash"]
+
     @abstractmethod
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(B, 64, 64, C)`` float32 raw patches -> ``(B,)`` float32 probabilities."""

@@ -1,6 +1,7 @@
 """The torch runner: the fused ensemble module, eager or ``torch.compile``d, on CPU or CUDA."""
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,12 @@ class TorchRunner(Runner):
     @property
     def precision(self) -> str:
         return self.rt.precision
+
+    @cached_property
+    def source_hash(self) -> str:  # hashes every checkpoint: computed only when asked (a shard's record)
+        from landslide.export.sidecar import run_hash
+
+        return run_hash(self.info)
 
     def describe(self) -> str:
         return f"{self.name} ({self.rt.describe()})"

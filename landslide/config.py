@@ -116,7 +116,10 @@ class _Parser(argparse.ArgumentParser):
             flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
             for tok in message.removeprefix("unrecognized arguments: ").split():
                 name = tok.split("=")[0]
-                if name.startswith("--") and (close := difflib.get_close_matches(name, flags, n=1, cutoff=0.6)):
+                # A flag it abbreviates first (`--bat` is --batch-size, not the closer-spelled --data).
+                prefixed = [f for f in flags if f.startswith(name)] if len(name) > 3 else []
+                close = prefixed[:1] if len(prefixed) == 1 else difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+                if name.startswith("--") and close:
                     hints.append(f"  {name}: did you mean {close[0]}? (flags are never abbreviated)")
         self.exit(2, "\n".join([f"{self.prog}: error: {message}", *hints, f"  all flags: {self.prog} --help", ""]))
 

@@ -10,6 +10,7 @@ are written, ``--merge-shards`` checks and joins them into the submission (see :
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,8 @@ def computes_at(backend: str, precision: str) -> bool:
 class InferConfig:
     run: str = field("", "run folder written by train.py, or an artefact (.onnx, .pt2, .engine) from export.py")
     data: str = field("", "Zindi-layout folder with Test.csv and test_data/")
-    out: str = field("", "submission path (default: RUN/submission.csv; beside a .onnx file; for a .pt2/.engine "
+    out: str = field("", "submission path (default: RUN/submission.csv, submission_train.csv for --split train; "
+                         "beside a .onnx file; for a .pt2/.engine "
                          "file the run folder its sidecar names, else the current folder); "
                          "with --shard K/N the shard goes to <out stem>.shard<K>of<N>.csv")
     split: str = field("test", "which CSV to score", choices=("test", "train"))
@@ -101,7 +103,9 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
         return "torch", path, "asked for"
     if cfg.backend == "onnxruntime":
         if not graph.is_file():
-            raise MissingArtefactError("no exported graph in the run folder", file=graph, fix=f"python export.py {path}")
+            raise MissingArtefactError("no exported graph in the run folder", file=graph,
+                                       fix=f"python export.py {path} (a graph exported with --out DIR: pass "
+                                           "DIR/fused.onnx as the run)")
         if stale := stale_export(path, graph):
             raise ContractError(f"{graph.name} is not this run's ensemble: {stale}", file=graph,
                                 fix=f"export the run again: python export.py {path}")
@@ -138,7 +142,8 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             log.warning("export/%s skipped: %s (python export.py %s refreshes it)", graph.name, stale, path)
             return "torch", path, f"the run's export/{graph.name} is stale"
         return "onnxruntime", graph, f"the run has an exported graph ({graph.name})"
-    return "torch", path, f"the run has no export/ folder (python export.py {path} makes one)"
+    return "torch", path, (f"the run has no export/ folder (python export.py {path} makes one; a graph exported "
+                           "with --out DIR is scored by passing DIR/fused.onnx)")
 
 
 def stale_export(run: Path, graph: Path) -> str | None:
@@ -215,9 +220,24 @@ def find_engine(run: Path, folder: Path, backend: str, device: str = "auto") -> 
     return (max(ok, key=lambda p: p.stat().st_mtime) if ok else None), unfit
 
 
+def check_backend_options(cfg: InferConfig, backend: str, why: str) -> None:
+    """Refuse a flag the resolved backend would ignore: asked for, it must take effect (or fail)."""
+    chosen = "was asked for" if cfg.backend != "auto" else f"is what auto chose ({why})"
+    if cfg.compile == "on" and backend != "torch":
+        raise ConfigError(f"--compile on is the torch backend's, and {backend} {chosen}", file=cfg.run,
+                          fix="drop --compile (exported artefacts are compiled already), or add --backend torch")
+    if cfg.provider != "auto" and backend != "onnxruntime":
+        need = "" if backend != "torch" or Path(cfg.run).is_file() else f" (python export.py {cfg.run} makes the graph)"
+        raise ConfigError(f"--provider {cfg.provider} is onnxruntime's, and {backend} {chosen}", file=cfg.run,
+                          fix=f"drop --provider, or add --backend onnxruntime{need}")
+
+
 def make_runner(cfg: InferConfig) -> Runner:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend {cfg.backend!r} unknown", fix=f"use one of {BACKENDS}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: a runner call scores at least one patch",
+                          fix="pass --batch-size 1 or more (default 64)")
     from landslide.device import resolve_device
 
     dev = resolve_device(cfg.device)  # first: engines are checked against and run on the current GPU (cuda:N)
@@ -231,6 +251,7 @@ def make_runner(cfg: InferConfig) -> Runner:
         raise ConfigError(f"--precision {cfg.precision}: the {asked} backend computes at "
                           f"{'|'.join(PRECISIONS[asked])}", file=cfg.run, fix=PRECISION_FIX)
     backend, path, why = resolve_artefact(cfg)
+    check_backend_options(cfg, backend, why)
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
 
@@ -262,12 +283,14 @@ def make_runner(cfg: InferConfig) -> Runner:
 
 
 def default_out(cfg: InferConfig) -> tuple[Path, str]:
-    """(submission path, why) when ``--out`` is not given."""
+    """(submission path, why) when ``--out`` is not given: ``submission.csv``, or ``submission_train.csv``
+    for ``--split train`` (scoring the training rows must not replace the test submission)."""
     run = Path(cfg.run)
+    name = "submission.csv" if cfg.split == "test" else f"submission_{cfg.split}.csv"
     if run.is_dir():
-        return run / "submission.csv", "the run folder"
+        return run / name, "the run folder"
     if run.suffix == ".onnx":  # a graph lives in its run's export/ folder (or one of the user's choosing)
-        return run.parent / "submission.csv", "beside the graph"
+        return run.parent / name, "beside the graph"
     # An engine lives in the engine cache that every run shares: its submission goes to the run it was built
     # from, which the sidecar names, or else here (the runner refuses an engine whose sidecar is unreadable;
     # --merge-shards loads no runner, so an unreadable one just means "here").
@@ -275,8 +298,8 @@ def default_out(cfg: InferConfig) -> tuple[Path, str]:
 
     source = source_run(run)
     if source is not None and source.is_dir():
-        return source / "submission.csv", f"the run folder named by {sidecar_path(run).name}"
-    return Path.cwd() / "submission.csv", "the current folder: the engine's source run is not on this host"
+        return source / name, f"the run folder named by {sidecar_path(run).name}"
+    return Path.cwd() / name, "the current folder: the engine's source run is not on this host"
 
 
 def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: float,
@@ -324,6 +347,14 @@ def check_out(out: Path, *derived: Path | None) -> None:
                               fix="move or rename that folder, or pick another --out")
         if (blocker := next((a for a in p.parents if a.exists() and not a.is_dir()), None)) is not None:
             raise ConfigError(f"the output's folder {blocker} is a file", file=p, fix="pick --out in a folder")
+        try:  # made now, not after the scoring: a folder that cannot be made or written is refused up front
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot make the output's folder ({e.strerror})", file=p.parent,
+                              fix="pick --out in a folder you can write to") from None
+        if not os.access(p.parent, os.W_OK | os.X_OK):
+            raise ConfigError("the output's folder is not writable", file=p.parent,
+                              fix="pick --out in a folder you can write to")
 
 
 def _merge(cfg: InferConfig) -> dict:

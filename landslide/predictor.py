@@ -7,12 +7,15 @@
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from landslide.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -41,19 +44,28 @@ class Predictor:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Raw patches ``(B, 64, 64, C)`` (or one ``(64, 64, C)``) -> probabilities ``(B,)`` (or a scalar)."""
-        x = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: refused below
+            x = np.asarray(x, dtype=np.float32)
         single = x.ndim == 3
         x = x[None] if single else x
         want = tuple(self.contract["input_shape"])
         if x.ndim != 4 or x.shape[1:] != want:
             raise DataError(f"patch array of shape {x.shape[1:] if x.ndim == 4 else x.shape}, expected {want}",
                             fix=f"pass (B, {', '.join(map(str, want))}) raw patches in bands {self.contract['bands']}")
+        if len(x) == 0:
+            return np.zeros(0, np.float32)
+        # As infer.py refuses such files: a NaN patch would come back as a NaN probability, called 0.
+        if bad := np.flatnonzero(~np.isfinite(x).all(axis=(1, 2, 3))).tolist():
+            raise DataError(f"{len(bad)} patch(es) hold NaN/Inf (or values beyond float32), at index "
+                            f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}",
+                            fix="mend or drop those patches before predict()")
         bs = self.cfg.batch_size
         out = np.concatenate([self.runner.predict(x[s:s + bs]) for s in range(0, len(x), bs)])
         return out[0] if single else out
 
     def predict_dir(self, data_dir: str | Path, split: str = "test", skip_bad: bool = False) -> tuple[list[str], np.ndarray]:
-        """Score a Zindi-layout folder's split: ``(ids, probs (N,))`` in CSV order (bad files: see infer)."""
+        """Score a Zindi-layout folder's split: ``(ids, probs (N,))`` in CSV order. Bad files raise, all named
+        at once; ``skip_bad=True`` leaves them out of ``ids`` and logs each one."""
         from landslide.bands import BandLayout
         from landslide.contract import check_data
         from landslide.data import SPLITS, read_csv, require_data_dir
@@ -63,6 +75,11 @@ class Predictor:
         check_data(self.contract, BandLayout.from_dir(data), artefact=self.cfg.run, data_dir=data)
         ids = read_csv(data / SPLITS[split][0], labelled=False).ids
         r = score(self.runner, data, split, ids, self.cfg.batch_size, skip_bad)
+        for e in r.skipped:  # as infer.py: every skipped file named, then the count
+            log.warning("skipped: %s", e.format())
+        if r.skipped:
+            log.warning("%d bad patch file(s) skipped (listed above): %d of the %d IDs scored", len(r.skipped),
+                        len(r.ids), len(ids))
         return r.ids, r.probs
 
     def describe(self) -> str:

@@ -43,10 +43,11 @@ def test_unknown_config_key_fails_naming_the_file(tmp_path):
 
 def test_abbreviated_flags_are_refused_with_the_flag_meant(capsys):
     with pytest.raises(SystemExit) as e:  # argparse would otherwise take --epoch for --epochs
-        parse(["--epoch", "3", "--bach-size=4", "--zzz"])
+        parse(["--epoch", "3", "--bach-size=4", "--zzz", "--bat", "8"])
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert "--epoch: did you mean --epochs?" in err and "--bach-size: did you mean --batch-size?" in err
+    assert "--bat: did you mean --batch-size?" in err  # the flag it abbreviates, not the closer-spelled --data
     assert "--zzz:" not in err and "--help" in err  # nothing close: no guess, but where to look
     assert "usage:" not in err  # the one line that matters, not the whole usage
 

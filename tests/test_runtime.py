@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from landslide.config import make_config
-from landslide.errors import BadFilesError, ConfigError
+from landslide.errors import BadFilesError, ConfigError, DataError
 from landslide.infer import InferConfig, make_runner
 from landslide.infer import main as infer_main
 
@@ -341,6 +341,62 @@ def test_predictor_matches_infer(exported, tmp_path):
     assert p.predict(np.stack([x, x])).shape == (2,)
     with pytest.raises(Exception, match="expected"):
         p.predict(x[:32])
+    assert p.predict(np.zeros((0, *x.shape), np.float32)).shape == (0,)
+    nan, big = x.copy(), x.astype(np.float64)
+    nan[3, 4, 0] = np.nan
+    big[0, 0, 1] = 1e300  # beyond float32: inf once cast
+    with pytest.raises(DataError, match=r"2 patch\(es\) hold NaN/Inf .* at index 1, 2"):
+        p.predict(np.stack([x, nan, big]))
+    with pytest.raises(ConfigError, match="--batch-size 0"):
+        Predictor(run, device="cpu", batch_size=0)
+
+
+def test_predict_dir_names_what_it_skips(exported, tmp_path, caplog):
+    from landslide import Predictor
+
+    run, data = exported
+    d = tmp_path / "d"
+    shutil.copytree(data, d)
+    victim = sorted((d / "test_data").glob("*.npy"))[1]
+    victim.write_bytes(b"not a npy")
+    with caplog.at_level("WARNING", logger="landslide.predictor"):
+        ids, probs = Predictor(run, device="cpu").predict_dir(d, skip_bad=True)
+    assert victim.stem not in ids and len(ids) == len(probs) == len(list(data.glob("test_data/*.npy"))) - 1
+    assert f"skipped: {victim}" in caplog.text or victim.stem in caplog.text
+    assert "1 bad patch file(s) skipped" in caplog.text
+
+
+def test_flags_the_backend_would_ignore_are_refused(exported, tmp_path):
+    run, data = exported
+    cfg = lambda **kw: make_config(InferConfig, {"run": str(run), "device": "cpu", **kw})  # noqa: E731
+    with pytest.raises(ConfigError, match=r"--compile on is the torch backend's, and onnxruntime is what auto chose"):
+        make_runner(cfg(compile="on"))
+    with pytest.raises(ConfigError, match="--compile on is the torch backend's, and onnxruntime was asked for"):
+        make_runner(cfg(compile="on", backend="onnxruntime"))
+    with pytest.raises(ConfigError, match="--provider cpu is onnxruntime's, and torch was asked for") as e:
+        make_runner(cfg(provider="cpu", backend="torch"))
+    assert "add --backend onnxruntime" in e.value.fix
+    for bs in (0, -3):
+        with pytest.raises(ConfigError, match=f"--batch-size {bs}"):
+            infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "batch_size": bs,
+                                                 "out": str(tmp_path / "s.csv")}))
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_scoring(exported, tmp_path, monkeypatch):
+    from landslide import infer
+
+    run, data = exported
+    monkeypatch.setattr(infer, "make_runner", lambda *a, **k: pytest.fail("a runner built before --out was checked"))
+    # /proc takes no new folders, not even root's (a read-only permission bit would not stop root, as CI runs).
+    with pytest.raises(ConfigError, match="cannot make the output's folder") as e:
+        infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": "/proc/landslide-x/s.csv"}))
+    assert "/proc/landslide-x" in str(e.value) and "Fix:" in str(e.value)
+    # A folder that does not exist yet is made up front (and the submission lands in it).
+    monkeypatch.undo()
+    out = tmp_path / "new" / "deeper" / "s.csv"
+    infer_main(make_config(InferConfig, {"run": str(run), "data": str(data), "out": str(out), "device": "cpu"}))
+    assert out.is_file()
 
 
 def test_import_landslide_is_light():
@@ -391,6 +447,8 @@ def test_default_output_path(exported, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     at = lambda path: default_out(make_config(InferConfig, {"run": str(path)}))[0]
     assert at(run) == run / "submission.csv"
+    train = default_out(make_config(InferConfig, {"run": str(run), "split": "train"}))[0]
+    assert train == run / "submission_train.csv"  # scoring the training rows keeps the test submission
     assert at(run / "export" / "fused.onnx") == run / "export" / "submission.csv"
     # An engine sits in the cache every run shares: its submission goes to the run its sidecar names...
     engines = tmp_path / "engines"

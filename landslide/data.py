@@ -140,13 +140,17 @@ def read_npy_header(f: io.BufferedIOBase) -> tuple[tuple[int, ...], bool, np.dty
     return tuple(shape), fortran, dtype
 
 
+class ObjectArrayError(ValueError):
+    """A ``.npy`` of Python objects (pickled): never unpickled, so never loaded."""
+
+
 def read_npy(path: Path) -> np.ndarray:
     """``np.load(path, allow_pickle=False)`` for a plain ``.npy``, safe in many threads at once
     (see ``_HEADER_PARSE``). Raises ValueError for a bad, truncated or object-dtype file."""
     with open(path, "rb") as f:
         shape, fortran, dtype = read_npy_header(f)
         if dtype.hasobject:
-            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+            raise ObjectArrayError("Object arrays cannot be loaded when allow_pickle=False")
         count = int(np.prod(shape, dtype=np.int64))
         arr = np.fromfile(f, dtype=dtype, count=count)  # what np.load does for a real file
     if arr.size != count:
@@ -166,6 +170,9 @@ def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = No
                         fix="restore the file, or remove its row from the CSV")
     try:
         arr = read_npy(path)
+    except ObjectArrayError:
+        raise DataError("the .npy holds Python objects (a pickle), which are never loaded", file=path, id=id_,
+                        fix="save the patch as a numeric array: np.save(path, np.asarray(patch, dtype=np.float32))") from None
     except Exception as e:  # ValueError/OSError/EOFError on bad files
         raise DataError(f"cannot read .npy ({type(e).__name__}: {e})", file=path, id=id_,
                         fix="the file is truncated or not a .npy array; re-extract or re-download it") from None

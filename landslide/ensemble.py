@@ -9,6 +9,7 @@ the same numbers the conventional way (a Python loop over folds and views) as th
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
     if not run.is_dir():
         raise ContractError("run folder not found", file=run,
                             fix="check the path: pass the --out folder train.py wrote (it holds contract.json)")
+    resume = f"python train.py --out {shlex.quote(str(run))} --resume"
     for name, fix in (("contract.json", "train first: python train.py --data DIR --out RUN"),
-                      ("calibration.json", "the run has not finished all folds: re-run train.py with --resume")):
+                      ("calibration.json", f"the run has not finished all folds: finish it with {resume}")):
         if not (run / name).is_file():
             raise ContractError(f"{name} missing: not a finished run folder", file=run / name, fix=fix)
     contract = read_json(run / "contract.json")
@@ -70,7 +72,8 @@ def load_nets(info: RunInfo) -> list[list[LandslideNet]]:
             path = checkpoint_path(info.run_dir, k, arch)
             if not path.is_file():
                 raise ContractError(f"checkpoint for fold {k} / {arch} missing", file=path,
-                                    fix="re-run train.py --resume on this run folder")
+                                    fix=f"train that fold again: python train.py --out {shlex.quote(str(info.run_dir))} "
+                                        f"--resume --only-folds {k}")
             net, ck = load_checkpoint(path)
             if ck["contract"]["bands"] != info.layout.to_list():
                 raise ContractError("checkpoint bands disagree with the run's contract.json", file=path,

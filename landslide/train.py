@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,8 +96,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ContractError(f"cannot read checkpoint ({type(e).__name__}: {e})", file=path,
-                            fix="re-run training, or point at a run folder written by train.py") from None
+        fold = path.parent.name
+        again = (f"delete it and train that fold again: python train.py --out {shlex.quote(str(path.parent.parent))} "
+                 f"--resume --only-folds {fold[4:]}") if fold[4:].isdigit() and fold.startswith("fold") else \
+            "re-run training, or point at a run folder written by train.py"
+        raise ContractError(f"cannot read checkpoint ({type(e).__name__}: {e})", file=path, fix=again) from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ContractError(f"not a {CHECKPOINT_FORMAT} checkpoint", file=path, fix="re-train with this version")
     mcfg = ModelConfig(**{**ck["model_cfg"], "pretrained": ""})  # weights come from the checkpoint
@@ -150,7 +154,7 @@ class FoldTrainer:
         # mmap: an unfinished fold's state holds the weights and optimizer (GBs for the full preset), read
         # here only for its "done" flag.
         state = torch.load(self.state_path, map_location="cpu", weights_only=False, mmap=True)
-        return (state["oof"], state["rows"]) if state.get("done") else None
+        return (state["oof"], state["rows"]) if state.get("done") and self.ckpt_path.is_file() else None
 
     def run(self) -> tuple[np.ndarray, list[dict]]:
         """Train (or resume) to completion; returns (OOF probabilities for the val rows, metric rows)."""
@@ -160,8 +164,13 @@ class FoldTrainer:
         if self.env.is_main:
             self._settle_staged(state)
         if state is not None and state.get("done"):
-            log.info("fold %d %s: finished earlier, reusing its checkpoint", self.fold, self.arch)
-            return state["oof"], state["rows"]
+            if self.ckpt_path.is_file():
+                log.info("fold %d %s: finished earlier, reusing its checkpoint", self.fold, self.arch)
+                return state["oof"], state["rows"]
+            # Its OOF rows alone would calibrate an ensemble that has lost a member: train it again.
+            log.warning("fold %d %s: finished earlier, but its checkpoint %s is missing: training the fold again",
+                        self.fold, self.arch, self.ckpt_path)
+            state = None
 
         env = self.env
         x_all = self.split.x

@@ -99,8 +99,9 @@ def test_truncated_and_corrupt_files(tmp_path):
 def test_object_array_is_refused_without_unpickling(tmp_path):
     p = tmp_path / "ID_X.npy"
     np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="holds Python objects") as e:
         load_patch(p, "ID_X", 12)
+    assert "ID_X" in str(e.value) and "np.save" in e.value.fix and "re-download" not in e.value.fix
 
 
 def test_every_bad_file_is_named_at_once(zindi):

@@ -148,7 +148,17 @@ def test_infer_refuses_a_corrupt_checkpoint(trained_run, tmp_path):
     ck = copy / "fold1" / "test_efficientnet.pt"
     ck.write_bytes(ck.read_bytes()[:100])
     r = run_script("infer.py", str(copy), "--data", str(data))
-    _assert_user_error(r, "cannot read checkpoint", "test_efficientnet.pt")
+    _assert_user_error(r, "cannot read checkpoint", "test_efficientnet.pt",
+                       f"delete it and train that fold again: python train.py --out {copy} --resume --only-folds 1")
+    # Following the fix: the fold's state says "done", but with its checkpoint gone it is trained again
+    # (not "reused" with OOF rows alone), and the run scores.
+    ck.unlink()
+    r = run_script("train.py", "--out", str(copy), "--resume", "--only-folds", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "checkpoint" in r.stderr and "is missing: training the fold again" in r.stderr
+    assert ck.is_file()
+    r = run_script("infer.py", str(copy), "--data", str(data), "--out", str(tmp_path / "s.csv"))
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_train_refuses_to_overwrite_a_run(trained_run, tmp_path):

@@ -78,9 +78,12 @@ def check_data(contract: dict[str, Any], layout: BandLayout, *, artefact: str | 
     checked where the contract was read: ``ensemble.read_run`` for a run, ``read_sidecar`` for an artefact.)"""
     want = contract.get("bands")
     if want != layout.to_list():
+        bands = Path(data_dir) / "bands.txt"
+        declared = f"{bands} declares the data's" if bands.is_file() else \
+            f"{data_dir} has no bands.txt, so its patches are taken as the 12 Zindi bands"
         raise ContractError(f"the artefact was trained on bands {want}, but the data declares {layout.to_list()}",
                             file=artefact,
-                            fix=f"score data with the same bands in the same order (bands.txt in {data_dir}), "
+                            fix=f"score data with the same bands in the same order ({declared}), "
                                 "or train a model on this data")
 
 

@@ -76,7 +76,8 @@ class InferConfig:
                                    "(fp16 on a GPU), onnxruntime on a run folder fp32|fp16 (fused_fp16.onnx); "
                                    "a precision the artefact was not built at is refused",
                            choices=("auto", "fp32", "bf16", "fp16"))
-    compile: str = field("off", "torch backend: torch.compile on|off", choices=("auto", "on", "off"))
+    compile: str = field("off", "torch backend: torch.compile on | off | auto (on for a CUDA device, off on a CPU)",
+                         choices=("auto", "on", "off"))
     provider: str = field("auto", "onnxruntime provider: auto (CUDA EP when --device is a GPU, else CPU) | cpu | cuda | tensorrt",
                           choices=("auto", "cpu", "cuda", "tensorrt", "CPUExecutionProvider", "CUDAExecutionProvider",
                                    "TensorrtExecutionProvider"))

@@ -54,6 +54,12 @@ def test_data_with_the_same_bands_in_another_order_is_refused(tmp_path):
         check_data({"bands": ["red", "green", "blue"]}, BandLayout(("blue", "green", "red")), artefact="m.onnx",
                    data_dir=tmp_path)
     assert "m.onnx" in str(e.value) and "['blue', 'green', 'red']" in str(e.value)
+    assert "has no bands.txt, so its patches are taken as the 12 Zindi bands" in e.value.fix
+    (tmp_path / "bands.txt").write_text("blue\ngreen\nred\n")
+    with pytest.raises(ContractError) as e:
+        check_data({"bands": ["red", "green", "blue"]}, BandLayout.from_dir(tmp_path), artefact="m.onnx",
+                   data_dir=tmp_path)
+    assert f"{tmp_path / 'bands.txt'} declares the data's" in e.value.fix
 
 
 def test_bands_file_error_names_the_file(tmp_path):

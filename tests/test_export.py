@@ -6,7 +6,6 @@ import copy
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from landslide.export import onnx as ox
 from landslide.export.sidecar import read_sidecar, sidecar_path
 from landslide.infer import InferConfig, make_runner
 
-from export_helpers import copy_artefact
+from export_helpers import copy_artefact, export_script, linear_graph
 
 
 def test_every_artefact_has_a_checked_sidecar(exported):
@@ -131,7 +130,7 @@ def test_fp16_graph_parity_on_a_confident_ensemble(exported, reference, tmp_path
     ref = ox.torch_run(confident, x)
     decided = ref >= info.threshold
     assert 0.2 < decided.mean() < 0.8 and ref.max() - ref.min() > 0.5  # a check that can fail
-    path = ox.export_fp16(confident, info, x, ref, tmp_path / "fused_fp16.onnx")  # verifies itself, too
+    path = ox.export_fp16(confident, info, x, ref, tmp_path / "fused_fp16.onnx", "x")  # verifies itself, too
     got = ox.ort_run(path, x)
     assert np.abs(got - ref).max() <= 1e-2 and ((got >= info.threshold) == decided).mean() >= 0.995
 
@@ -144,24 +143,8 @@ def test_verification_refuses_past_tolerance(exported, reference, tmp_path, monk
     real = ox.ort_run
     monkeypatch.setattr(ox, "ort_run", lambda p, a, batch_size=64: real(p, a, batch_size) + 1e-3)
     with pytest.raises(VerificationError):
-        ox.export_fused(fused, info, x[:8], ref[:8], tmp_path / "fused.onnx")
-    assert not sidecar_path(tmp_path / "fused.onnx").exists()
-
-
-def test_a_failing_checker_leaves_no_temp_file_and_the_old_graph(exported, reference, tmp_path, monkeypatch):
-    import onnx
-
-    fused, _, x, _ = reference
-    path = ox.export_onnx(fused, torch.from_numpy(x[:2]), tmp_path / "fused.onnx")
-    before = path.read_bytes()
-
-    def broken(*a, **k):
-        raise onnx.checker.ValidationError("a node the checker refuses")
-
-    monkeypatch.setattr(onnx.checker, "check_model", broken)
-    with pytest.raises(onnx.checker.ValidationError):
-        ox.export_onnx(fused, torch.from_numpy(x[:2]), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"] and path.read_bytes() == before
+        ox.export_fused(fused, info, x[:8], ref[:8], tmp_path / "fused.onnx", "x")
+    assert list(tmp_path.iterdir()) == []  # no graph, no sidecar, no temp folder
 
 
 def test_fp16_graph_is_also_checked_on_the_cuda_ep_where_there_is_one(exported, reference, tmp_path, monkeypatch):
@@ -179,7 +162,7 @@ def test_fp16_graph_is_also_checked_on_the_cuda_ep_where_there_is_one(exported, 
     monkeypatch.setattr(ox, "gpu_check_provider", lambda: True)
     monkeypatch.setattr(ox, "ort_run", gpu_off_by_005)
     with pytest.raises(VerificationError, match="CUDA EP"):
-        ox.export_fp16(fused, info, x[:8], ref[:8], tmp_path / "fused_fp16.onnx")
+        ox.export_fp16(fused, info, x[:8], ref[:8], tmp_path / "fused_fp16.onnx", "x")
     assert calls == ["CPUExecutionProvider", "CUDAExecutionProvider"]
     monkeypatch.setattr(ox, "ort_run", real)
     import onnxruntime as ort
@@ -335,40 +318,22 @@ def test_engine_scan_skips_engines_that_cannot_run_here(exported, tmp_path, capl
     assert e.value.fix == f"python export.py {run} --engine aoti --engine-dir {engines}"
 
 
-def _linear_graph(path: Path, per_weight_files: bool) -> np.ndarray:
-    """A small y = x @ W + b graph saved the way the exporter saves one over 2 GB (a file per weight)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w, b = rng.normal(size=(256, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)  # W: 4 KB
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path), save_as_external_data=per_weight_files, all_tensors_to_one_file=False,
-                    size_threshold=0)
-    return np.ones((2, 256), np.float32) @ w + b
-
-
 def test_oversized_graph_weights_are_gathered_into_one_hashed_file(reference, tmp_path):
-    # Past 2 GB the exporter writes one file per weight; the export keeps one <graph>.data instead, and
-    # the sidecar refuses a graph whose weights file changed or went missing.
+    # Past 2 GB the exporter writes one file per weight; the export keeps one <graph>.data instead (swapped
+    # in with the graph), and the sidecar refuses a graph whose weights file changed or went missing.
     from landslide.export.sidecar import write_sidecar
-
-    tmp, graph = tmp_path / ".g.onnx.tmp", tmp_path / "g.onnx"
-    want = _linear_graph(tmp, per_weight_files=True)
-    assert {p.name for p in tmp_path.iterdir()} == {".g.onnx.tmp", "W", "b"}
-    ox.gather_weights(tmp, graph)
-    tmp.replace(graph)
-    assert {p.name for p in tmp_path.iterdir()} == {"g.onnx", "g.onnx.data"}
-    np.testing.assert_allclose(ox.ort_run(graph, np.ones((2, 256), np.float32)), want, rtol=1e-6)
+    from landslide.export.staging import staged
 
     _, info, _, _ = reference
-    side = write_sidecar(graph, kind="onnx-fused", info=info, precision="fp32", run_sha="x")
+    graph = tmp_path / "g.onnx"
+    with staged(graph) as p:
+        want = linear_graph(p, per_weight_files=True)
+        assert {f.name for f in p.parent.iterdir()} == {"g.onnx", "W", "b"}
+        ox.gather_weights(p)
+        assert {f.name for f in p.parent.iterdir()} == {"g.onnx", "g.onnx.data"}
+        side = write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha="x")
+    assert {f.name for f in tmp_path.iterdir()} == {"g.onnx", "g.onnx.data", "g.onnx.json"}
+    np.testing.assert_allclose(ox.ort_run(graph, np.ones((2, 256), np.float32)), want, rtol=1e-6)
     assert side["data_sha256"] == file_sha256(ox.weights_path(graph))
     read_sidecar(graph)
     ox.weights_path(graph).write_bytes(ox.weights_path(graph).read_bytes()[:-4] + b"\0\0\0\0")
@@ -376,8 +341,46 @@ def test_oversized_graph_weights_are_gathered_into_one_hashed_file(reference, tm
         read_sidecar(graph)
     assert "g.onnx.data" in str(e.value)
 
-    # Re-exported small: its weights are embedded again, and the stale .data file goes.
-    _linear_graph(tmp, per_weight_files=False)
-    ox.gather_weights(tmp, graph)
-    tmp.replace(graph)
-    assert {p.name for p in tmp_path.iterdir()} == {"g.onnx", "g.onnx.json"}
+    # Re-exported small: its weights are embedded again, and the stale .data file goes once it is in place.
+    with staged(graph) as p:
+        linear_graph(p, per_weight_files=False)
+        ox.gather_weights(p)
+        write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha="x")
+    assert {f.name for f in tmp_path.iterdir()} == {"g.onnx", "g.onnx.json"}
+    read_sidecar(graph)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-verify", "0"], "--n-verify 0: every artefact is checked on at least one patch. Fix: pass --n-verify 1"),
+    (["--n-verify", "-5"], "--n-verify -5: every artefact is checked on at least one patch"),
+    (["--min-batch", "0"], "batch profile 0/64/256 is not ordered. Fix: use --min-batch <= --opt-batch"),
+    (["--opt-batch", "512"], "batch profile 1/512/256 is not ordered"),
+    (["--out", "{file}"], "--out {file} is a file; it takes a folder"),
+    (["--engine-dir", "{file}"], "--engine-dir {file} is a file; it takes a folder")])
+def test_bad_export_flags_exit_2_before_anything_is_written(exported, tmp_path, capsys, monkeypatch, flags,
+                                                            message):
+    run, _ = exported
+    file = tmp_path / "a file"
+    file.write_text("")
+    flags = [f.format(file=file) for f in flags]
+    assert export_script(monkeypatch, str(run), "--out", str(tmp_path / "x"), *flags) == 2
+    err = capsys.readouterr().err
+    assert message.format(file=file) in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
+
+
+def test_a_file_passed_as_the_run_folder_is_named_as_a_file(exported, capsys, monkeypatch):
+    run, _ = exported
+    graph = run / "export" / "fused.onnx"
+    assert export_script(monkeypatch, str(graph)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"error: {graph} is a file; export.py takes a run folder (the one train.py --out wrote). "
+                        f"Fix: python export.py {run}")
+    assert "not found" not in err
+
+
+def test_one_verification_patch_is_enough(reference, tmp_path):
+    """--n-verify 1, the smallest accepted: the graph is traced on a batch of 1 and still takes any batch."""
+    fused, info, x, ref = reference
+    path = ox.export_fused(fused, info, x[:1], ref[:1], tmp_path / "fused.onnx", "x")
+    np.testing.assert_allclose(ox.ort_run(path, x[:5]), ref[:5], atol=1e-5)

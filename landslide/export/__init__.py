@@ -3,12 +3,14 @@
 Outputs (default ``RUN_DIR/export/``): ``fold<k>_<arch>.onnx`` per fold, ``fused.onnx`` (the whole
 ensemble on raw NHWC patches), ``fused_fp16.onnx``; each with a ``<file>.json`` sidecar. Engines
 (``--engine tensorrt|aoti``) go to ``--engine-dir`` (default: the repository's ``engines/``, see its README).
-Every artefact is checked against the torch ensemble before its sidecar is written; past tolerance
-the script exits non-zero and the artefact has no sidecar, so no loader will accept it.
+Every artefact is built and checked against the torch ensemble in a temp folder beside its target, and
+swapped in with its sidecar only once verified; past tolerance (or interrupted) the script exits non-zero
+and the previous artefact, if any, stays as it was (``landslide.export.staging``).
 """
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +72,20 @@ def main(cfg) -> dict:
     from landslide.ensemble import build_ensemble
     from landslide.errors import ConfigError
     from landslide.export import onnx as ox
-    from landslide.export.sidecar import run_hash, write_sidecar
+    from landslide.export.sidecar import run_hash, source_run
 
     if not cfg.run:
         raise ConfigError("export needs a run folder", fix="python export.py RUN_DIR")
+    if Path(cfg.run).is_file():  # an artefact, most likely: read_run's "not found" would send the user astray
+        run = source_run(cfg.run)
+        raise ConfigError(f"{cfg.run} is a file; export.py takes a run folder (the one train.py --out wrote)",
+                          fix=f"python export.py {shlex.quote(str(run)) if run else 'RUN_DIR'}")
+    if cfg.n_verify < 1:  # zero patches would verify nothing (and crash); negative ones crash the generator
+        raise ConfigError(f"--n-verify {cfg.n_verify}: every artefact is checked on at least one patch",
+                          fix="pass --n-verify 1 or more (default 256)")
+    for flag, folder in (("--out", cfg.out), ("--engine-dir", cfg.engine_dir)):
+        if folder and Path(folder).is_file():  # else a mkdir traceback after minutes of tracing
+            raise ConfigError(f"{flag} {folder} is a file; it takes a folder", fix=f"pass a folder to {flag}")
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise ConfigError(f"batch profile {cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch} is not ordered",
                           fix="use --min-batch <= --opt-batch <= --max-batch, all >= 1")
@@ -100,22 +112,12 @@ def main(cfg) -> dict:
     ref = ox.torch_run(fused, x)
     made: dict[str, str] = {}
     if cfg.onnx and cfg.folds_onnx:
-        for k, arch, p in ox.export_folds(fused, info, x, out):
-            write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=sha,
-                          extra={"fold": k, "arch": arch,
-                                 "input": {"name": ox.INPUT, "shape": ["batch", info.layout.n_channels, 64, 64],
-                                           "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
-                                 "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})
+        for _, _, p in ox.export_folds(fused, info, x, out, sha):
             made[p.stem] = str(p)
     if cfg.onnx:
-        p = ox.export_fused(fused, info, x, ref, out / "fused.onnx")
-        write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha=sha)
-        made["fused"] = str(p)
+        made["fused"] = str(ox.export_fused(fused, info, x, ref, out / "fused.onnx", sha))
     if cfg.onnx and (cfg.fp16 or cfg.engine == "tensorrt"):
-        p = ox.export_fp16(fused, info, x, ref, out / "fused_fp16.onnx")
-        write_sidecar(p, kind="onnx-fused", info=info, precision="fp16", run_sha=sha,
-                      extra={"note": "FP16 models, FP32 input/output, normalisation and averaging"})
-        made["fused_fp16"] = str(p)
+        made["fused_fp16"] = str(ox.export_fp16(fused, info, x, ref, out / "fused_fp16.onnx", sha))
     profile = (cfg.min_batch, cfg.opt_batch, cfg.max_batch)
     if cfg.engine == "tensorrt":
         from landslide.export.tensorrt import build_engine

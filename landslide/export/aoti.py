@@ -7,8 +7,6 @@ the engine folder under a key of (run hash, torch version, device, batch profile
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from landslide.device import ieee_fp32
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.export.onnx import FP32_TOL, compare, require, torch_run
 from landslide.export.sidecar import read_sidecar, write_sidecar
+from landslide.export.staging import staged
 from landslide.runtime import pad_batch
 
 log = logging.getLogger(__name__)
@@ -54,20 +53,14 @@ def build_package(fused: FusedEnsemble, info: RunInfo, run_sha: str, engine_dir:
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.no_grad():
         ep = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-    engine_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=engine_dir, prefix=".aoti-"))
-    try:
-        # The package path must end in .pt2, so it is built in a temp folder and moved into place.
-        built = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp / path.name))
+    with staged(path) as p:
+        built = torch._inductor.aoti_compile_and_package(ep, package_path=str(p))
         dt = time.perf_counter() - t0
         log.info("aoti: compiled %s on %s in %.1f s", path.name, device_name(device), dt)
         _verify(path, built, device, x, ref, info.threshold, hi, lo)
-        Path(built).replace(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_sidecar(path, kind="aoti", info=info, precision="fp32", run_sha=run_sha,
-                  extra={"device": device.type, "device_name": device_name(device), "profile": list(profile),
-                         "cache_key": key, "compile_s": round(dt, 1)})
+        write_sidecar(p, kind="aoti", info=info, precision="fp32", run_sha=run_sha,
+                      extra={"device": device.type, "device_name": device_name(device), "profile": list(profile),
+                             "cache_key": key, "compile_s": round(dt, 1)})
     return path
 
 

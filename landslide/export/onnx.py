@@ -10,7 +10,9 @@
 
 The TorchScript-based exporter is used (``dynamo=False``): it exports these timm models exactly
 (max abs diff ~1e-7) in ~8 s where the dynamo exporter takes ~50 s for the same graph.
-After every export: ``onnx.checker``, then ONNX Runtime against the torch ensemble on real patches.
+After every export: ``onnx.checker``, then ONNX Runtime against the torch ensemble on real patches, then the
+sidecar; all in a temp folder beside the target, swapped in only when verified (``staging``), so a failed or
+interrupted re-export keeps the previous graph and sidecar.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from torch import nn
 from landslide.contract import arch_stem
 from landslide.ensemble import FusedEnsemble, RunInfo
 from landslide.errors import VerificationError
-from landslide.export.sidecar import weights_path
+from landslide.export.sidecar import weights_path, write_sidecar
+from landslide.export.staging import staged
 from landslide.model import LandslideNet
 
 log = logging.getLogger(__name__)
@@ -59,49 +62,43 @@ def half_ensemble(fused: FusedEnsemble, info: RunInfo) -> FusedEnsemble:
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = INPUT,
                 output_name: str = OUTPUT) -> Path:
-    """Trace ``module`` to ``path`` (atomically) with a dynamic batch axis, then run ``onnx.checker``."""
+    """Trace ``module`` to ``path`` with a dynamic batch axis, then run ``onnx.checker``.
+
+    ``path`` is written in place: callers build inside :func:`~landslide.export.staging.staged`, which
+    swaps the graph in only once it is verified and has its sidecar."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with warnings.catch_warnings():  # tracer warnings about shape-dependent Python branches are expected
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
-        # The old sidecar describes the old file: drop it, so an unverified new file has no contract.
-        path.with_name(path.name + ".json").unlink(missing_ok=True)
-        gather_weights(tmp, path)
-        onnx.checker.check_model(str(tmp), full_check=True)
-    except BaseException:  # an exporter or checker failure (its traceback is the bug report) leaves no temp file
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+    with warnings.catch_warnings():  # tracer warnings about shape-dependent Python branches are expected
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    gather_weights(path)
+    onnx.checker.check_model(str(path), full_check=True)
     return path
 
 
-def gather_weights(tmp: Path, path: Path) -> None:
-    """Give the graph being written at ``tmp`` (final name ``path``) one weights file, or none.
+def gather_weights(graph: Path) -> None:
+    """Give the graph just written at ``graph`` one weights file, or none.
 
     Past 2 GB (the full fp32 ensemble of 5 folds x 2 archs is ~2.9 GB) the exporter writes one file per
     weight beside the graph: hundreds of files named after parameters. They are gathered into
     :func:`~landslide.export.sidecar.weights_path` (what the graph then names), which the sidecar hashes too. A smaller graph
-    embeds its weights, and a ``.data`` file left by an earlier, larger export is removed.
+    embeds its weights, and a ``.data`` file in the folder from an earlier, larger export is removed.
     """
     import onnx
     from onnx.external_data_helper import ExternalDataInfo
 
-    data = weights_path(path)
-    model = onnx.load(str(tmp), load_external_data=False)
+    data = weights_path(graph)
+    model = onnx.load(str(graph), load_external_data=False)
     external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if not external:
         data.unlink(missing_ok=True)
         return
-    pieces = {tmp.parent / ExternalDataInfo(t).location for t in external}
-    onnx.load_external_data_for_model(model, str(tmp.parent))
+    pieces = {graph.parent / ExternalDataInfo(t).location for t in external}
+    onnx.load_external_data_for_model(model, str(graph.parent))
     data.unlink(missing_ok=True)  # onnx appends to an existing file
-    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     for piece in pieces - {data}:
         piece.unlink(missing_ok=True)
@@ -170,35 +167,49 @@ def require(p: Parity, path: Path) -> None:
                                     "Check the exporter/opset (see landslide/export/onnx.py) and re-export")
 
 
-def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path) -> list[tuple[int, str, Path]]:
+def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path,
+                 run_sha: str) -> list[tuple[int, str, Path]]:
     """One ONNX per (fold, arch): ``fold<k>_<arch>.onnx``, each verified on its logits; (fold, arch, path)."""
     paths = []
     xp = fused.preprocess(torch.from_numpy(x)).contiguous()
     for arch, row in zip(info.archs, fused.archs):
         for k, net in zip(info.folds, row):
             path = out / f"fold{k}_{arch_stem(arch)}.onnx"
-            export_onnx(net, xp[:2], path, output_name="logit")
-            ref = torch_run(net, xp.numpy())
-            got = ort_run(path, xp.numpy())
-            # Logits are unbounded, so the tolerance is relative to their scale.
-            tol = FP32_TOL * max(1.0, float(np.abs(ref).max()))
-            require(compare(path.name, got, ref, 0.0, tol, what="logit"), path)
+            with staged(path) as p:
+                export_onnx(net, xp[:2], p, output_name="logit")
+                ref = torch_run(net, xp.numpy())
+                got = ort_run(p, xp.numpy())
+                # Logits are unbounded, so the tolerance is relative to their scale.
+                tol = FP32_TOL * max(1.0, float(np.abs(ref).max()))
+                require(compare(path.name, got, ref, 0.0, tol, what="logit"), path)
+                write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=run_sha,
+                              extra={"fold": k, "arch": arch,
+                                     "input": {"name": INPUT, "shape": ["batch", info.layout.n_channels, 64, 64],
+                                               "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
+                                     "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})
             paths.append((k, arch, path))
     return paths
 
 
-def export_fused(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.ndarray, path: Path) -> Path:
-    export_onnx(fused, torch.from_numpy(x[:2]), path)
-    require(compare(path.name, ort_run(path, x), ref, info.threshold, FP32_TOL), path)
+def export_fused(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.ndarray, path: Path,
+                 run_sha: str) -> Path:
+    with staged(path) as p:
+        export_onnx(fused, torch.from_numpy(x[:2]), p)
+        require(compare(path.name, ort_run(p, x), ref, info.threshold, FP32_TOL), path)
+        write_sidecar(p, kind="onnx-fused", info=info, precision="fp32", run_sha=run_sha)
     return path
 
 
-def export_fp16(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.ndarray, path: Path) -> Path:
-    export_onnx(half_ensemble(fused, info), torch.from_numpy(x[:2]), path)
-    require(compare(path.name, ort_run(path, x), ref, info.threshold, FP16_TOL, FP16_AGREEMENT), path)
-    if gpu_check_provider():  # FP16 arithmetic, not just FP16 weights: see gpu_check_provider
-        require(compare(f"{path.name} (CUDA EP)", ort_run(path, x, provider="CUDAExecutionProvider"), ref,
-                        info.threshold, FP16_TOL, FP16_AGREEMENT), path)
+def export_fp16(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, ref: np.ndarray, path: Path,
+                run_sha: str) -> Path:
+    with staged(path) as p:
+        export_onnx(half_ensemble(fused, info), torch.from_numpy(x[:2]), p)
+        require(compare(path.name, ort_run(p, x), ref, info.threshold, FP16_TOL, FP16_AGREEMENT), path)
+        if gpu_check_provider():  # FP16 arithmetic, not just FP16 weights: see gpu_check_provider
+            require(compare(f"{path.name} (CUDA EP)", ort_run(p, x, provider="CUDAExecutionProvider"), ref,
+                            info.threshold, FP16_TOL, FP16_AGREEMENT), path)
+        write_sidecar(p, kind="onnx-fused", info=info, precision="fp16", run_sha=run_sha,
+                      extra={"note": "FP16 models, FP32 input/output, normalisation and averaging"})
     return path
 
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from landslide.contract import stable_hash
 from landslide.errors import ConfigError, ContractError
-from landslide.export.sidecar import read_sidecar, rebuild_command, write_sidecar
+from landslide.export.sidecar import read_sidecar, rebuild_command, sidecar_path, write_sidecar
+from landslide.export.staging import staged
 from landslide.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -85,31 +86,35 @@ def build_engine(export_dir: Path, engine_dir: Path, profile: tuple[int, int, in
     gside = read_sidecar(graph, kind="onnx-fused")
     key = engine_key(gside["sha256"], trt, profile)  # read_sidecar has just checked the file against it
     path = engine_dir / f"fused-{stable_hash(key)}.engine"
-    if path.is_file() and not rebuild:
-        log.info("tensorrt: reusing %s (same graph, TensorRT, GPU and profile; --rebuild to force)", path)
-    else:
-        t0 = time.perf_counter()
-        plan = _build(trt, graph, engine_dir, profile)
-        with atomic_write(path, "wb") as f:
-            f.write(plan)
-        log.info("tensorrt %s: built %s from %s in %.1f s", trt.__version__, path.name, graph.name,
-                 time.perf_counter() - t0)
     from landslide.ensemble import read_run
-
-    info = read_run(gside["source_run"])
-    write_sidecar(path, kind="tensorrt", info=info, precision="fp16", run_sha=gside["source_hash"],
-                  libs=("tensorrt",),
-                  extra={"graph": graph.name, "cache_key": key, "gpu": key["gpu"], "profile": list(profile),
-                         "build": "strongly typed from the FP16 graph"})
     from landslide.runtime.tensorrt import TensorRTRunner
 
-    runner = TensorRTRunner(path)
-    got = run_batches(runner, x, profile[2])
-    try:
+    info = read_run(gside["source_run"])
+
+    def sign_and_verify(engine: Path) -> None:
+        write_sidecar(engine, kind="tensorrt", info=info, precision="fp16", run_sha=gside["source_hash"],
+                      libs=("tensorrt",),
+                      extra={"graph": graph.name, "cache_key": key, "gpu": key["gpu"], "profile": list(profile),
+                             "build": "strongly typed from the FP16 graph"})
+        got = run_batches(TensorRTRunner(engine), x, profile[2])
         require(compare(path.name, got, ref, float(gside["threshold"]), FP16_TOL, FP16_AGREEMENT), path)
-    except Exception:
-        path.with_name(path.name + ".json").unlink(missing_ok=True)  # an unverified engine gets no contract
-        raise
+
+    if path.is_file() and not rebuild:
+        log.info("tensorrt: reusing %s (same graph, TensorRT, GPU and profile; --rebuild to force)", path)
+        try:
+            sign_and_verify(path)
+        except Exception:
+            # This very engine failed its check (nothing newer to keep the old one for): no contract.
+            sidecar_path(path).unlink(missing_ok=True)
+            raise
+        return path
+    t0 = time.perf_counter()
+    plan = _build(trt, graph, engine_dir, profile)
+    with staged(path) as p:  # the engine cached under this key stays until the new one verifies
+        p.write_bytes(plan)
+        log.info("tensorrt %s: built %s from %s in %.1f s", trt.__version__, path.name, graph.name,
+                 time.perf_counter() - t0)
+        sign_and_verify(p)
     return path
 
 

@@ -79,6 +79,11 @@ def epoch_seed(seed: int, fold: int, arch_i: int, epoch: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + arch_i * 101 + epoch) % (2**31 - 1)
 
 
+def rank_seed(es: int, rank: int) -> int:
+    """The epoch seed of DDP rank ``rank``: each rank draws its own batches (rank 0 keeps the epoch's)."""
+    return (es + 1_000_003 * rank) % (2**31 - 1)
+
+
 def build_net(mcfg: ModelConfig, layout: BandLayout, mean: torch.Tensor, std: torch.Tensor,
               announce: bool = True) -> LandslideNet:
     return LandslideNet(LandslideModel(mcfg, layout, announce), Normalize(mean, std, layout.optical_idx))
@@ -223,7 +228,7 @@ class FoldTrainer:
         end_epoch = cfg.epochs if bad < cfg.patience else start_epoch
         for epoch in range(start_epoch, end_epoch):
             es = epoch_seed(cfg.seed, self.fold, self.arch_i, epoch)
-            es = (es + 1_000_003 * env.rank) % (2**31 - 1) if env.ddp else es  # ranks draw different batches
+            es = rank_seed(es, env.rank) if env.ddp else es
             gen.manual_seed(es)
             idx_gen.manual_seed(es)
             torch.manual_seed(es)  # dropout

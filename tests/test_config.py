@@ -52,6 +52,22 @@ def test_abbreviated_flags_are_refused_with_the_flag_meant(capsys):
     assert "usage:" not in err  # the one line that matters, not the whole usage
 
 
+@pytest.mark.parametrize("value,want", [("on", True), ("true", True), ("1", True), ("off", False), ("No", False)])
+def test_string_booleans_from_config_files_and_variants(value, want):
+    from landslide.config import make_config
+
+    assert make_config(TrainConfig, {"deterministic": value}).deterministic is want
+
+
+def test_bad_booleans_are_refused_and_empty_list_items_dropped():
+    from landslide.config import make_config
+
+    for bad in ("", "maybe"):
+        with pytest.raises(ConfigError, match="deterministic"):
+            make_config(TrainConfig, {"deterministic": bad})
+    assert make_config(TrainConfig, {"archs": "a,,b,"}).archs == ["a", "b"]
+
+
 def test_base_replaces_the_defaults_and_typed_flags_win():
     base = {"data": "saved", "epochs": 9, "archs": ["a@224"], "lr": 0.5}
     cfg = parse_config(TrainConfig, ["--epochs", "2"], "t", presets=PRESETS, base=base)

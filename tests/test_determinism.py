@@ -17,6 +17,36 @@ def test_folds_are_stratified_and_seeded():
         assert (a == k).sum() == 20 and y[a == k].sum() == 4
 
 
+def test_fold_sizes_differ_by_at_most_one_when_the_classes_do_not_divide():
+    y = np.array([0] * 7 + [1] * 7)
+    sizes = np.bincount(train.stratified_folds(y, 3, seed=0), minlength=3)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 14
+
+
+def test_every_fold_arch_epoch_and_rank_has_its_own_random_stream():
+    seeds = {train.epoch_seed(1, f, a, e) for f in range(5) for a in range(2) for e in range(30)}
+    assert len(seeds) == 5 * 2 * 30 and train.epoch_seed(2, 0, 0, 0) != train.epoch_seed(1, 0, 0, 0)
+    # DDP: each rank draws its own batches (the same ones would make N ranks train on one rank's data).
+    es = train.epoch_seed(1, 0, 0, 0)
+    assert len({train.rank_seed(es, r) for r in range(8)}) == 8 and train.rank_seed(es, 0) == es
+
+
+def test_focal_flags_reach_the_train_step(synth_data, tmp_path, monkeypatch):
+    """--focal-alpha/--focal-gamma are what the step trains with (bench.ablate's loss variants rely on it)."""
+    seen = []
+
+    class Recording(train.TrainStep):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen.append((self.alpha, self.gamma))
+
+    monkeypatch.setattr(train, "TrainStep", Recording)
+    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(synth_data), "out": str(tmp_path / "r"),
+                                         "device": "cpu", "cache_dir": str(tmp_path / "c"), "epochs": 1,
+                                         "max_steps": 1, "focal_alpha": 0.6, "focal_gamma": 0.5}))
+    assert seen and set(seen) == {(0.6, 0.5)}
+
+
 def test_sampler_draws_are_seeded():
     y = torch.tensor([0] * 30 + [1] * 6)
     d1 = BalancedSampler(y, 8, generator=torch.Generator().manual_seed(1)).epoch()

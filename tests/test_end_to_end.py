@@ -49,6 +49,16 @@ def test_train_writes_the_run_folder(trained):
     probs = np.array([[float(o[f"prob_{a}"]) for a in cfg["config"]["archs"]] for o in oof])
     y, folds = np.array([int(o["label"]) for o in oof]), np.array([int(o["fold"]) for o in oof])
     assert cal["oof_f1_crossfit"] == pytest.approx(crossfit_f1(y, probs, folds))
+    # calibration.json is calibrate() of these very columns, each under its own architecture's name (the
+    # per-arch F1s tell the columns apart; the file keeps 6 decimals, so compare loosely).
+    from landslide.calibrate import best_threshold, calibrate
+
+    again = calibrate(y, probs, cfg["config"]["archs"])
+    for arch in cfg["config"]["archs"]:
+        assert cal["per_arch"][arch]["f1"] == pytest.approx(again["per_arch"][arch]["f1"], abs=1e-6)
+        assert cal["weights"][arch] == pytest.approx(again["weights"][arch], abs=1e-9)
+    assert cal["oof_f1"] == pytest.approx(best_threshold(y, probs @ np.array(list(again["weights"].values())))[1],
+                                          abs=1e-6)
     assert f"{cal['oof_f1_crossfit']:.4f} with each fold called at the weights and threshold fitted on the other" in r.stderr
 
 

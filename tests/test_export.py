@@ -384,3 +384,9 @@ def test_one_verification_patch_is_enough(reference, tmp_path):
     fused, info, x, ref = reference
     path = ox.export_fused(fused, info, x[:1], ref[:1], tmp_path / "fused.onnx", "x")
     np.testing.assert_allclose(ox.ort_run(path, x[:5]), ref[:5], atol=1e-5)
+
+
+def test_parity_needs_both_the_tolerance_and_the_decision_agreement():
+    assert ox.Parity("x", 10, 0.0, 1.0, 1e-2, 0.995).ok
+    assert not ox.Parity("x", 10, 0.0, 0.9, 1e-2, 0.995).ok  # within tolerance, but calls flipped
+    assert not ox.Parity("x", 10, 0.02, 1.0, 1e-2, 0.995).ok

@@ -49,6 +49,7 @@ def test_normalize_and_cloud_score():
     x[1, :2] = 30.0  # bright optical bands: a cloud
     z, cloud = norm(x)
     assert torch.allclose(z[0], torch.zeros(5, 4, 4))
+    assert z[1, 0, 0, 0] == 10.0 and z[1, 2, 0, 0] == 0.0  # (30 - 10) / 2: divided by std, not scaled by it
     assert cloud[0] == 0.5 and cloud[1] > 0.99
     z2, c2 = Normalize(mean, std, optical_idx=[])(x)
     assert torch.equal(c2, torch.full((2,), 0.5))

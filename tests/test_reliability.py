@@ -356,11 +356,13 @@ def test_atomic_write_keeps_the_old_file_until_done_and_after_a_failure(tmp_path
 
     p = tmp_path / "submission.csv"
     p.write_text("old")
+    ino = p.stat().st_ino
     with atomic_write(p) as f:
         f.write("new")
         f.flush()
         assert p.read_text() == "old"
     assert p.read_text() == "new"
+    assert p.stat().st_ino != ino  # a rename onto the path, not the old file rewritten in place
     with pytest.raises(RuntimeError, match="cut off"):
         with atomic_write(p) as f:
             f.write("partial")

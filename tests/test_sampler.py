@@ -70,6 +70,12 @@ def test_reproducible_under_a_seed():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("labels", [torch.ones(20), torch.zeros(20)], ids=["no-negatives", "no-positives"])
+def test_a_fold_of_one_class_is_a_data_error(labels):
+    with pytest.raises(DataError, match="needs both classes"):
+        BalancedSampler(labels, 8)
+
+
 def test_refuses_a_single_class_and_bad_fraction():
     with pytest.raises(DataError, match="both classes"):
         BalancedSampler(torch.zeros(20), 8)

@@ -70,6 +70,24 @@ def test_merge_writes_test_csv_order_and_keeps_the_shards(setup):
     assert _ids(run / "submission.csv") == [i for k in range(3) for i in shard_ids(ids, f"{k}/3")[::-1]]
 
 
+@pytest.mark.parametrize("bad", ["2/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
+def test_a_bad_shard_is_refused(bad):
+    from landslide.shards import parse_shard
+
+    with pytest.raises(ConfigError, match="--shard"):
+        parse_shard(bad)
+
+
+def test_calls_at_the_threshold_are_positive(tmp_path):
+    import numpy as np
+
+    from landslide.infer import write_submission
+
+    out = tmp_path / "s.csv"
+    write_submission(out, ["a", "b", "c"], np.array([0.3, 0.5, 0.7], np.float32), 0.5, None)
+    assert [r["Target"] for r in csv.DictReader(open(out))] == ["0", "1", "1"]
+
+
 def test_the_flag_and_its_conflicts():
     cfg = parse_config(InferConfig, ["runs/x", "--merge-shards"], "", positional=("run",))  # as infer.py parses
     assert cfg.merge_shards and cfg.run == "runs/x"

@@ -47,6 +47,44 @@ def test_focal_flags_reach_the_train_step(synth_data, tmp_path, monkeypatch):
     assert seen and set(seen) == {(0.6, 0.5)}
 
 
+def test_each_training_image_arrives_with_its_own_label(tmp_path, monkeypatch):
+    """The labels the step trains on are those of the images it is fed. The data encode each label in the
+    red band (1000 for a landslide, 0 otherwise), augmentation is a plain gather and mixing is off, so a
+    standardised image's red channel tells its class."""
+    import csv
+
+    from conftest import write_zindi
+
+    data = write_zindi(tmp_path / "d", n_train=30, n_test=2)
+    for r in csv.DictReader(open(data / "Train.csv", encoding="utf-8-sig")):
+        f = data / "train_data" / f"{r['ID']}.npy"
+        x = np.load(f)
+        x[..., 0] = 1000.0 * int(r["label"])
+        np.save(f, x)
+
+    class Gather:
+        memory_format = torch.contiguous_format
+
+        def __call__(self, x, g=None, index=None):
+            return x if index is None else x[index]
+
+    batches = []
+
+    class Recording(train.TrainStep):
+        def __call__(self, x, y, c):
+            batches.append((x[:, 0].mean((1, 2)).clone(), y.clone()))
+            return super().__call__(x, y, c)
+
+    monkeypatch.setattr(train, "build_augment", lambda *a, **k: Gather())
+    monkeypatch.setattr(train, "TrainStep", Recording)
+    train.main(make_config(TrainConfig, {**PRESETS["tiny"], "data": str(data), "out": str(tmp_path / "r"),
+                                         "device": "cpu", "cache_dir": str(tmp_path / "c"), "epochs": 1,
+                                         "mix_prob": 0.0}))
+    assert batches
+    for red, y in batches:
+        assert set(y.tolist()) == {0.0, 1.0} and torch.equal(red > 0, y > 0.5)
+
+
 def test_sampler_draws_are_seeded():
     y = torch.tensor([0] * 30 + [1] * 6)
     d1 = BalancedSampler(y, 8, generator=torch.Generator().manual_seed(1)).epoch()

@@ -121,6 +121,7 @@ def variant_overrides(name: str) -> dict:
 
 
 def plan(cfg: AblateConfig) -> Plan:
+    common.check_counts(cfg, non_negative=("n_train", "n_test"))
     names = cfg.variants or (["seed", "bce"] if cfg.quick else list(VARIANTS))
     if len(set(names)) < len(names):
         raise ConfigError(f"--variants {','.join(names)}: a variant is listed twice", fix="list each once")
@@ -249,9 +250,8 @@ def main(cfg: AblateConfig) -> list[dict]:
                         **({} if cfg.data else {"n_train": pl.n_train, "n_test": pl.n_test})}
                 rec = common.record("ablate", name, env, conf, metrics=m)
                 records.append(rec)
-                print(json.dumps({"bench": "ablate", "name": name, "seed": seed, "metrics": m}), flush=True)
                 rows.append(_row(name, seed, m))
-                # after every run, so a bench cut off keeps the runs that finished
+                # after every run (and printed), so a bench cut off keeps the runs that finished
                 common.append_jsonl(common.results_path(env, out), [rec])
                 common.write_text(out / f"{env['device_slug']}-ablate-{tag}.md", head + _table(rows, per_variant) + "\n")
         print(head + _table(rows, per_variant))

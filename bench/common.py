@@ -5,12 +5,15 @@
 - :func:`latency_stats` / :func:`throughput_stats`: p50/p95/p99 of per-call latency (ms), and the
   median of per-window throughput with its min-max spread (items/s).
 - :func:`environment`: device name, cores, library versions, load average (the host is shared).
-- :func:`record` + :func:`append_jsonl`: one JSON line per result in ``bench/results/<device>.jsonl``.
+- :func:`record` + :func:`append_jsonl`: one JSON line per result in ``bench/results/<device>.jsonl``, also
+  printed on stdout.
+- :func:`check_counts`: count-like flags (batch sizes, windows, steps) refused up front when 0 or negative.
 - :func:`format_table`, :func:`plot_bars`, :func:`plot_throughput`, :func:`plot_latency`: the human
   table (Markdown, readable on stdout) and PNGs (matplotlib Agg), written atomically.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -109,6 +112,40 @@ def spread(s: dict[str, float], digits: int = 0) -> str:
     """``"1234 (1200-1300)"`` from a :func:`throughput_stats` dict."""
     f = f"{{:.{digits}f}}"
     return f"{f.format(s['median'])} ({f.format(s['min'])}-{f.format(s['max'])})"
+
+
+# ------------------------------------------------------------------------------------------- flags
+
+def check_counts(cfg: Any, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+    """Count-like flags, checked before anything is built or timed: a 0 or a negative count would
+    otherwise surface far from its flag, as a NumPy or torch traceback (``high <= 0``, an empty window).
+
+    ``positive``: at least 1 (a list field: each item). ``non_negative``: 0 or more, for the fields where
+    0 means "the default" (their help says which) or "none" (e.g. DataLoader workers).
+    """
+    from landslide.errors import ConfigError
+
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cfg)}
+    for names, low, what in ((positive, 1, "1 or more"), (non_negative, 0, "0 or more")):
+        for name in names:
+            value = getattr(cfg, name)
+            bad = [v for v in (value if isinstance(value, list) else [value]) if v < low]
+            if bad:
+                flag = "--" + name.replace("_", "-")
+                shown = ",".join(map(str, value)) if isinstance(value, list) else value
+                raise ConfigError(f"{flag} {shown}: {bad[0]} is {'below 1' if low else 'negative'}",
+                                  fix=f"pass {flag} {what}{' (each)' if isinstance(value, list) else ''}; "
+                                      f"{flag}: {helps.get(name, '')}")
+
+
+def check_pool(n: int, batch_size: int) -> None:
+    """The resident pool must hold a batch: the baseline DataLoader drops a last partial batch, so with fewer
+    samples than ``batch_size`` it yields nothing (and the balanced sampler would draw each sample many times)."""
+    from landslide.errors import ConfigError
+
+    if n < batch_size:
+        raise ConfigError(f"--n {n}: fewer samples than --batch-size {batch_size}",
+                          fix=f"pass --n {batch_size} or more, or a smaller --batch-size")
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -214,16 +251,23 @@ def results_path(env: dict[str, Any], out_dir: str | Path | None = None) -> Path
     return Path(out_dir or RESULTS_DIR) / f"{env['device_slug']}.jsonl"
 
 
-def append_jsonl(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
-    """Append one JSON line per record; the file is rewritten atomically (old lines + new)."""
+def append_jsonl(path: str | Path, records: Sequence[dict[str, Any]], *, echo: bool = True) -> Path:
+    """Append one JSON line per record; the file is rewritten atomically (old lines + new).
+
+    ``echo``: each line is also printed on stdout, the same text as written, so a benchmark's output
+    carries its JSON lines (before its table) and can be piped to ``jq`` without opening the file.
+    """
     path = Path(path)
     old = path.read_text() if path.is_file() else ""
     if old and not old.endswith("\n"):
         old += "\n"
+    lines = [json.dumps(r, sort_keys=False, default=_json_default) for r in records]
     with atomic_write(path) as f:
         f.write(old)
-        for r in records:
-            f.write(json.dumps(r, sort_keys=False, default=_json_default) + "\n")
+        f.writelines(line + "\n" for line in lines)
+    if echo:
+        for line in lines:
+            print(line, flush=True)  # flushed: a run cut off by a time limit still shows what it measured
     return path
 
 

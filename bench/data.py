@@ -131,12 +131,15 @@ def baseline_window(x_hwc: np.ndarray, y: np.ndarray, device: torch.device, cfg:
 def main(cfg: DataBenchConfig) -> list[dict]:
     from landslide.device import resolve_device
 
+    common.check_counts(cfg, positive=("batch_size", "channels"),
+                        non_negative=("n", "workers", "windows", "iters", "warmup", "threads", "seed"))
     common.set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if cfg.timing not in ("auto", "pipelined", "synchronised"):
         raise ConfigError(f"--timing {cfg.timing!r}", fix="use auto, pipelined or synchronised")
     pipelined = cfg.timing == "pipelined" or (cfg.timing == "auto" and device.type == "cuda")
     n = cfg.n or (2048 if cfg.quick else 8192)
+    common.check_pool(n, cfg.batch_size)
     windows = cfg.windows or (5 if cfg.quick else 10)
     iters = cfg.iters or (10 if cfg.quick else 40)
     env = common.environment(device)
@@ -212,8 +215,8 @@ def main(cfg: DataBenchConfig) -> list[dict]:
     head = (f"# bench.data — {title}\n\n`{common.command_line('bench.data')}`; "
             f"{windows} windows x {iters} batches, samples/s from {conf['timing']} windows; "
             f"torch threads {env['torch_threads']}, baseline workers {cfg.workers}, load avg {env['loadavg_1m']} at start\n\n")
+    common.append_jsonl(common.results_path(env, out), records)  # its JSON lines on stdout, then the table
     print(head + table)
-    common.append_jsonl(common.results_path(env, out), records)
     common.write_text(f"{out}/{slug}-data.md", head + table + "\n")
     common.plot_bars([b[0] for b in bars], [b[1] for b in bars], f"{out}/{slug}-data.png",
                      ylabel="samples/s (median, min-max)", title=title)

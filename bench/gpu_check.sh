@@ -51,7 +51,8 @@ report() {  # summary.md, results.jsonl and the plots from what has finished so 
     echo "## Log (last 80 lines)"
     echo
     echo '```'
-    tail -n 80 "$LOG"
+    # The benches echo each JSON line on stdout (results.jsonl has them all): kept out of the log tail.
+    grep -v '^{' "$LOG" | tail -n 80
     echo '```'
   } >"$OUT/summary.md"
   cat "$TMP"/*.jsonl >"$OUT/results.jsonl" 2>/dev/null || : >"$OUT/results.jsonl"

@@ -6,8 +6,9 @@
 Runners: torch fused (eager, and ``torch.compile``d), the torch looped baseline (a Python loop over
 folds and TTA views), and every other name in ``landslide.infer.BACKENDS`` (ONNX Runtime once per
 available provider when the config takes a ``provider``, AOTInductor, TensorRT, ...), each built by
-``make_runner``. A runner the host cannot build is recorded as ``skipped: <reason>``; when one needs
-exported artefacts, ``landslide.export`` builds them first (once per run folder).
+``make_runner``. A runner the host cannot build is recorded as ``skipped: <reason>``. The run folder is
+only read: its exported graphs are used as they are, and what it lacks ``landslide.export`` builds into
+the bench's own cache (graphs: ``.cache/bench/export/<run>/``, engines: ``.cache/bench/engines/``).
 
 Every runner gets the same raw ``(B, 64, 64, C)`` float32 patches and is timed per call (device
 synchronised; warm-up and compilation excluded, compile time reported apart). ``--n-test`` patches are
@@ -32,6 +33,7 @@ import torch
 
 from bench import common
 from landslide.config import field, parse_config
+from landslide.errors import ConfigError
 
 log = logging.getLogger("bench.infer")
 
@@ -158,19 +160,92 @@ def runner_factories(cfg: InferBenchConfig, run: Path, compile_on: bool) -> list
     return out
 
 
-def _make_with_export(values: dict, user_engines: bool = False):
-    """``make_runner``; when the run folder lacks the backend's artefact, export it once, then retry. Any other
-    refusal (a provider that cannot start, a missing library) is the result: exporting again would cost
-    minutes and fail the same way. ``user_engines`` (a ``--run`` of the user's): an engine built from it in
-    the default engines/ is used before any is built into the bench's cache."""
+def bench_export_dir(run: Path) -> Path:
+    """Where the benchmark exports what a run lacks (ONNX graphs), one folder per run path: its own cache,
+    never ``RUN/export``. A benchmark leaves the user's artefacts as they are."""
+    from landslide.contract import stable_hash
+
+    return CACHE / "export" / stable_hash(str(run.resolve()))
+
+
+def usable_graph(run: Path, name: str) -> Path | None:
+    """The run's own ``export/<name>`` when it is there (read, never rewritten), else the bench's export of it
+    when that was made from the run as it is now (same checkpoints and calibration), else None."""
+    from landslide.ensemble import read_run
+    from landslide.export.sidecar import readable_sidecar, run_hash
+
+    if (run / "export" / name).is_file():
+        return run / "export" / name
+    mine = bench_export_dir(run) / name
+    side = readable_sidecar(mine)
+    return mine if side is not None and side.get("source_hash") == run_hash(read_run(run)) else None
+
+
+def _bench_copy(graph: Path, run: Path) -> Path:
+    """``graph`` (with its sidecar and any weights file) copied into the bench's folder, once per version. For
+    ONNX Runtime's TensorRT EP, which writes its engine cache beside the graph it runs: not into RUN/export."""
+    from landslide.export.sidecar import readable_sidecar, sidecar_path, weights_path
+
+    dst = bench_export_dir(run) / graph.name
+    if (readable_sidecar(dst) or {}).get("sha256") != (readable_sidecar(graph) or {}).get("sha256"):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for src in (graph, weights_path(graph), sidecar_path(graph)):  # the sidecar last: it vouches for the rest
+            if src.is_file():
+                tmp = dst.parent / f".{src.name}.tmp"
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst.parent / src.name)
+    return dst
+
+
+def _export(run: Path, engine: str, **over) -> None:
+    """``landslide.export`` into the bench's folders: graphs to :func:`bench_export_dir`, engines to its cache.
+
+    Only the fused graph is timed; a few verification patches suffice here (export's own tests verify in full),
+    and on a GPU host the reference pass over 256 patches alone takes minutes."""
     from landslide.config import make_config
-    from landslide.errors import MissingArtefactError
     from landslide.export import ExportConfig
     from landslide.export import main as export_main
+
+    log.info("exporting %s (engine=%s) into %s", run, engine, bench_export_dir(run))
+    export_main(make_config(ExportConfig, {"run": str(run), "out": str(bench_export_dir(run)), "engine": engine,
+                                           "engine_dir": str(CACHE / "engines"), "n_verify": 16,
+                                           "folds_onnx": False, **over}))
+
+
+def _build_trt_engine(run: Path, graph: Path) -> None:
+    """A TensorRT engine, into the bench's cache, from a fused FP16 graph already there (the run's own: read)."""
+    from landslide.ensemble import build_ensemble
+    from landslide.export import DEFAULT_PROFILE, reference_inputs
+    from landslide.export.onnx import torch_run
+    from landslide.export.tensorrt import build_engine
+
+    fused, info = build_ensemble(run)
+    x = reference_inputs(info, "", 16)  # as _export verifies
+    build_engine(graph.parent, CACHE / "engines", DEFAULT_PROFILE, x, torch_run(fused, x))
+
+
+def _make_with_export(values: dict, user_engines: bool = False):
+    """``make_runner`` on what the run has, else on what the bench exports for it into its own folders, never
+    into the run's (:func:`bench_export_dir`, ``.cache/bench/engines``). Only a missing artefact is exported; any
+    other refusal (a provider that cannot start, a missing library) is the result: exporting would cost minutes
+    and fail the same way. ``user_engines`` (a ``--run`` of the user's): an engine built from it in the default
+    engines/ is used before any is built into the bench's cache."""
+    from landslide.config import make_config
+    from landslide.errors import MissingArtefactError
     from landslide.infer import InferConfig, make_runner
 
+    run, backend = Path(values["run"]), values["backend"]
+    if backend == "onnxruntime":  # the graph file itself: make_runner on the folder would read RUN/export only
+        name = "fused_fp16.onnx" if values["precision"] == "fp16" else "fused.onnx"
+        graph = usable_graph(run, name)
+        if graph is None:
+            _export(run, "none", fp16=name == "fused_fp16.onnx")
+            graph = bench_export_dir(run) / name
+        elif values.get("provider") == "TensorrtExecutionProvider" and graph.parent != bench_export_dir(run):
+            graph = _bench_copy(graph, run)
+        return make_runner(make_config(InferConfig, {**values, "run": str(graph)}))
     cfg = make_config(InferConfig, values)
-    if user_engines and values["backend"] in ("aoti", "tensorrt"):
+    if user_engines and backend in ("aoti", "tensorrt"):
         try:
             return make_runner(make_config(InferConfig, {**values, "engine_dir": ""}))
         except MissingArtefactError:
@@ -178,15 +253,14 @@ def _make_with_export(values: dict, user_engines: bool = False):
     try:
         return make_runner(cfg)
     except MissingArtefactError as first:
-        # ONNX Runtime runs the exported graphs; aoti/tensorrt need their engine built as well.
-        engine = {"onnxruntime": "none"}.get(values["backend"], values["backend"])
-        log.info("%s: %s -> exporting (engine=%s) and retrying", values["backend"], first.problem, engine)
-        # Only the fused graph is timed; a few verification patches suffice here (export's own tests
-        # verify in full), and on a GPU host the reference pass over 256 patches alone takes minutes.
-        # No ONNX for AOTI (it compiles the torch modules): on a GPU host, tracing and checking the
-        # full fp32 ensemble's graph costs minutes of the step's budget before AOTI even starts.
-        export_main(make_config(ExportConfig, {"run": values["run"], "engine": engine, "engine_dir": values["engine_dir"],
-                                               "n_verify": 16, "folds_onnx": False, "onnx": engine != "aoti"}))
+        log.info("%s: %s -> building it into %s", backend, first.problem, CACHE / "engines")
+        graph = usable_graph(run, "fused_fp16.onnx") if backend == "tensorrt" else None
+        if graph is not None:  # TensorRT builds from the FP16 graph: the run's own when it has one
+            _build_trt_engine(run, graph)
+        else:
+            # No ONNX for AOTI (it compiles the torch modules): on a GPU host, tracing and checking the full
+            # fp32 ensemble's graph costs minutes of the step's budget before AOTI even starts.
+            _export(run, backend, onnx=backend != "aoti")
         return make_runner(cfg)
 
 
@@ -231,6 +305,10 @@ def main(cfg: InferBenchConfig) -> list[dict]:
     from landslide.infer import run_batches
     from landslide.synth import band_stats
 
+    common.check_counts(cfg, positive=("batch_sizes",),
+                        non_negative=("folds", "n_test", "budget_s", "testset_budget_s", "seed", "threads"))
+    if cfg.folds == 1 and not cfg.run:  # before minutes of training a run that cannot be made
+        raise ConfigError("--folds 1: the throwaway run is cross-validated", fix="pass --folds 2 or more (0 = 5; --quick 2)")
     common.set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     compile_on = cfg.compile == "on" or (cfg.compile == "auto" and not (cfg.quick and device.type == "cpu"))

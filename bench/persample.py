@@ -155,6 +155,13 @@ def make_loader(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, batch_size: in
 
 
 def endless(loader: DataLoader):
-    """Batches forever (re-iterating the loader per epoch; persistent workers keep their processes)."""
+    """Batches forever (re-iterating the loader per epoch; persistent workers keep their processes).
+
+    An epoch with no batch (fewer samples than a batch, ``drop_last``) is an error: it would loop forever."""
     while True:
-        yield from loader
+        got = False
+        for batch in loader:
+            got = True
+            yield batch
+        if not got:
+            raise ValueError("the DataLoader yields no batch: fewer samples than --batch-size (drop_last)")

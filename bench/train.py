@@ -128,6 +128,10 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
     from landslide.sampler import BalancedSampler
     from landslide.step import TrainStep, make_optimizer
 
+    common.check_counts(cfg, positive=("batch_size",),
+                        non_negative=("img_size", "workers", "n", "warmup", "windows", "steps", "threads", "seed"))
+    n = cfg.n or (512 if cfg.quick else 4096)
+    common.check_pool(n, cfg.batch_size)  # before the runtime and model are built
     common.set_threads(cfg.threads)
     rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     enable_autotune(rt)  # as train.py does (both pipelines share it)
@@ -141,7 +145,6 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
         if cfg.baseline_loader else None
     backend = resolve_backend(cfg.data_backend, rt.device, cfg.augment_kernel)
     dev = rt.device
-    n = cfg.n or (512 if cfg.quick else 4096)
     windows, steps = cfg.windows or (3 if cfg.quick else 5), cfg.steps or (3 if cfg.quick else 20)
     cfg = replace(cfg, warmup=cfg.warmup or (1 if cfg.quick else 3))
     env = common.environment(dev)
@@ -257,10 +260,10 @@ def main(cfg: TrainBenchConfig) -> list[dict]:
             table += f" (conventional pipeline's runtime: {conf['baseline_runtime']})"
         if rt.compile:
             table += f"\n\ncompile + first step: {results[base_name].first_s:.1f} s (excluded from the step times)"
-        if final:
-            print(head + table)
-        common.append_jsonl(common.results_path(env, out), records[written:])  # each record once
+        common.append_jsonl(common.results_path(env, out), records[written:])  # each record once, echoed
         written = len(records)
+        if final:  # after the JSON lines, as every bench prints them
+            print(head + table)
         common.write_text(f"{out}/{slug}-train.md", head + table + "\n")
         common.plot_latency(dists, f"{out}/{slug}-train.png", title=f"train step phases — {what}")
         return records

@@ -153,7 +153,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     if precision == "auto":
         precision = ("bf16" if bf16_native() else "fp16") if cuda else "fp32"
     if precision == "fp16" and not cuda:
-        raise ConfigError("--precision fp16 needs a CUDA GPU (fp16 autocast with a grad scaler)",
+        raise ConfigError("--precision fp16 needs a CUDA GPU",
                           fix="use --precision fp32 or bf16 on the CPU")
     if precision == "bf16" and cuda and not bf16_native():
         raise ConfigError("this GPU has no native bf16 (torch would emulate it, slowly)", fix="use --precision fp16")

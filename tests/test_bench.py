@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_pipelined_measure_times_whole_windows():
     assert 0.004 < t.seconds.mean() < 0.05 and common.window_rates(t).shape == (2,)
 
 
-def test_json_line_schema_and_append(tmp_path):
+def test_json_line_schema_and_append(tmp_path, capsys):
     env = common.environment("cpu")
     assert env["device_slug"] == f"cpu-{env['cpu_count']}core"
     for key in ("device_name", "torch", "timm", "onnxruntime", "dali", "torch_threads", "git_commit"):
@@ -74,6 +75,9 @@ def test_json_line_schema_and_append(tmp_path):
     common.append_jsonl(path, [skip])
     lines = path.read_text().splitlines()
     assert len(lines) == 2
+    assert capsys.readouterr().out.splitlines() == lines  # each line printed as written, one per record
+    common.append_jsonl(tmp_path / "quiet.jsonl", [ok], echo=False)
+    assert capsys.readouterr().out == ""
     recs = [json.loads(line) for line in lines]
     assert recs == common.read_jsonl(path)
     for r in recs:
@@ -138,14 +142,28 @@ def test_unknown_per_sample_baseline_is_a_config_error():
         per_sample_fn("opencv", AugmentConfig(), 0)
 
 
-def test_bench_data_and_train_run_end_to_end(tmp_path):
+def printed_records(out: str, table_head: str) -> list[dict]:
+    """The JSON lines a bench printed on stdout, checked to come before its table (whose header row starts
+    with ``table_head``)."""
+    lines = out.splitlines()
+    json_at = [i for i, line in enumerate(lines) if line.startswith("{")]
+    table_at = next(i for i, line in enumerate(lines) if line.startswith(table_head))
+    assert json_at and max(json_at) < table_at
+    return [json.loads(lines[i]) for i in json_at]
+
+
+def test_bench_data_and_train_run_end_to_end(tmp_path, capsys):
     """The benchmark scripts on a tiny problem: every pipeline measured (or skipped with a reason),
-    one JSON line each, a table and a plot written. Speed itself is not asserted."""
+    one JSON line each, printed (before the table) as written, a table and a plot written. Speed itself is
+    not asserted."""
     from bench import data as bdata
     from bench import train as btrain
 
     recs = bdata.main(bdata.DataBenchConfig(n=128, batch_size=16, windows=2, iters=2, warmup=1, workers=0,
                                             device="cpu", per_sample=PER_SAMPLE, out_dir=str(tmp_path)))
+    shown = printed_records(capsys.readouterr().out, "| pipeline")
+    assert shown == common.read_jsonl(next(tmp_path.glob("*.jsonl")))
+    assert [r["name"] for r in shown] == [r["name"] for r in recs] and shown[0]["metrics"] == recs[0]["metrics"]
     names = [r["name"] for r in recs]
     assert names[0] == "per-sample DataLoader" and "torch" in names
     for r in recs:
@@ -165,10 +183,14 @@ def test_bench_data_and_train_run_end_to_end(tmp_path):
             assert r["metrics"]["samples_per_s"]["windows"] == 2 and r["metrics"]["batch_latency"]["n"] == 4
     with pytest.raises(ConfigError, match="--timing"):
         bdata.main(bdata.DataBenchConfig(timing="sometimes"))
+    capsys.readouterr()  # the pipelined run's output: only the train bench's is read next
     recs = btrain.main(btrain.TrainBenchConfig(n=64, batch_size=8, windows=1, steps=1, warmup=1, workers=0, device="cpu",
                                                per_sample=PER_SAMPLE, baseline_loader=True, data_backend="torch",
                                                out_dir=str(tmp_path)))
     assert len(recs) == 2 and all("metrics" in r for r in recs)
+    shown = printed_records(capsys.readouterr().out, "| pipeline")
+    assert shown == common.read_jsonl(next(tmp_path.glob("*.jsonl")))[-2:]  # appended after the data bench's
+    assert [r["name"] for r in shown] == [r["name"] for r in recs]
     for r in recs:
         m = r["metrics"]
         assert m["data_wait_fraction"]["rounds"] == 1 and m["data_wait_fraction"]["median"] < 1
@@ -229,7 +251,7 @@ def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
     a missing artefact is exported: any other refusal is the result, not minutes of export that fail the same way."""
     import landslide.export as export
     import landslide.infer as infer
-    from bench.infer import CACHE, InferBenchConfig, runner_factories
+    from bench.infer import CACHE, InferBenchConfig, bench_export_dir, runner_factories
     from landslide.config import make_config
     from landslide.errors import ConfigError, MissingArtefactError
 
@@ -248,6 +270,7 @@ def test_infer_bench_builds_its_engines_in_its_own_cache(monkeypatch, tmp_path):
     assert got["aoti"]() == "runner"
     assert asked == [str(CACHE / "engines")] * 2 and exported[0].engine_dir == str(CACHE / "engines")
     assert exported[0].run == str(tmp_path) and exported[0].engine == "aoti"
+    assert exported[0].out == str(bench_export_dir(tmp_path))  # nothing into the run's export/ either
 
     # A --run of the user's: an engine built from it in the default engines/ first, then the bench's cache.
     exported.clear()
@@ -277,3 +300,108 @@ def test_train_bench_refuses_a_baseline_runtime_the_host_cannot_run_before_timin
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         bt.main(make_config(bt.TrainBenchConfig, {"quick": True, "device": "cpu", "baseline_loader": True,
                                                   "baseline_precision": "fp16"}))
+
+
+@pytest.mark.parametrize("module, argv, flag", [
+    ("infer", ["--quick", "--batch-sizes", "0"], "--batch-sizes 0"),
+    ("infer", ["--batch-sizes", "8,-1"], "--batch-sizes 8,-1"),
+    ("infer", ["--folds", "1"], "--folds 1"),
+    ("infer", ["--n-test", "-1"], "--n-test -1"),
+    ("data", ["--windows", "-1"], "--windows -1"),
+    ("data", ["--batch-size", "0"], "--batch-size 0"),
+    ("data", ["--n", "4", "--batch-size", "16"], "--n 4"),  # the drop_last DataLoader would yield nothing
+    ("train", ["--steps", "-2"], "--steps -2"),
+    ("train", ["--n", "4", "--batch-size", "8"], "--n 4"),
+    ("ablate", ["--n-train", "-5"], "--n-train -5"),
+])
+def test_bench_refuses_a_bad_count_up_front(module, argv, flag, capsys):
+    """A 0 or negative count is one clear error naming the flag and its fix, exit 2, before anything is
+    trained, built or timed: not a NumPy traceback (``high <= 0``) or a loop that never ends."""
+    import importlib
+
+    from landslide.config import parse_config
+    from landslide.utils import run_script
+
+    mod = importlib.import_module(f"bench.{module}")
+    cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and v.__module__ == mod.__name__)
+    assert run_script(lambda a: mod.main(parse_config(cls, a, "x")), argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag}") and "Fix: pass --" in err and "Traceback" not in err
+
+
+def _fake_export(made):
+    """``landslide.export.main`` writing stand-in graphs where the real one would: ``--out``, else RUN/export."""
+    def export(cfg):
+        made.append(cfg)
+        out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ["fused.onnx"] + (["fused_fp16.onnx"] if cfg.fp16 else []):
+            (out / name).write_bytes(b"exported " + name.encode())
+            (out / f"{name}.json").write_text(json.dumps({"sha256": name, "source_hash": "h1"}))
+    return export
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_infer_bench_reads_the_run_folder_and_exports_into_its_own(monkeypatch, tmp_path):
+    """bench.infer --run RUN never writes into RUN: the graphs it has are run where they are, one it lacks is
+    exported into the bench's cache (and reused while the run is unchanged), the TensorRT EP (which caches
+    engines beside its graph) gets a copy, and a TensorRT engine is built from the run's own FP16 graph."""
+    import bench.infer as bi
+    import landslide.ensemble as ensemble
+    import landslide.export as export
+    import landslide.export.sidecar as sidecar
+    import landslide.infer as infer
+    from landslide.errors import MissingArtefactError
+
+    run_hash = ["h1"]
+    monkeypatch.setattr(bi, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(ensemble, "read_run", lambda run: run)
+    monkeypatch.setattr(sidecar, "run_hash", lambda info: run_hash[0])
+    made, loaded, built = [], [], []
+    monkeypatch.setattr(export, "main", _fake_export(made))
+    monkeypatch.setattr(infer, "make_runner", lambda cfg: loaded.append(cfg.run) or Path(cfg.run))
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "fused.onnx").write_bytes(b"the user's graph")
+    (run / "export" / "fused.onnx.json").write_text(json.dumps({"sha256": "user", "source_hash": "h1"}))
+    before = _tree(run)
+    ort = {"run": str(run), "backend": "onnxruntime", "device": "cpu", "engine_dir": str(bi.CACHE / "engines")}
+    mine = bi.bench_export_dir(run)
+    assert mine.parent == tmp_path / "cache" / "export"
+
+    # fp32: the run's own graph, as it is; nothing exported
+    assert bi._make_with_export({**ort, "precision": "auto", "provider": "CPUExecutionProvider"}) == \
+        run / "export" / "fused.onnx"
+    assert made == []
+    # fp16: the run has no FP16 graph: exported into the bench's folder, then reused while the run is unchanged
+    for _ in range(2):
+        assert bi._make_with_export({**ort, "precision": "fp16"}) == mine / "fused_fp16.onnx"
+    assert len(made) == 1 and made[0].out == str(mine) and made[0].engine == "none" and made[0].fp16
+    run_hash[0] = "h2"  # retrained: the bench's export is stale and made again
+    bi._make_with_export({**ort, "precision": "fp16"})
+    assert len(made) == 2
+    # the TensorRT EP writes its engine cache beside the graph: it runs a copy in the bench's folder
+    got = bi._make_with_export({**ort, "precision": "auto", "provider": "TensorrtExecutionProvider"})
+    assert got == mine / "fused.onnx" and got.read_bytes() == b"the user's graph"
+    assert json.loads((mine / "fused.onnx.json").read_text())["sha256"] == "user"
+    assert _tree(run) == before  # the run folder: nothing written, added or removed
+
+    # a TensorRT engine the cache lacks: built from the run's own FP16 graph, into the bench's engines
+    (run / "export" / "fused_fp16.onnx").write_bytes(b"the user's fp16 graph")
+    before = _tree(run)
+
+    def no_engine_yet(cfg):
+        loaded.append(cfg.engine_dir)
+        if not built:
+            raise MissingArtefactError("no tensorrt engine built from this run")
+        return "engine"
+
+    monkeypatch.setattr(infer, "make_runner", no_engine_yet)
+    monkeypatch.setattr(bi, "_build_trt_engine", lambda r, graph: built.append(graph))
+    trt = {**ort, "backend": "tensorrt", "precision": "auto"}
+    assert bi._make_with_export(trt) == "engine" and built == [run / "export" / "fused_fp16.onnx"]
+    assert len(made) == 2  # nothing re-exported
+    assert _tree(run) == before

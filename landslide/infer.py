@@ -333,6 +333,20 @@ def check_threshold(cfg: InferConfig) -> float | None:
     return float(t)
 
 
+def declared_contract(run: Path) -> dict | None:
+    """The data contract a run folder or artefact declares in its JSON (contract.json, the sidecar), read
+    without loading a model: a TensorRT session or AOTI package can take minutes to load, and data with the
+    wrong bands should hear so first. None when it cannot be read here (the runner then says why)."""
+    from landslide.export.sidecar import readable_sidecar
+    from landslide.io import read_json
+
+    try:
+        contract = read_json(run / "contract.json") if run.is_dir() else (readable_sidecar(run) or {}).get("contract")
+    except (OSError, ValueError):
+        return None
+    return contract if isinstance(contract, dict) and "bands" in contract else None
+
+
 def check_out(out: Path, *derived: Path | None) -> None:
     """Refuse output paths that are folders (or lie under a file) before any compute: the final os.replace
     would only find out once every patch had been scored. ``out``: the submission path (--out or its
@@ -391,6 +405,8 @@ def main(cfg: InferConfig) -> dict:
         out, pout = shard_path(out, i, n), pout and shard_path(pout, i, n)
     # Before the runner (a TensorRT EP session can take minutes) and the compute.
     check_out(asked, out, pout, threshold_path(out) if cfg.shard else None)
+    if (early := declared_contract(Path(cfg.run))) is not None:  # bands from the JSON, before any model loads
+        check_data(early, layout, artefact=cfg.run, data_dir=data)
     runner = make_runner(cfg)
     check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")

@@ -438,6 +438,20 @@ def test_bad_headers_fail_before_any_compute(exported, tmp_path):
     assert lines[4].startswith("Fix: ") and "--skip-bad" in lines[4] and len(lines) == 5
 
 
+def test_other_bands_are_refused_before_a_model_is_loaded(exported, tmp_path, monkeypatch):
+    from landslide import infer
+    from landslide.errors import ContractError
+
+    from conftest import write_zindi
+
+    run, _ = exported
+    rgb = write_zindi(tmp_path / "rgb", n_train=2, n_test=2, channels=3, bands=["red", "green", "blue"])
+    monkeypatch.setattr(infer, "make_runner", lambda *a, **k: pytest.fail("a model loaded before the bands were checked"))
+    for artefact in (run, run / "export" / "fused.onnx"):
+        with pytest.raises(ContractError, match="trained on bands"):
+            infer_main(make_config(InferConfig, {"run": str(artefact), "data": str(rgb), "out": str(tmp_path / "s.csv")}))
+
+
 def test_default_output_path(exported, tmp_path, monkeypatch):
     import json
 

@@ -171,14 +171,13 @@ def bench_export_dir(run: Path) -> Path:
 def usable_graph(run: Path, name: str) -> Path | None:
     """The run's own ``export/<name>`` when it is there (read, never rewritten), else the bench's export of it
     when that was made from the run as it is now (same checkpoints and calibration), else None."""
-    from landslide.ensemble import read_run
-    from landslide.export.sidecar import readable_sidecar, run_hash
+    from landslide.export.sidecar import readable_sidecar
+    from landslide.infer import stale_export
 
     if (run / "export" / name).is_file():
         return run / "export" / name
     mine = bench_export_dir(run) / name
-    side = readable_sidecar(mine)
-    return mine if side is not None and side.get("source_hash") == run_hash(read_run(run)) else None
+    return mine if readable_sidecar(mine) is not None and stale_export(run, mine) is None else None
 
 
 def _bench_copy(graph: Path, run: Path) -> Path:

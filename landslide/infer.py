@@ -408,7 +408,8 @@ def main(cfg: InferConfig) -> dict:
     if (early := declared_contract(Path(cfg.run))) is not None:  # bands from the JSON, before any model loads
         check_data(early, layout, artefact=cfg.run, data_dir=data)
     runner = make_runner(cfg)
-    check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
+    if early is None:  # the runner's contract is the one declared in that JSON: checked once
+        check_data(runner.contract, layout, artefact=cfg.run, data_dir=data)
     log.info("infer: runner=%s patches=%d%s", runner.describe(), len(ids), f" shard={cfg.shard}" if cfg.shard else "")
     # A shard's file is written even when it scores nothing, so --merge-shards finds the whole set.
     r = score(runner, data, cfg.split, ids, cfg.batch_size, cfg.skip_bad, allow_empty=bool(cfg.shard))

@@ -424,10 +424,15 @@ def main(cfg: InferConfig) -> dict:
     if cfg.shard:
         write_threshold(out, thr, "calibrated" if threshold is None else "--threshold", runner.source_hash,
                         runner.describe())
+    steady = r.steady_rate()
+    # The first call carries torch.compile's compile or an engine's warm-up: the rate after it is the one
+    # a longer set would see, so both are said (a lone call: only the overall rate is known).
+    rate = "" if steady is None else \
+        f"; {steady:.1f} patches/s after the first call ({r.first_call_s:.2f} s, any compile / warm-up)"
     log.info("wrote %s (%s%s)%s: %d patches, %d positive at threshold %.4f (%s); %.1f patches/s overall (%.2f s), "
-             "%.1f patches/s compute (%.2f s)", out, why, ", replacing the one there" if replaced else "",
+             "%.1f patches/s compute (%.2f s)%s", out, why, ", replacing the one there" if replaced else "",
              f" and {pout.name}" if pout else "", len(r.ids), int((r.probs >= thr).sum()), thr, thr_why,
-             len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s)
+             len(r.ids) / max(r.total_s, 1e-9), r.total_s, len(r.ids) / max(r.compute_s, 1e-9), r.compute_s, rate)
     if cfg.shard:
         log.info("shard %d of %d: once all %d are written%s, join them with: %s", i, n, n,
                  "" if threshold is None else f" (each with --threshold {threshold})", _command(cfg, "--merge-shards"))
@@ -437,4 +442,5 @@ def main(cfg: InferConfig) -> dict:
         log.warning("%d bad patch file(s) skipped (listed above): %s holds %d of the %d IDs%s, %s", len(r.skipped),
                     out.name, len(r.ids), len(ids), " of this shard" if cfg.shard else "", whole)
     return {"out": str(out), "n": len(r.ids), "threshold": thr, "skipped": [e.id for e in r.skipped], "seconds": r.total_s,
-            "compute_seconds": r.compute_s, "backend": runner.name, **({"probs": str(pout)} if pout else {})}
+            "compute_seconds": r.compute_s, "first_call_seconds": r.first_call_s,
+            "steady_patches_per_s": steady, "backend": runner.name, **({"probs": str(pout)} if pout else {})}

@@ -103,6 +103,13 @@ class Scored:
     skipped: list[DataError]
     compute_s: float
     total_s: float
+    first_call_s: float = 0.0   # the first runner call alone: it holds any torch.compile / engine warm-up
+    first_n: int = 0            # patches in that call
+
+    def steady_rate(self) -> float | None:
+        """Patches/s of the calls after the first (None with one call): the rate a longer set would see."""
+        rest = self.compute_s - self.first_call_s
+        return (len(self.ids) - self.first_n) / rest if len(self.ids) > self.first_n and rest > 0 else None
 
 
 def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: int, skip_bad: bool,
@@ -123,7 +130,8 @@ def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: in
     ids = [i for i in ids if i not in skip]
     out_ids: list[str] = []
     probs: list[np.ndarray] = []
-    compute = 0.0
+    compute = first = 0.0
+    first_n = 0
     t0 = time.perf_counter()
     n_batches = (len(ids) + batch_size - 1) // batch_size
     for x, ok, errs in tqdm(iter_batches(data, split, ids, layout, batch_size), total=n_batches, desc="infer",
@@ -133,7 +141,10 @@ def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: in
             continue  # once a file is bad no submission will be written; keep reading to name them all
         t = time.perf_counter()
         probs.append(runner.predict(x))
-        compute += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        if not out_ids:
+            first, first_n = dt, len(ok)
+        compute += dt
         out_ids += ok
     bad.sort(key=lambda e: order.get(e.id, -1))  # CSV order, whichever pass found each file
     if bad and not skip_bad:
@@ -142,4 +153,4 @@ def score(runner: Runner, data: Path, split: str, ids: list[str], batch_size: in
     if not out_ids and not allow_empty:
         raise DataError("no readable patches", file=patch_dir(data, split), fix="check the folder and the CSV IDs")
     p = np.concatenate(probs).astype(np.float32) if probs else np.zeros(0, np.float32)
-    return Scored(out_ids, p, bad, compute, time.perf_counter() - t0)
+    return Scored(out_ids, p, bad, compute, time.perf_counter() - t0, first, first_n)

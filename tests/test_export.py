@@ -31,12 +31,24 @@ def test_every_artefact_has_a_checked_sidecar(exported):
         side = read_sidecar(f)
         assert side["sha256"] == file_sha256(f)
         assert side["contract"]["bands"] == json.loads((run / "contract.json").read_text())["bands"]
-        assert side["threshold"] == json.loads((run / "calibration.json").read_text())["threshold"]
+        thr = json.loads((run / "calibration.json").read_text())["threshold"]
+        if f.name.startswith("fold"):  # a logit of one fold: the calibrated threshold is the ensemble's, said so
+            assert side["threshold"] is None and side["ensemble_threshold"] == thr and "fused.onnx" in side["note"]
+        else:
+            assert side["threshold"] == thr
         assert side["archs"] == ["test_efficientnet@80"] and side["folds"] == [0, 1]
         assert len(side["source_hash"]) == 16 and "onnxruntime" in side["versions"]
     assert read_sidecar(run / "export" / "fused_fp16.onnx")["precision"] == "fp16"
     fold1 = read_sidecar(run / "export" / "fold1_test_efficientnet_80.onnx")
     assert (fold1["fold"], fold1["arch"]) == (1, "test_efficientnet@80")  # the real arch name, not the file stem
+
+
+def test_a_per_fold_graph_given_to_infer_points_at_the_fused_one(exported):
+    run, _ = exported
+    fold0 = run / "export" / "fold0_test_efficientnet_80.onnx"
+    with pytest.raises(ContractError, match="one fold's graph") as e:
+        make_runner(InferConfig(run=str(fold0)))
+    assert e.value.fix == f"pass {run / 'export' / 'fused.onnx'} (or the run folder) instead"
 
 
 def test_per_fold_onnx_round_trip(exported, reference):

@@ -474,3 +474,26 @@ def test_default_output_path(exported, tmp_path, monkeypatch):
     # ...or, when that run is not on this host, to the current folder; never into the cache.
     (engines / "fused-0123.pt2.json").write_text(json.dumps({"source_run": str(tmp_path / "gone")}))
     assert at(engine) == tmp_path / "submission.csv"
+
+
+def test_the_first_calls_warm_up_is_reported_apart_from_the_steady_rate(exported):
+    import time
+
+    from landslide.infer import score
+    from landslide.runtime import Runner
+
+    class Warm(Runner):  # the first call pays a compile, the others are quick
+        calls = 0
+
+        def predict(self, x):
+            Warm.calls += 1
+            time.sleep(0.4 if Warm.calls == 1 else 0.01)
+            return np.zeros(len(x), np.float32)
+
+    _, data = exported
+    ids = sorted(f.stem for f in (data / "test_data").glob("*.npy"))[:12]
+    r = score(Warm(), data, "test", ids, 4, skip_bad=False)
+    assert Warm.calls == 3 and r.first_n == 4 and r.first_call_s >= 0.4
+    assert len(r.ids) / r.compute_s < 12 / 0.4 < 100 < r.steady_rate()  # the warm-up is not in the steady rate
+    one = score(Warm(), data, "test", ids[:4], 4, skip_bad=False)
+    assert one.steady_rate() is None  # one call: nothing after the warm-up to time

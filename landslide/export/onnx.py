@@ -184,6 +184,11 @@ def export_folds(fused: FusedEnsemble, info: RunInfo, x: np.ndarray, out: Path,
                 require(compare(path.name, got, ref, 0.0, tol, what="logit"), path)
                 write_sidecar(p, kind="onnx-fold", info=info, precision="fp32", run_sha=run_sha,
                               extra={"fold": k, "arch": arch,
+                                     # A logit of one model, no TTA: the calibrated probability threshold is
+                                     # the whole ensemble's, so it is named as such rather than as this graph's.
+                                     "threshold": None, "ensemble_threshold": info.threshold,
+                                     "note": "one fold's logit on preprocessed input, no TTA; score the ensemble "
+                                             "with fused.onnx",
                                      "input": {"name": INPUT, "shape": ["batch", info.layout.n_channels, 64, 64],
                                                "dtype": "float32", "layout": "NCHW, SAR median-filtered, raw units"},
                                      "output": {"name": "logit", "shape": ["batch"], "dtype": "float32"}})

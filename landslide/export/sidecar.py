@@ -136,6 +136,10 @@ def read_sidecar(artefact: str | Path, kind: str | None = None) -> dict[str, Any
     if side.get("format") != SIDECAR_FORMAT:
         raise ContractError(f"sidecar format {side.get('format')!r}, expected {SIDECAR_FORMAT!r}", file=side_p,
                             fix=rebuild())
+    if kind is not None and side.get("kind") == "onnx-fold" and kind != "onnx-fold":
+        raise ContractError(f"{artefact.name} is one fold's graph (a logit on SAR-filtered NCHW input, no TTA, "
+                            "for serving it yourself); the runners score the whole ensemble", file=artefact,
+                            fix=f"pass {artefact.parent / 'fused.onnx'} (or the run folder) instead")
     if kind is not None and not str(side.get("kind", "")).startswith(kind):
         raise ContractError(f"artefact is a {side.get('kind')!r}, not a {kind!r}", file=artefact,
                             fix="pick the backend that matches the file (or --backend auto)")

@@ -9,9 +9,11 @@ are written, ``--merge-shards`` checks and joins them into the submission (see :
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
     if not path.is_dir():
         raise ConfigError("run folder or artefact not found", file=path, fix="pass RUN_DIR or an exported file")
     graph = path / "export" / ("fused_fp16.onnx" if cfg.precision == "fp16" else "fused.onnx")
+    sha = lazy_run_hash(path)  # the engine lookup and the stale-export check hash the checkpoints once between them
     if cfg.backend == "torch":
         return "torch", path, "asked for"
     if cfg.backend == "onnxruntime":
@@ -107,13 +110,13 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
             raise MissingArtefactError("no exported graph in the run folder", file=graph,
                                        fix=f"python export.py {path} (a graph exported with --out DIR: pass "
                                            "DIR/fused.onnx as the run)")
-        if stale := stale_export(path, graph):
+        if stale := stale_export(path, graph, sha):
             raise ContractError(f"{graph.name} is not this run's ensemble: {stale}", file=graph,
                                 fix=f"export the run again: python export.py {path}")
         return "onnxruntime", graph, "asked for"
     if cfg.backend in ("aoti", "tensorrt"):
         engines = engine_dir(cfg.engine_dir)
-        engine, unfit = find_engine(path, engines, cfg.backend, cfg.device)
+        engine, unfit = find_engine(path, engines, cfg.backend, cfg.device, sha)
         if engine is None:
             why = f" that runs here ({'; '.join(unfit)})" if unfit else ""
             # A fitting engine has another cache key (TensorRT/torch version, GPU): export builds it beside.
@@ -124,7 +127,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
         return cfg.backend, engine, f"built from this run, found in {engines}/"
     if computes_at("tensorrt", cfg.precision) and _gpu_tensorrt(cfg.device):
         try:
-            engine, unfit = find_engine(path, engine_dir(cfg.engine_dir), "tensorrt", cfg.device)
+            engine, unfit = find_engine(path, engine_dir(cfg.engine_dir), "tensorrt", cfg.device, sha)
         except ConfigError as e:  # an installed TensorRT this code cannot use (too old): not asked for, so say and pass
             log.warning("tensorrt skipped: %s", e)
             engine, unfit = None, []
@@ -138,7 +141,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
         if cfg.provider == "auto" and _gpu_without_ort_cuda(cfg.device):
             # ONNX Runtime would run the whole ensemble on the host cores: the GPU is the faster engine.
             return "torch", path, "a CUDA device, and this onnxruntime build has no CUDA provider"
-        if stale := stale_export(path, graph):
+        if stale := stale_export(path, graph, sha):
             # The checkpoints are the truth: score them (slower) rather than another ensemble, and say so.
             log.warning("export/%s skipped: %s (python export.py %s refreshes it)", graph.name, stale, path)
             return "torch", path, f"the run's export/{graph.name} is stale"
@@ -147,18 +150,28 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
                            "with --out DIR is scored by passing DIR/fused.onnx)")
 
 
-def stale_export(run: Path, graph: Path) -> str | None:
+def lazy_run_hash(run: Path) -> Callable[[], str]:
+    """``run_hash(read_run(run))``, computed on the first call and kept (it reads every checkpoint's bytes)."""
+    @functools.cache
+    def sha() -> str:
+        from landslide.ensemble import read_run
+        from landslide.export.sidecar import run_hash
+
+        return run_hash(read_run(run))
+    return sha
+
+
+def stale_export(run: Path, graph: Path, sha: Callable[[], str] | None = None) -> str | None:
     """Why ``run``'s ``export/`` graph is not the run's ensemble as it is now (None when it is): its sidecar
     records the hash of the checkpoints and calibration it was built from, which retraining, a new
     calibration.json or an export copied from another run changes. An unreadable sidecar is the runner's
     to refuse, with its own message."""
-    from landslide.ensemble import read_run
-    from landslide.export.sidecar import readable_sidecar, run_hash
+    from landslide.export.sidecar import readable_sidecar
 
     side = readable_sidecar(graph)
     if side is None or "source_hash" not in side:
         return None
-    if side["source_hash"] == run_hash(read_run(run)):
+    if side["source_hash"] == (sha or lazy_run_hash(run))():
         return None
     return (f"it was exported from {side.get('source_run', 'another run')} when its checkpoints or calibration "
             "differed from this run's now (retrained, recalibrated, or copied from another run)")
@@ -184,7 +197,8 @@ def _gpu_without_ort_cuda(device: str) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
-def find_engine(run: Path, folder: Path, backend: str, device: str = "auto") -> tuple[Path | None, list[str]]:
+def find_engine(run: Path, folder: Path, backend: str, device: str = "auto",
+                sha: Callable[[], str] | None = None) -> tuple[Path | None, list[str]]:
     """The newest engine in ``folder`` whose sidecar says it was built from ``run`` as it is now and that
     can run here, and why each other engine built from ``run`` cannot (``name: reason``).
 
@@ -193,8 +207,7 @@ def find_engine(run: Path, folder: Path, backend: str, device: str = "auto") -> 
     on a CPU host, and a CPU one on a GPU host would leave the GPU idle) and, on CUDA, this GPU model.
     """
     from landslide.device import resolve_device
-    from landslide.ensemble import read_run
-    from landslide.export.sidecar import readable_sidecar, run_hash
+    from landslide.export.sidecar import readable_sidecar
 
     suffix = {"aoti": ".pt2", "tensorrt": ".engine"}[backend]
     if backend == "tensorrt":  # first: a TensorRT missing or too old is the answer, whatever the folder holds
@@ -203,8 +216,8 @@ def find_engine(run: Path, folder: Path, backend: str, device: str = "auto") -> 
         trt = import_trt()
     found = [(p, side) for p in folder.glob(f"*{suffix}") if (side := readable_sidecar(p)) is not None]
     if found:
-        want, sha = str(run.resolve()), run_hash(read_run(run))
-        found = [(p, side) for p, side in found if side.get("source_run") == want and side.get("source_hash") == sha]
+        want, now = str(run.resolve()), (sha or lazy_run_hash(run))()
+        found = [(p, side) for p, side in found if side.get("source_run") == want and side.get("source_hash") == now]
     if not found:
         return None, []
     if backend == "aoti":

@@ -266,6 +266,12 @@ def test_auto_passes_over_a_tensorrt_engine_built_for_another_gpu(exported, tmp_
     assert "fused-a.engine: engine built for Other GPU, this GPU is Fake GPU" in caplog.text
     sidecar_path(engines / "fused-a.engine").write_text(json.dumps({**side, "gpu": "Fake GPU"}))
     assert resolve_artefact(cfg)[:2] == ("tensorrt", engines / "fused-a.engine")
+    # An engine passed over, then the export's staleness checked: the checkpoints are hashed once for both.
+    sidecar_path(engines / "fused-a.engine").write_text(json.dumps(side))
+    import landslide.export.sidecar as sc
+    calls = []
+    monkeypatch.setattr(sc, "run_hash", lambda info: calls.append(1) or run_hash(info))
+    assert resolve_artefact(cfg)[0] != "tensorrt" and len(calls) == 1
     # A TensorRT too old to use, installed beside: auto says so and takes the next backend; asked for, refused.
     trt.__version__ = "8.6.1"
     caplog.clear()

@@ -30,7 +30,9 @@ class Predictor:
     def __init__(self, path: str | Path, backend: str = "auto", batch_size: int = 64, **options: Any) -> None:
         from landslide.config import make_config
         from landslide.infer import InferConfig, check_threshold, make_runner
+        from landslide.utils import quiet_cuda_home_noise
 
+        quiet_cuda_home_noise()  # an AOTI package or torch.compile on a GPU-less host: as quiet as infer.py
         self.cfg = make_config(InferConfig, {"run": str(path), "backend": backend, "batch_size": batch_size,
                                              **options})
         own = check_threshold(self.cfg)  # threshold=T: an operating point of the caller's, as infer.py's flag

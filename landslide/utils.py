@@ -16,12 +16,17 @@ def _not_cuda_home_noise(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("No CUDA runtime is found")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+def quiet_cuda_home_noise() -> None:
+    """Drop that one warning from torch's C++ builder logger (the scripts, and ``Predictor`` in-process)."""
     cpp = logging.getLogger("torch.utils.cpp_extension")
     if _not_cuda_home_noise not in cpp.filters:
         cpp.addFilter(_not_cuda_home_noise)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    quiet_cuda_home_noise()
 
 
 def set_determinism() -> None:

@@ -357,6 +357,29 @@ def test_predictor_matches_infer(exported, tmp_path):
         Predictor(run, device="cpu", batch_size=0)
 
 
+def test_predictor_keeps_torchs_cuda_home_warning_out_of_the_callers_log(exported):
+    import logging
+
+    from landslide import Predictor
+    from landslide.utils import _not_cuda_home_noise
+
+    cpp = logging.getLogger("torch.utils.cpp_extension")
+    # As in a fresh process that never ran a script's setup_logging:
+    for f in [f for f in cpp.filters if f is _not_cuda_home_noise]:
+        cpp.removeFilter(f)
+    Predictor(exported[0], device="cpu")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    cpp.addHandler(handler)  # torch's own loggers may not propagate to the root (and caplog)
+    try:
+        cpp.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+        cpp.warning("a real C++ build failure")
+    finally:
+        cpp.removeHandler(handler)
+    assert seen == ["a real C++ build failure"]
+
+
 def test_predict_dir_names_what_it_skips(exported, tmp_path, caplog):
     from landslide import Predictor
 

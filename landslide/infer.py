@@ -320,7 +320,8 @@ def write_submission(path: Path, ids: list[str], probs: np.ndarray, threshold: f
                      probs_out: Path | None) -> None:
     write_csv(path, ["ID", "Target"], zip(ids, (probs >= threshold).astype(int).tolist()))
     if probs_out is not None:
-        write_csv(probs_out, ["ID", "prob"], ((i, f"{p:.6f}") for i, p in zip(ids, probs)))
+        # 9 significant digits: a float32 read back exactly, so the file re-thresholded gives the Target calls.
+        write_csv(probs_out, ["ID", "prob"], ((i, f"{p:.9g}") for i, p in zip(ids, probs)))
 
 
 def _command(cfg: InferConfig, flag: str) -> str:

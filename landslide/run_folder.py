@@ -42,7 +42,7 @@ def write_oof(path: Path, ids: list[str], labels: np.ndarray, fold_of: np.ndarra
         w = csv.writer(f)
         w.writerow(["ID", "label", "fold", *[f"prob_{a}" for a in archs]])
         for i, id_ in enumerate(ids):
-            w.writerow([id_, int(labels[i]), int(fold_of[i]), *[f"{v:.6f}" for v in oof[i]]])
+            w.writerow([id_, int(labels[i]), int(fold_of[i]), *[f"{v:.9g}" for v in oof[i]]])
 
 
 def saved_config(out: str, warn: bool = True) -> dict | None:

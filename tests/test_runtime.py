@@ -526,3 +526,19 @@ def test_the_first_calls_warm_up_is_reported_apart_from_the_steady_rate(exported
     assert len(r.ids) / r.compute_s < 12 / 0.4 < 100 < r.steady_rate()  # the warm-up is not in the steady rate
     one = score(Warm(), data, "test", ids[:4], 4, skip_bad=False)
     assert one.steady_rate() is None  # one call: nothing after the warm-up to time
+
+
+def test_the_probs_file_rethresholded_gives_the_submissions_calls(tmp_path):
+    import csv
+
+    from landslide.infer import write_submission
+
+    thr = 0.4321
+    probs = np.array([np.nextafter(np.float32(thr), np.float32(0)), np.float32(thr) + np.float32(3e-8), 0.9, 1e-6],
+                     np.float32)  # the first two: within a float32 step of the threshold, either side
+    write_submission(tmp_path / "s.csv", ["a", "b", "c", "d"], probs, thr, tmp_path / "p.csv")
+    with open(tmp_path / "s.csv") as f:
+        calls = [int(r["Target"]) for r in csv.DictReader(f)]
+    with open(tmp_path / "p.csv") as f:
+        back = np.array([float(r["prob"]) for r in csv.DictReader(f)], np.float32)
+    assert calls == [0, 1, 1, 0] and (back == probs).all() and ((back >= thr).astype(int).tolist() == calls)

@@ -102,6 +102,24 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     return run
 
 
+def check_same_folds(run: Path, cfg: TrainConfig, split: Split, fold_of: np.ndarray) -> None:
+    """On resume, refuse a Train.csv other than the one the run started on: the finished folds' checkpoints
+    and OOF rows belong to the saved folds, so other rows, labels or folds would mix two data sets."""
+    saved = run / "folds.csv"
+    if not cfg.resume or not saved.is_file():
+        return
+    with open(saved, newline="") as f:
+        rows = [tuple(r) for r in csv.reader(f)][1:]
+    now = [(i, str(y), str(k)) for i, y, k in zip(split.ids, split.labels.tolist(), fold_of.tolist())]
+    if rows != now:
+        diff = next((n for n, (a, b) in enumerate(zip(rows, now)) if a != b), min(len(rows), len(now)))
+        what = (f"{len(now)} rows now, {len(rows)} when the run started" if len(rows) != len(now) else
+                f"row {diff + 1} was {','.join(rows[diff])} (ID,label,fold) and is now {','.join(now[diff])}")
+        raise ConfigError(f"--resume: the training CSV is not the one this run started on ({what})", file=saved,
+                          fix=f"restore {cfg.data}/Train.csv as it was, or train a new run on it: python train.py "
+                              f"--data {cfg.data} --out NEW_RUN")
+
+
 def start_run(cfg: TrainConfig, split: Split, fold_of: np.ndarray, meta: dict) -> Path:
     """Create (or re-enter, on resume) the run folder and write its config, contract and folds.
 
@@ -109,6 +127,7 @@ def start_run(cfg: TrainConfig, split: Split, fold_of: np.ndarray, meta: dict) -
     from landslide.utils import git_commit
 
     run = prepare_run_dir(cfg)
+    check_same_folds(run, cfg, split, fold_of)
     write_json(run / "config.json", {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit(), **meta})
     write_json(run / "contract.json", {**data_contract(split.layout), "archs": cfg.archs, "folds": cfg.folds})
     with atomic_write(run / "folds.csv") as f:

@@ -296,3 +296,26 @@ def test_metrics_csv_is_written_after_every_epoch(synth_data, tmp_path, monkeypa
     train.main(make_config(TrainConfig, {**base, "only_folds": [1], "resume": True}))
     assert seen[0] == [("0", "1"), ("0", "2"), ("0", "3"), ("1", "1")]  # fold 0's rows kept, fold 1's first epoch
     assert seen[-1] == seen[0] + [("1", "2"), ("1", "3")]
+
+
+def test_resume_refuses_a_training_csv_other_than_the_runs(trained_run, tmp_path):
+    """Finished folds' checkpoints and OOF rows belong to the saved folds: an edited Train.csv is refused."""
+    import shutil
+
+    run, data = trained_run
+    d, copy = tmp_path / "d", tmp_path / "copy"
+    shutil.copytree(data, d)
+    shutil.copytree(run, copy)
+    cfgp = copy / "config.json"
+    saved = json.loads(cfgp.read_text())
+    saved["config"]["data"] = str(d)
+    cfgp.write_text(json.dumps(saved))
+    before = (copy / "folds.csv").read_text()
+    lines = (d / "Train.csv").read_text().splitlines()
+    head, first = lines[0], lines[1].split(",")
+    flipped = [head, f"{first[0]},{1 - int(first[1])}", *lines[2:]]  # one label changed, same row count
+    (d / "Train.csv").write_text("\n".join(flipped) + "\n")
+    r = run_script("train.py", "--out", str(copy), "--resume")
+    assert r.returncode == 2, r.stderr
+    assert "not the one this run started on" in r.stderr and f"--data {d} --out NEW_RUN" in r.stderr
+    assert (copy / "folds.csv").read_text() == before  # nothing rewritten

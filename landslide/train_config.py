@@ -97,6 +97,17 @@ def check_config(cfg: TrainConfig) -> None:
     from landslide.errors import ConfigError
     from landslide.model import check_model_config
 
+    # Each would crash minutes in (a traceback from range() or torch) or train nothing and then look for
+    # a checkpoint no epoch wrote: refused here, with the flag named.
+    for flag, value, ok, want in (("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
+                                  ("--patience", cfg.patience, cfg.patience >= 1, "1 or more"),
+                                  ("--eval-batch-size", cfg.eval_batch_size, cfg.eval_batch_size >= 1, "1 or more"),
+                                  ("--lr", cfg.lr, cfg.lr > 0, "above 0"),
+                                  ("--dropout", cfg.dropout, 0 <= cfg.dropout < 1, "from 0 up to (not including) 1"),
+                                  ("--archs", ",".join(cfg.archs), bool(cfg.archs) and all(cfg.archs),
+                                   "at least one timm name, comma-separated")):
+        if not ok:
+            raise ConfigError(f"{flag} {value}: out of range", fix=f"pass {flag} {want}")
     bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
                                                                           if cfg.only_folds.count(k) > 1})
     if bad:

@@ -36,6 +36,20 @@ def test_a_fold_asked_for_twice_is_refused():
     check_config(make_config(TrainConfig, {**PRESETS["tiny"], "only_folds": [1, 0]}))
 
 
+@pytest.mark.parametrize("key,value,flag", [("epochs", 0, "--epochs"), ("patience", 0, "--patience"),
+                                             ("eval_batch_size", 0, "--eval-batch-size"), ("lr", -1.0, "--lr"),
+                                             ("dropout", 2.0, "--dropout"), ("archs", [], "--archs")])
+def test_numbers_that_would_crash_or_train_nothing_are_refused(key, value, flag):
+    from landslide.config import make_config
+    from landslide.train import check_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    with pytest.raises(ConfigError, match=f"^{flag} .*: out of range") as e:
+        check_config(make_config(TrainConfig, {**PRESETS["tiny"], key: value}))
+    assert e.value.fix.startswith(f"pass {flag} ")
+    check_config(make_config(TrainConfig, {**PRESETS["tiny"], "epochs": 1, "patience": 1, "dropout": 0.0}))
+
+
 def test_an_arch_listed_twice_is_refused_before_anything_is_written(tmp_path):
     """Two entries with one name would share a checkpoint file and one ensemble weight: refused, naming it."""
     from landslide.config import make_config

@@ -82,8 +82,10 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         # A key the saved config lacks is a field added since that run started: it ran with the default.
         old = {**asdict(TrainConfig()), **saved_config(cfg.out, warn=False)}
         # How and where it runs may change on resume (a copied run folder too); what it trains may not.
+        # --data may move (a relative path read from another folder, a copied data set): check_same_folds
+        # refuses a Train.csv whose rows, labels or folds are not the run's.
         keep = ("resume", "out", "device", "precision", "compile", "compile_mode", "data_backend", "augment_kernel",
-                "cache_dir", "eval_batch_size", "fold_on", "only_folds",
+                "cache_dir", "eval_batch_size", "fold_on", "only_folds", "channels_last", "data",
                 "preset")  # a preset's name: what it sets is compared field by field
         diff = {k: (old[k], v) for k, v in asdict(cfg).items() if k not in keep and old[k] != v}
         if diff:

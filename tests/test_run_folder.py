@@ -333,3 +333,20 @@ def test_resume_refuses_a_training_csv_other_than_the_runs(trained_run, tmp_path
     assert r.returncode == 2, r.stderr
     assert "not the one this run started on" in r.stderr and f"--data {d} --out NEW_RUN" in r.stderr
     assert (copy / "folds.csv").read_text() == before  # nothing rewritten
+
+
+def test_resume_takes_the_data_folder_moved_and_a_layout_flag(trained_run, tmp_path):
+    """A run started with a relative --data, resumed from another folder: --data DIR (same rows) is taken."""
+    import shutil
+
+    run, data = trained_run
+    d, copy = tmp_path / "moved", tmp_path / "copy"
+    shutil.copytree(data, d)
+    shutil.copytree(run, copy)
+    cfgp = copy / "config.json"
+    saved = json.loads(cfgp.read_text())
+    saved["config"]["data"] = "data/relative_to_another_folder"
+    cfgp.write_text(json.dumps(saved))
+    r = run_script("train.py", "--out", str(copy), "--resume", "--data", str(d), "--channels-last", "off")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cfgp.read_text())["config"]["data"] == str(d)

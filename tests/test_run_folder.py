@@ -312,8 +312,8 @@ def test_metrics_csv_is_written_after_every_epoch(synth_data, tmp_path, monkeypa
     assert seen[-1] == seen[0] + [("1", "2"), ("1", "3")]
 
 
-def test_resume_refuses_a_training_csv_other_than_the_runs(trained_run, tmp_path):
-    """Finished folds' checkpoints and OOF rows belong to the saved folds: an edited Train.csv is refused."""
+def _copies(trained_run, tmp_path, saved_data: str | None) -> tuple:
+    """(data copy, run copy, its config.json), the run's saved --data set to ``saved_data`` (None: the copy)."""
     import shutil
 
     run, data = trained_run
@@ -322,8 +322,14 @@ def test_resume_refuses_a_training_csv_other_than_the_runs(trained_run, tmp_path
     shutil.copytree(run, copy)
     cfgp = copy / "config.json"
     saved = json.loads(cfgp.read_text())
-    saved["config"]["data"] = str(d)
+    saved["config"]["data"] = str(d) if saved_data is None else saved_data
     cfgp.write_text(json.dumps(saved))
+    return d, copy, cfgp
+
+
+def test_resume_refuses_a_training_csv_other_than_the_runs(trained_run, tmp_path):
+    """Finished folds' checkpoints and OOF rows belong to the saved folds: an edited Train.csv is refused."""
+    d, copy, _ = _copies(trained_run, tmp_path, None)
     before = (copy / "folds.csv").read_text()
     lines = (d / "Train.csv").read_text().splitlines()
     head, first = lines[0], lines[1].split(",")
@@ -337,16 +343,7 @@ def test_resume_refuses_a_training_csv_other_than_the_runs(trained_run, tmp_path
 
 def test_resume_takes_the_data_folder_moved_and_a_layout_flag(trained_run, tmp_path):
     """A run started with a relative --data, resumed from another folder: --data DIR (same rows) is taken."""
-    import shutil
-
-    run, data = trained_run
-    d, copy = tmp_path / "moved", tmp_path / "copy"
-    shutil.copytree(data, d)
-    shutil.copytree(run, copy)
-    cfgp = copy / "config.json"
-    saved = json.loads(cfgp.read_text())
-    saved["config"]["data"] = "data/relative_to_another_folder"
-    cfgp.write_text(json.dumps(saved))
+    d, copy, cfgp = _copies(trained_run, tmp_path, "data/relative_to_another_folder")
     r = run_script("train.py", "--out", str(copy), "--resume", "--data", str(d), "--channels-last", "off")
     assert r.returncode == 0, r.stderr
     assert json.loads(cfgp.read_text())["config"]["data"] == str(d)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from landslide.config import field
@@ -108,6 +109,10 @@ def check_config(cfg: TrainConfig) -> None:
                                    "at least one timm name, comma-separated")):
         if not ok:
             raise ConfigError(f"{flag} {value}: out of range", fix=f"pass {flag} {want}")
+    for flag, folder in (("--out", cfg.out), ("--cache-dir", cfg.cache_dir)):
+        if folder and Path(folder).is_file():  # else a FileExistsError traceback once the data are read
+            raise ConfigError(f"{flag} {folder} is a file; it takes a folder", file=folder,
+                              fix=f"pass a folder (new or existing) to {flag}")
     bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
                                                                           if cfg.only_folds.count(k) > 1})
     if bad:

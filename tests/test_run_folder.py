@@ -50,6 +50,19 @@ def test_numbers_that_would_crash_or_train_nothing_are_refused(key, value, flag)
     check_config(make_config(TrainConfig, {**PRESETS["tiny"], "epochs": 1, "patience": 1, "dropout": 0.0}))
 
 
+@pytest.mark.parametrize("key,flag", [("out", "--out"), ("cache_dir", "--cache-dir")])
+def test_a_file_where_a_folder_goes_is_refused(key, flag, tmp_path):
+    from landslide.config import make_config
+    from landslide.train import check_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ConfigError, match=f"{flag} .*afile is a file; it takes a folder"):
+        check_config(make_config(TrainConfig, {**PRESETS["tiny"], key: str(tmp_path / "afile")}))
+    assert (tmp_path / "afile").read_text() == "mine"
+    check_config(make_config(TrainConfig, {**PRESETS["tiny"], key: str(tmp_path / "new")}))
+
+
 def test_an_arch_listed_twice_is_refused_before_anything_is_written(tmp_path):
     """Two entries with one name would share a checkpoint file and one ensemble weight: refused, naming it."""
     from landslide.config import make_config

@@ -74,3 +74,13 @@ def _restore(cls: type[LandslideError], message: str, state: dict) -> LandslideE
     Exception.__init__(e, message)
     e.__dict__.update(state)
     return e
+
+
+def refuse_files_as_folders(**flags: str) -> None:
+    """Refuse a folder flag (``out=...``, ``engine_dir=...``) that names an existing file, before any work:
+    else a mkdir traceback once minutes of reading or tracing are done."""
+    for name, folder in flags.items():
+        if folder and Path(folder).is_file():
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {folder} is a file; it takes a folder", file=folder,
+                              fix=f"pass a folder (new or existing) to {flag}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from landslide.config import field
@@ -95,7 +94,7 @@ def check_config(cfg: TrainConfig) -> None:
     """What the data need not be read for, checked before anything is written (every architecture
     buildable, the folds asked for existing): a typo must not leave a run folder behind."""
     from landslide.contract import arch_stem
-    from landslide.errors import ConfigError
+    from landslide.errors import ConfigError, refuse_files_as_folders
     from landslide.model import check_model_config
 
     # Each would crash minutes in (a traceback from range() or torch) or train nothing and then look for
@@ -109,10 +108,7 @@ def check_config(cfg: TrainConfig) -> None:
                                    "at least one timm name, comma-separated")):
         if not ok:
             raise ConfigError(f"{flag} {value}: out of range", fix=f"pass {flag} {want}")
-    for flag, folder in (("--out", cfg.out), ("--cache-dir", cfg.cache_dir)):
-        if folder and Path(folder).is_file():  # else a FileExistsError traceback once the data are read
-            raise ConfigError(f"{flag} {folder} is a file; it takes a folder", file=folder,
-                              fix=f"pass a folder (new or existing) to {flag}")
+    refuse_files_as_folders(out=cfg.out, cache_dir=cfg.cache_dir)
     bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
                                                                           if cfg.only_folds.count(k) > 1})
     if bad:

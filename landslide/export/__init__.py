@@ -70,7 +70,7 @@ def reference_inputs(info, data: str, n: int, seed: int = 0) -> np.ndarray:
 def main(cfg) -> dict:
     from landslide.contract import engine_dir
     from landslide.ensemble import build_ensemble
-    from landslide.errors import ConfigError
+    from landslide.errors import ConfigError, refuse_files_as_folders
     from landslide.export import onnx as ox
     from landslide.export.sidecar import run_hash, source_run
 
@@ -83,9 +83,7 @@ def main(cfg) -> dict:
     if cfg.n_verify < 1:  # zero patches would verify nothing (and crash); negative ones crash the generator
         raise ConfigError(f"--n-verify {cfg.n_verify}: every artefact is checked on at least one patch",
                           fix="pass --n-verify 1 or more (default 256)")
-    for flag, folder in (("--out", cfg.out), ("--engine-dir", cfg.engine_dir)):
-        if folder and Path(folder).is_file():  # else a mkdir traceback after minutes of tracing
-            raise ConfigError(f"{flag} {folder} is a file; it takes a folder", fix=f"pass a folder to {flag}")
+    refuse_files_as_folders(out=cfg.out, engine_dir=cfg.engine_dir)
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise ConfigError(f"batch profile {cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch} is not ordered",
                           fix="use --min-batch <= --opt-batch <= --max-batch, all >= 1")

@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from landslide.bands import ALL_BANDS
+from landslide.errors import ConfigError
 from landslide.io import atomic_write
 
 POSITIVE_RATE = 0.176  # 1,255 / 7,147 in the real Train.csv
@@ -46,6 +48,7 @@ class SynthConfig:
     n_test: int = 600
     seed: int = 0
     dtype: str = "float32"  # the real files are float64; float32 halves the demo's disk use
+    force: bool = False  # replace the CSVs of a set already in ``out``
 
 
 def _smooth_noise(g: torch.Generator, n: int, c: int, grid: int, size: int = 64) -> torch.Tensor:
@@ -178,8 +181,19 @@ def read_test_labels(data: str | Path) -> dict[str, int]:
 def write_dataset(cfg: SynthConfig) -> Path:
     """Write the data set; returns its folder."""
     out = Path(cfg.out)
+    for flag, n in (("--n-train", cfg.n_train), ("--n-test", cfg.n_test)):
+        if n < 1:
+            raise ConfigError(f"{flag} {n}: a data set needs at least one patch of each split", fix=f"pass {flag} 1 or more")
+    if out.is_file():
+        raise ConfigError(f"{out} is a file; the set is written to a folder", file=out, fix="pass a new folder as OUT")
+    held = [name for name in ("Train.csv", "Test.csv", "test_labels.csv") if (out / name).exists()]
+    if held and not cfg.force:
+        # A real (or hand-edited) set pointed at by mistake would lose its labels to random ones.
+        raise ConfigError(f"{out} already holds a data set ({', '.join(held)}); writing would replace it", file=out,
+                          fix="pass a new folder as OUT, or --force to replace that set's CSVs")
     rng = np.random.default_rng(cfg.seed)
-    taken: set[str] = set()
+    # Patch files already there (a real set, an interrupted run) keep their IDs: no .npy is ever overwritten.
+    taken = {f.stem for folder in ("train_data", "test_data") if (out / folder).is_dir() for f in (out / folder).iterdir()}
     for split, n, csv_name, folder in (("train", cfg.n_train, "Train.csv", "train_data"),
                                        ("test", cfg.n_test, "Test.csv", "test_data")):
         ids = _ids(rng, n, taken)
@@ -213,14 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=SynthConfig.seed, help="seed (default: %(default)s)")
     p.add_argument("--dtype", default=SynthConfig.dtype, choices=["float32", "float64"],
                    help="patch dtype (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace the CSVs of a set already in OUT")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
-    out = write_dataset(SynthConfig(a.out, a.n_train, a.n_test, a.seed, a.dtype))
+    out = write_dataset(SynthConfig(a.out, a.n_train, a.n_test, a.seed, a.dtype, a.force))
     print(f"wrote {a.n_train} train + {a.n_test} test patches to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    from landslide.utils import run_script
+
+    sys.exit(run_script(main))

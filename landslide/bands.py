@@ -60,7 +60,12 @@ class BandLayout:
         path = Path(data_dir) / BANDS_FILE
         if not path.exists():
             return cls()
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:  # a folder of that name, no permission, a binary file
+            raise DataError(f"cannot read the band list ({e.__class__.__name__}: {e})", file=path,
+                            fix="make bands.txt a UTF-8 text file of canonical band names, one per line "
+                                "(or remove it: the full 12-band Zindi layout is then assumed)") from None
         names = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
         try:
             return cls(names)

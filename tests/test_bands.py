@@ -67,3 +67,15 @@ def test_bands_file_error_names_the_file(tmp_path):
     with pytest.raises(DataError) as e:
         BandLayout.from_dir(tmp_path)
     assert "bands.txt" in str(e.value) and "ultraviolet" in str(e.value) and "Fix:" in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["folder", "binary"])
+def test_an_unreadable_bands_file_is_a_data_error_naming_it(tmp_path, kind):
+    path = tmp_path / "bands.txt"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"red\n\xff\xfe\x00green\n")  # Latin-1 / UTF-16 debris: not UTF-8
+    with pytest.raises(DataError) as e:
+        BandLayout.from_dir(tmp_path)
+    assert e.value.file == path and "cannot read the band list" in str(e.value) and "UTF-8 text file" in e.value.fix

@@ -8,6 +8,7 @@ the fold's normalisation so one module maps raw patches to logits (the unit ever
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def check_model_config(cfg: ModelConfig) -> None:
                           fix="pass a local timm checkpoint file (no network access at run time)")
 
 
+def check_pretrained(cfg: ModelConfig, layout: BandLayout) -> None:
+    """Load ``cfg.pretrained`` once, before a run folder is written: a file that is not this backbone's
+    weights is refused here, not as a traceback when fold 0 builds its model."""
+    if cfg.pretrained and cfg.modalities != "sar" and layout.optical_idx:
+        create_backbone(cfg, len(layout.optical_idx), announce=False)
+
+
 def create_backbone(cfg: ModelConfig, in_chans: int, announce: bool = True) -> nn.Module:
     import timm
 
@@ -89,10 +97,19 @@ def create_backbone(cfg: ModelConfig, in_chans: int, announce: bool = True) -> n
     kw = dict(in_chans=in_chans, num_classes=0, global_pool="avg")
     if cfg.pretrained:
         path = Path(cfg.pretrained)
-        # timm loads the file and adapts the 3-channel stem to in_chans (adapt_input_conv).
-        model = timm.create_model(cfg.backbone, pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(path)), **kw)
-        log.info("optical backbone %s: weights from %s (stem adapted to %d bands)", cfg.backbone, path, in_chans)
+        try:
+            # timm loads the file and adapts the 3-channel stem to in_chans (adapt_input_conv).
+            model = timm.create_model(cfg.backbone, pretrained=True,
+                                      pretrained_cfg_overlay=dict(file=str(path)), **kw)
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
+            # torch.load's or load_state_dict's own words, cut to their first lines (a size-mismatch list runs long).
+            said = " ".join(str(e).strip().splitlines()[:2])
+            raise ConfigError(f"cannot load it as {cfg.backbone} weights ({e.__class__.__name__}: {said[:300]})",
+                              file=path, fix=f"pass a timm state_dict file (.pth/.bin/.safetensors) of {cfg.backbone} "
+                                             f"itself, e.g. torch.save(timm.create_model({cfg.backbone!r}, "
+                                             "pretrained=True).state_dict(), PATH)") from None
+        if announce:
+            log.info("optical backbone %s: weights from %s (stem adapted to %d bands)", cfg.backbone, path, in_chans)
         return model
     if announce:  # not when the weights are about to come from a trained checkpoint
         log.info("optical backbone %s: random init (no --pretrained given)", cfg.backbone)

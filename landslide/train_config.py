@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from landslide.config import field
@@ -93,9 +94,10 @@ def arch_model_config(cfg: TrainConfig, arch_i: int) -> ModelConfig:
 def check_config(cfg: TrainConfig) -> None:
     """What the data need not be read for, checked before anything is written (every architecture
     buildable, the folds asked for existing): a typo must not leave a run folder behind."""
+    from landslide.bands import BandLayout
     from landslide.contract import arch_stem
     from landslide.errors import ConfigError, refuse_files_as_folders
-    from landslide.model import check_model_config
+    from landslide.model import check_model_config, check_pretrained
 
     # Each would crash minutes in (a traceback from range() or torch) or train nothing and then look for
     # a checkpoint no epoch wrote: refused here, with the flag named.
@@ -109,6 +111,10 @@ def check_config(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(f"{flag} {value}: out of range", fix=f"pass {flag} {want}")
     refuse_files_as_folders(out=cfg.out, cache_dir=cfg.cache_dir)
+    if cfg.resume and not (Path(cfg.out) / "config.json").is_file():
+        # Else a mistyped --out with --resume (and --data) trains a new run from scratch, for hours, elsewhere.
+        raise ConfigError(f"--resume: {cfg.out} holds no run to continue (no config.json)", file=cfg.out,
+                          fix="check --out (the folder train.py was started with), or drop --resume to start a new run there")
     bad = sorted({k for k in cfg.only_folds if not 0 <= k < cfg.folds} | {k for k in cfg.only_folds
                                                                           if cfg.only_folds.count(k) > 1})
     if bad:
@@ -126,3 +132,7 @@ def check_config(cfg: TrainConfig) -> None:
                           fix="pass at most one checkpoint per architecture, in --archs order")
     for i in range(len(cfg.archs)):
         check_model_config(arch_model_config(cfg, i))
+    if any(cfg.pretrained) and cfg.data:
+        layout = BandLayout.from_dir(cfg.data)  # bands.txt alone: the patches are read later
+        for i in range(len(cfg.archs)):
+            check_pretrained(arch_model_config(cfg, i), layout)

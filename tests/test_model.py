@@ -83,6 +83,18 @@ def test_missing_pretrained_file_is_an_error_not_random_weights(tmp_path):
         LandslideModel(ModelConfig(pretrained=str(tmp_path / "nope.pth")), BandLayout())
 
 
+def test_weights_of_another_backbone_are_refused_naming_the_file(tmp_path):
+    import timm
+
+    path = tmp_path / "mobilenet.pth"
+    torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict(), path)
+    with pytest.raises(ConfigError) as e:
+        LandslideModel(ModelConfig(pretrained=str(path)), BandLayout())
+    msg = str(e.value)
+    assert msg.startswith(f"file {path}: cannot load it as test_efficientnet weights (RuntimeError: Error(s) in loading")
+    assert "\n" not in msg and "of test_efficientnet itself" in msg
+
+
 def test_pretrained_local_checkpoint_is_loaded_with_adapted_stem(tmp_path):
     import timm
 

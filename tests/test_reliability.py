@@ -249,6 +249,13 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(synth_data, tmp_path):
     assert state.is_file() and not list(run.rglob(".*.tmp"))
 
 
+def test_resume_of_a_folder_without_a_run_is_refused_before_any_data_is_read(synth_data, tmp_path):
+    typo = tmp_path / "runs" / "fulll"
+    r = run_script("train.py", "--data", str(synth_data), "--out", str(typo), "--preset", "tiny", "--resume")
+    _assert_user_error(r, f"--resume: {typo} holds no run to continue (no config.json)", "drop --resume")
+    assert not typo.exists()  # nothing started there
+
+
 def test_resume_with_different_config_is_refused(trained_run):
     run, data = trained_run
     r = run_script("train.py", "--data", str(data), "--out", str(run), "--preset", "tiny", "--lr", "0.5", "--resume")

@@ -20,6 +20,11 @@ def test_a_bad_arch_is_refused_before_anything_is_written(tmp_path):
     r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
                    "--pretrained", str(tmp_path / "missing.pth"))
     _assert_user_error(r, "pretrained checkpoint not found", "missing.pth")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                   "--pretrained", str(tmp_path / "notes.pth"))
+    _assert_user_error(r, f"file {tmp_path / 'notes.pth'}: cannot load it as test_efficientnet weights",
+                       "state_dict file (.pth/.bin/.safetensors) of test_efficientnet itself")
     r = run_script("train.py", "--data", str(d), "--out", str(tmp_path / "r"), "--preset", "tiny",
                    "--only-folds", "1,5")  # the tiny preset has folds 0 and 1
     _assert_user_error(r, "fold(s) [5] are out of range", "from 0 to 1 (--folds 2)")

@@ -158,14 +158,28 @@ class FoldTrainer:
             return None
         # mmap: an unfinished fold's state holds the weights and optimizer (GBs for the full preset), read
         # here only for its "done" flag.
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False, mmap=True)
+        state = self._read_state(mmap=True)
         return (state["oof"], state["rows"]) if state.get("done") and self.ckpt_path.is_file() else None
+
+    def _read_state(self, mmap: bool = False) -> dict:
+        from landslide.errors import ContractError
+
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - written atomically, so a bad one came from outside (disk, a copy)
+            state = e
+        if not isinstance(state, dict) or not {"done", "epoch", "rows"} <= state.keys():
+            said = f"{type(state).__name__}: {state}" if isinstance(state, Exception) else "not a fold state"
+            raise ContractError(f"cannot read fold {self.fold}'s training state ({said})", file=self.state_path,
+                                fix=f"delete it, and {self.ckpt_path.name} beside it, then train that fold again from "
+                                    f"epoch 1: python train.py --out {shlex.quote(self.cfg.out)} --resume "
+                                    f"--only-folds {self.fold}")
+        return state
 
     def run(self) -> tuple[np.ndarray, list[dict]]:
         """Train (or resume) to completion; returns (OOF probabilities for the val rows, metric rows)."""
         cfg, rt = self.cfg, self.rt
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False) \
-            if cfg.resume and self.state_path.is_file() else None
+        state = self._read_state() if cfg.resume and self.state_path.is_file() else None
         if self.env.is_main:
             self._settle_staged(state)
         if state is not None and state.get("done"):

@@ -161,6 +161,26 @@ def test_infer_refuses_a_corrupt_checkpoint(trained_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_resume_refuses_a_corrupt_fold_state_and_its_fix_trains_the_fold_again(trained_run, tmp_path):
+    import shutil
+
+    run, data = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    state, ck = copy / "fold1" / "test_efficientnet.state.pt", copy / "fold1" / "test_efficientnet.pt"
+    state.write_bytes(state.read_bytes()[:64])
+    fix = f"delete it, and {ck.name} beside it, then train that fold again from epoch 1: python train.py --out {copy} " \
+          "--resume --only-folds 1"
+    for folds in ([], ["--only-folds", "0"]):  # fold 1 trained here / read by the driver as "finished elsewhere?"
+        r = run_script("train.py", "--out", str(copy), "--resume", *folds)
+        _assert_user_error(r, f"file {state}: cannot read fold 1's training state", fix)
+    state.unlink()
+    ck.unlink()
+    r = run_script("train.py", "--out", str(copy), "--resume", "--only-folds", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ck.is_file() and (copy / "calibration.json").is_file()
+
+
 def test_train_refuses_to_overwrite_a_run(trained_run, tmp_path):
     run, data = trained_run
     before = (run / "calibration.json").read_text()

@@ -39,7 +39,7 @@ from landslide.augment.torch import AugmentConfig
 from landslide.bands import BandLayout
 from landslide.calibrate import best_threshold, calibrate, crossfit_f1
 from landslide.contract import CHECKPOINT_FORMAT, checkpoint_path, data_contract, versions
-from landslide.data import Split, load_split
+from landslide.data import SPLITS, Split, load_split
 from landslide.device import Runtime, enable_autotune, resolve_runtime, sync
 from landslide.distributed import DistEnv
 from landslide.errors import ConfigError, DataError
@@ -56,14 +56,19 @@ from landslide.train_config import TrainConfig, arch_model_config, check_config
 log = logging.getLogger(__name__)
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold id ``(N,)`` per row: each class shuffled with ``seed`` and dealt round-robin into ``k`` folds."""
+def stratified_folds(labels: np.ndarray, k: int, seed: int, csv: str | Path | None = None) -> np.ndarray:
+    """Fold id ``(N,)`` per row: each class shuffled with ``seed`` and dealt round-robin into ``k`` folds.
+
+    ``csv`` (the labels' file) is named in the error when a class is too small to stratify."""
     if k < 2:
         raise ConfigError(f"--folds {k}", fix="use at least 2 folds")
     counts = np.bincount(labels, minlength=2)
     if counts.min() < k:
-        raise DataError(f"a class has only {counts.min()} rows, fewer than {k} folds",
-                        fix=f"use --folds {max(2, int(counts.min()))} or fewer, or add labelled rows")
+        c = int(counts.argmin())
+        what = f"label {c} ({'landslide' if c else 'no landslide'}) has {counts[c]} row(s), fewer than the {k} folds"
+        add = f"add rows labelled {c}" + (f" to {csv}" if csv else "")
+        # Each fold's validation rows need both classes: below 2 rows of one no --folds can do.
+        raise DataError(what, file=csv, fix=add if counts[c] < 2 else f"use --folds {int(counts[c])} or fewer, or {add}")
     rng = np.random.default_rng(seed)
     fold = np.empty(len(labels), dtype=np.int64)
     offset = 0
@@ -426,7 +431,7 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     split = dist_.run_on_main_first(env, load_split, cfg.data, "train", cache_dir=cfg.cache_dir or None)
     labels = split.labels
     assert labels is not None
-    fold_of = stratified_folds(labels, cfg.folds, cfg.seed)
+    fold_of = stratified_folds(labels, cfg.folds, cfg.seed, csv=Path(cfg.data) / SPLITS["train"][0])
     dist_.on_main(env, _start_run, cfg, rt, backend, env, split, fold_of)
     run = Path(cfg.out)
 

@@ -23,6 +23,21 @@ def test_fold_sizes_differ_by_at_most_one_when_the_classes_do_not_divide():
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 14
 
 
+def test_a_class_too_small_to_stratify_names_the_csv_and_a_fix_that_can_work():
+    import pytest
+
+    from landslide.errors import DataError
+
+    with pytest.raises(DataError) as e:  # a single-class CSV: no --folds helps
+        train.stratified_folds(np.zeros(30, dtype=np.int64), 5, seed=0, csv="d/Train.csv")
+    assert str(e.value) == ("file d/Train.csv: label 1 (landslide) has 0 row(s), fewer than the 5 folds. "
+                            "Fix: add rows labelled 1 to d/Train.csv")
+    with pytest.raises(DataError) as e:
+        train.stratified_folds(np.array([0] * 3 + [1] * 30), 5, seed=0, csv="d/Train.csv")
+    assert e.value.fix == "use --folds 3 or fewer, or add rows labelled 0 to d/Train.csv"
+    assert np.bincount(train.stratified_folds(np.array([0] * 3 + [1] * 30), 3, seed=0)).tolist() == [11, 11, 11]
+
+
 def test_every_fold_arch_epoch_and_rank_has_its_own_random_stream():
     seeds = {train.epoch_seed(1, f, a, e) for f in range(5) for a in range(2) for e in range(30)}
     assert len(seeds) == 5 * 2 * 30 and train.epoch_seed(2, 0, 0, 0) != train.epoch_seed(1, 0, 0, 0)

@@ -157,14 +157,15 @@ class FoldTrainer:
         self.ckpt_path = checkpoint_path(run_dir, fold, self.arch)
         self.backend = backend
 
-    def finished(self) -> tuple[np.ndarray, list[dict]] | None:
-        """(OOF probabilities, metric rows) when an earlier invocation finished this fold, else None."""
+    def saved(self) -> tuple[np.ndarray | None, list[dict]] | None:
+        """What an earlier invocation left of this fold: (OOF probabilities, or None while it is unfinished,
+        and the metric rows of its finished epochs), or None when it never finished an epoch."""
         if not self.state_path.is_file():
             return None
         # mmap: an unfinished fold's state holds the weights and optimizer (GBs for the full preset), read
-        # here only for its "done" flag.
+        # here only for its "done" flag and rows.
         state = self._read_state(mmap=True)
-        return (state["oof"], state["rows"]) if state.get("done") and self.ckpt_path.is_file() else None
+        return (state["oof"] if state["done"] and self.ckpt_path.is_file() else None), state["rows"]
 
     def _read_state(self, mmap: bool = False) -> dict:
         from landslide.errors import ContractError
@@ -442,12 +443,16 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     # Folds this process does not train that an earlier invocation finished (--only-folds): read once,
     # for metrics.csv from its first write and for the calibration at the end.
     earlier: dict[tuple[int, int], tuple[np.ndarray, list[dict]]] = {}
+    unfinished: list[dict] = []  # the epochs of folds another invocation left half-trained: kept in metrics.csv
     if env.is_main:
         for fold in (f for f in range(cfg.folds) if f not in mine):
             for ai in range(len(cfg.archs)):
-                if got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).finished():
-                    earlier[fold, ai] = got
-    elsewhere = [row for _, rs in earlier.values() for row in rs]
+                if got := FoldTrainer(cfg, rt, split, fold_of, fold, ai, run, backend).saved():
+                    if got[0] is None:
+                        unfinished += got[1]
+                    else:
+                        earlier[fold, ai] = got
+    elsewhere = [row for _, rs in earlier.values() for row in rs] + unfinished
 
     def live_metrics(current: list[dict]) -> None:  # after every epoch: metrics.csv is never behind the log
         write_metrics(run / "metrics.csv", elsewhere + [row for *_, rs in results for row in rs] + current)
@@ -478,8 +483,11 @@ def _main(cfg: TrainConfig, env: DistEnv, device: str) -> dict:
     for fold, ai, p, r in sorted(results, key=lambda t: (t[0], t[1])):
         oof[fold_of == fold, ai] = p
         rows.extend(r)
-    write_metrics(run / "metrics.csv", rows)
-    plots.training_curves(rows, run / "plots" / "training_curves.png")
+    # Under --fold-parallel another rank may have finished one of them meanwhile: its rows are in results.
+    trained = {(fold, cfg.archs[ai]) for fold, ai, *_ in results}
+    unfinished = [r for r in unfinished if (r["fold"], r["arch"]) not in trained]
+    write_metrics(run / "metrics.csv", rows + unfinished)
+    plots.training_curves(rows + unfinished, run / "plots" / "training_curves.png")
     if todo:
         log.info("trained folds %s; fold(s) %s still to train (calibration needs every fold's OOF predictions): "
                  "python train.py --out %s --resume (every unfinished fold; add --only-folds to pick)", folds, todo, run)

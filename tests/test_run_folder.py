@@ -330,6 +330,42 @@ def test_metrics_csv_is_written_after_every_epoch(synth_data, tmp_path, monkeypa
     assert seen[-1] == seen[0] + [("1", "2"), ("1", "3")]
 
 
+def test_metrics_csv_keeps_a_half_trained_folds_epochs_while_another_fold_trains(synth_data, tmp_path, monkeypatch):
+    """Fold 1 stopped after 2 of 3 epochs (Ctrl-C); `--only-folds 0` then must not drop its rows from metrics.csv."""
+    import csv
+
+    import landslide.run_folder as run_folder
+    import landslide.train as train
+    from landslide.config import make_config
+    from landslide.train_config import PRESETS, TrainConfig
+
+    seen: list[list[tuple[str, str]]] = []
+    real = run_folder.write_metrics
+
+    def recording(path, rows):
+        real(path, rows)
+        seen.append([(r["fold"], r["epoch"]) for r in csv.DictReader(open(path))])
+        if seen[-1][-1] == ("1", "2") and not stop_done:
+            raise KeyboardInterrupt  # after epoch 2's state write, as a Ctrl-C there would be
+
+    monkeypatch.setattr(train, "write_metrics", recording)
+    run = tmp_path / "run"
+    base = {**PRESETS["tiny"], "data": str(synth_data), "out": str(run), "device": "cpu", "epochs": 3,
+            "patience": 10, "max_steps": 1, "cache_dir": str(tmp_path / "cache")}
+    stop_done = False
+    with pytest.raises(KeyboardInterrupt):
+        train.main(make_config(TrainConfig, {**base, "only_folds": [1]}))
+    stop_done = True
+    seen.clear()
+    train.main(make_config(TrainConfig, {**base, "only_folds": [0], "resume": True}))
+    assert seen[0] == [("0", "1"), ("1", "1"), ("1", "2")]
+    assert seen[-1] == [("0", "1"), ("0", "2"), ("0", "3"), ("1", "1"), ("1", "2")]
+    seen.clear()
+    train.main(make_config(TrainConfig, {**base, "resume": True}))  # fold 1 finishes; its epochs are not listed twice
+    assert seen[-1] == [("0", "1"), ("0", "2"), ("0", "3"), ("1", "1"), ("1", "2"), ("1", "3")]
+    assert (run / "calibration.json").is_file()
+
+
 def _copies(trained_run, tmp_path, saved_data: str | None) -> tuple:
     """(data copy, run copy, its config.json), the run's saved --data set to ``saved_data`` (None: the copy)."""
     import shutil

@@ -102,10 +102,26 @@ def check_config(cfg: TrainConfig) -> None:
     # Each would crash minutes in (a traceback from range() or torch) or train nothing and then look for
     # a checkpoint no epoch wrote: refused here, with the flag named.
     for flag, value, ok, want in (("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
+                                  ("--folds", cfg.folds, cfg.folds >= 2, "2 or more"),
                                   ("--patience", cfg.patience, cfg.patience >= 1, "1 or more"),
+                                  ("--max-steps", cfg.max_steps, cfg.max_steps >= 0, "0 (a full pass) or more"),
+                                  # A balanced batch holds at least one sample of each class.
+                                  ("--batch-size", cfg.batch_size, cfg.batch_size >= 2, "2 or more"),
                                   ("--eval-batch-size", cfg.eval_batch_size, cfg.eval_batch_size >= 1, "1 or more"),
                                   ("--lr", cfg.lr, cfg.lr > 0, "above 0"),
+                                  ("--min-lr", cfg.min_lr, 0 <= cfg.min_lr <= cfg.lr,
+                                   f"from 0 up to --lr ({cfg.lr:g}): it is the floor the cosine schedule decays to"),
+                                  ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "0 or more"),
                                   ("--dropout", cfg.dropout, 0 <= cfg.dropout < 1, "from 0 up to (not including) 1"),
+                                  ("--focal-alpha", cfg.focal_alpha, cfg.focal_alpha <= 1,
+                                   "from 0 to 1 (the positives' weight), or below 0 for no class weighting"),
+                                  ("--focal-gamma", cfg.focal_gamma, cfg.focal_gamma >= 0, "0 (plain BCE) or more"),
+                                  ("--pos-fraction", cfg.pos_fraction, 0 < cfg.pos_fraction < 1, "between 0 and 1, e.g. 0.5"),
+                                  ("--mixup-alpha", cfg.mixup_alpha, cfg.mixup_alpha >= 0, "0 (off) or more"),
+                                  ("--cutmix-alpha", cfg.cutmix_alpha, cfg.cutmix_alpha >= 0, "0 (off) or more"),
+                                  ("--mix-prob", cfg.mix_prob, 0 <= cfg.mix_prob <= 1, "from 0 to 1"),
+                                  # numpy's generators (the fold split) take no negative seed.
+                                  ("--seed", cfg.seed, cfg.seed >= 0, "0 or more"),
                                   ("--archs", ",".join(cfg.archs), bool(cfg.archs) and all(cfg.archs),
                                    "at least one timm name, comma-separated")):
         if not ok:

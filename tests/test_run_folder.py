@@ -43,7 +43,14 @@ def test_a_fold_asked_for_twice_is_refused():
 
 @pytest.mark.parametrize("key,value,flag", [("epochs", 0, "--epochs"), ("patience", 0, "--patience"),
                                              ("eval_batch_size", 0, "--eval-batch-size"), ("lr", -1.0, "--lr"),
-                                             ("dropout", 2.0, "--dropout"), ("archs", [], "--archs")])
+                                             ("dropout", 2.0, "--dropout"), ("archs", [], "--archs"),
+                                             ("folds", 1, "--folds"), ("max_steps", -1, "--max-steps"),
+                                             ("batch_size", 1, "--batch-size"), ("min_lr", 1.0, "--min-lr"),
+                                             ("min_lr", -1e-6, "--min-lr"), ("weight_decay", -0.1, "--weight-decay"),
+                                             ("focal_alpha", 1.5, "--focal-alpha"), ("focal_gamma", -1.0, "--focal-gamma"),
+                                             ("pos_fraction", 1.0, "--pos-fraction"), ("pos_fraction", 0.0, "--pos-fraction"),
+                                             ("mixup_alpha", -0.2, "--mixup-alpha"), ("cutmix_alpha", -1.0, "--cutmix-alpha"),
+                                             ("mix_prob", 1.5, "--mix-prob"), ("seed", -1, "--seed")])
 def test_numbers_that_would_crash_or_train_nothing_are_refused(key, value, flag):
     from landslide.config import make_config
     from landslide.train import check_config
@@ -52,7 +59,11 @@ def test_numbers_that_would_crash_or_train_nothing_are_refused(key, value, flag)
     with pytest.raises(ConfigError, match=f"^{flag} .*: out of range") as e:
         check_config(make_config(TrainConfig, {**PRESETS["tiny"], key: value}))
     assert e.value.fix.startswith(f"pass {flag} ")
-    check_config(make_config(TrainConfig, {**PRESETS["tiny"], "epochs": 1, "patience": 1, "dropout": 0.0}))
+    # The edges that are allowed.
+    check_config(make_config(TrainConfig, {**PRESETS["tiny"], "epochs": 1, "patience": 1, "dropout": 0.0, "max_steps": 0,
+                                           "batch_size": 2, "min_lr": PRESETS["tiny"]["lr"], "weight_decay": 0.0,
+                                           "focal_alpha": -1.0, "focal_gamma": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+                                           "mix_prob": 1.0, "seed": 0}))
 
 
 @pytest.mark.parametrize("key,flag", [("out", "--out"), ("cache_dir", "--cache-dir")])

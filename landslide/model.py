@@ -43,10 +43,19 @@ class ModelConfig:
 def parse_arch(spec: str) -> tuple[str, int]:
     """``"efficientnet_b5@384"`` -> ``("efficientnet_b5", 384)``; no ``@`` keeps native size (0)."""
     name, _, size = spec.partition("@")
+    fix = "write NAME or NAME@SIZE, e.g. efficientnet_b5@384"
     try:
-        return name, int(size) if size else 0
+        px = int(size) if size else 0
     except ValueError:
-        raise ConfigError(f"bad architecture spec {spec!r}", fix="write NAME or NAME@SIZE, e.g. efficientnet_b5@384") from None
+        raise ConfigError(f"bad architecture spec {spec!r}", fix=fix) from None
+    if not name:
+        raise ConfigError(f"bad architecture spec {spec!r}: no backbone name before '@'", fix=fix)
+    # The backbones downsample by 32: a smaller SIZE leaves them no pixel to see, and "@0" would be read
+    # as the native size the user did not write.
+    if size and px < 32:
+        raise ConfigError(f"bad architecture spec {spec!r}: SIZE {px} px is below 32 (the backbones' stride)",
+                          fix=f"write {name} for the native 64 px, or {name}@SIZE with SIZE 32 or more, e.g. {name}@224")
+    return name, px
 
 
 class SARBranch(nn.Module):

@@ -71,6 +71,12 @@ def test_parse_arch():
     assert parse_arch("test_efficientnet") == ("test_efficientnet", 0)
     with pytest.raises(ConfigError):
         parse_arch("x@big")
+    for spec, says in (("x@0", "SIZE 0 px is below 32"), ("x@-224", "SIZE -224 px"), ("x@16", "SIZE 16 px"),
+                       ("@224", "no backbone name")):
+        with pytest.raises(ConfigError, match=says) as e:
+            parse_arch(spec)
+        assert e.value.fix.startswith("write ")
+    assert parse_arch("x@32") == ("x", 32)
 
 
 def test_unknown_backbone_names_the_fix():

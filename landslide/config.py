@@ -50,19 +50,33 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             (inner,) = typing.get_args(base)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
-            return [inner(v) for v in value]
-        if base is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        return base(value)
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
+            return [_scalar(inner, v) for v in value]
+        return _scalar(base, value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={value!r} is not a valid {getattr(base, '__name__', base)}",
                           fix=f"pass --{name.replace('_', '-')} with a value of that type") from None
+
+
+def _scalar(tp: type, value: Any) -> Any:
+    """``value`` as ``tp``, refusing what a plain ``tp(value)`` would quietly bend (from a JSON config, say):
+    ``int(2.5)`` is 2, ``float(True)`` is 1.0, ``bool(5)`` and ``bool("off")`` are True, ``str([1])`` is "[1]"."""
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise TypeError(value)
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        raise TypeError(value)
+    if tp is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return tp(value)
 
 
 def _shown_default(help_: str, default: Any) -> str:
@@ -183,7 +197,24 @@ def load_json_config(cls: type, path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError("config is not a JSON object", file=path, fix="write {\"field\": value, ...}")
     check_keys(cls, data, file=path)  # here, with the file named, rather than later as if a flag were wrong
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():  # likewise each value's type, naming the key in the file
+        try:
+            _coerce(key, hints[key], value)
+        except ConfigError as e:
+            base = _base_type(hints[key])[0]
+            kind = "list" if typing.get_origin(base) is list else getattr(base, "__name__", base)
+            a = "an" if kind[0] in "aeiou" else "a"
+            eg = _example(cls, key)
+            raise ConfigError(f"{e.problem} (key {key!r})", file=path, fix=f'write "{key}": {a} {kind} value'
+                              + (f", e.g. {json.dumps(eg)}" if eg not in ("", []) else "")) from None
     return data
+
+
+def _example(cls: type, key: str) -> Any:
+    """The field's default: an example of its type as JSON writes it."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 def check_keys(cls: type, values: dict[str, Any], file: str | Path | None = None) -> None:

@@ -102,6 +102,29 @@ def test_bad_type_fails(tmp_path):
         parse(["--config", str(f)])
 
 
+@pytest.mark.parametrize("key,value,fix", [("epochs", 2.5, '"epochs": an int value, e.g. 35'),
+                                           ("epochs", True, '"epochs": an int value'),
+                                           ("lr", False, '"lr": a float value, e.g. 0.0001'),
+                                           ("deterministic", 5, '"deterministic": a bool value, e.g. false'),
+                                           ("only_folds", 1, '"only_folds": a list value'),
+                                           ("only_folds", [0.5], '"only_folds": a list value'),
+                                           ("out", ["a"], '"out": a str value, e.g. "runs/train"')])
+def test_config_file_values_are_not_bent_to_the_type(tmp_path, key, value, fix):
+    """JSON 2.5 for an int field was read as 2, true as 1, 5 for a bool as true: now refused, naming key and file."""
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({key: value}))
+    with pytest.raises(ConfigError, match=f"key '{key}'") as e:
+        parse(["--config", str(f)])
+    assert e.value.file == str(f) and e.value.fix.startswith(f"write {fix}")
+
+
+def test_config_file_values_of_the_right_type_load(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epochs": 3.0, "lr": 1, "deterministic": True, "only_folds": [1], "archs": "a,b"}))
+    cfg = parse(["--config", str(f)])
+    assert (cfg.epochs, cfg.lr, cfg.deterministic, cfg.only_folds, cfg.archs) == (3, 1.0, True, [1], ["a", "b"])
+
+
 def test_unknown_flag_exits():
     with pytest.raises(SystemExit):
         parse(["--no-such-flag", "1"])

@@ -158,6 +158,10 @@ def read_npy(path: Path) -> np.ndarray:
     return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
 
 
+# numpy dtype kinds a patch may have: signed and unsigned integers, floats (bool, complex, strings are refused).
+REAL_KINDS = "iuf"
+
+
 def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = None) -> np.ndarray:
     """Load and validate one patch; returns ``(64, 64, C)`` float32. Raises :class:`DataError`.
 
@@ -165,6 +169,10 @@ def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = No
     it only shapes the message when the channel count is wrong. Each fix holds for training and
     scoring alike; the caller's :class:`BadFilesError` says what to do next in its own context.
     """
+    if path.is_dir():  # is_file() is False for it too, but "missing" would send the user looking for nothing
+        raise DataError("is a folder, not a .npy file", file=path, id=id_,
+                        fix="move the folder out of the way and put the patch's .npy file there, or remove its row "
+                            "from the CSV")
     if not path.is_file():
         raise DataError("patch file is missing", file=path, id=id_,
                         fix="restore the file, or remove its row from the CSV")
@@ -176,12 +184,17 @@ def load_patch(path: Path, id_: str, n_channels: int, *, bands: Path | None = No
     except Exception as e:  # ValueError/OSError/EOFError on bad files
         raise DataError(f"cannot read .npy ({type(e).__name__}: {e})", file=path, id=id_,
                         fix="the file is truncated or not a .npy array; re-extract or re-download it") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+    if isinstance(arr, np.ndarray) and arr.dtype.kind == "b":  # True/False: a mask saved in the patch's place
+        raise DataError("dtype bool holds True/False (a mask?), not band values", file=path, id=id_,
+                        fix="save the patch's band values there, as an integer or float array")
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in REAL_KINDS:
         raise DataError(f"dtype {getattr(arr, 'dtype', type(arr))} is not a real number type", file=path,
                         id=id_, fix="store patches as integer or float arrays")
     if arr.ndim != 3 or arr.shape[:2] != PATCH_HW:
-        raise DataError(f"shape {arr.shape} is not (64, 64, C)", file=path, id=id_,
-                        fix=f"each patch must be a (64, 64, {n_channels}) array, channels last")
+        fix = f"each patch must be a (64, 64, {n_channels}) array, channels last"
+        if arr.ndim == 3 and arr.shape[1:] == PATCH_HW:  # (C, 64, 64): saved channels first (PyTorch's order)
+            fix += "; this one is channels first: save np.moveaxis(patch, 0, -1) instead"
+        raise DataError(f"shape {arr.shape} is not (64, 64, C)", file=path, id=id_, fix=fix)
     if arr.shape[2] != n_channels:
         against, fix = _channel_fix(n_channels, bands, arr.shape[2])
         raise DataError(f"{arr.shape[2]} channels but {against}", file=path, id=id_, fix=fix)

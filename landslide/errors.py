@@ -42,10 +42,18 @@ class BadFilesError(DataError):
 
     def __init__(self, errors: list[DataError], *, fix: str) -> None:
         self.errors = errors
-        # One line per file: a reader's own message (numpy's, say) may hold a newline of its own.
-        lines = "\n".join("  - " + " ".join(e.format().split("\n")) for e in errors[:50])
+        # Five hundred missing files need one "restore the file" said once, not five hundred times: a fix
+        # every file shares goes on a line of its own after the list.
+        shared = errors[0].fix if len(errors) > 1 and len({e.fix for e in errors}) == 1 else None
+
+        def line(e: DataError) -> str:  # one line: a reader's own message (numpy's, say) may hold a newline
+            text = LandslideError(e.problem, file=e.file, id=e.id).format() if shared else e.format()
+            return "  - " + " ".join(text.split("\n"))
+
+        lines = "\n".join(line(e) for e in errors[:50])
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{len(errors)} bad patch file(s), one line per file:\n{lines}{more}", fix=fix)
+        each = f"\nEach file: {shared}" if shared else ""
+        super().__init__(f"{len(errors)} bad patch file(s), one line per file:\n{lines}{more}{each}", fix=fix)
 
     def format(self) -> str:
         # The list ends a line: the overall fix goes on a line of its own, not glued to the last file.

@@ -21,6 +21,7 @@ from landslide.bands import BandLayout
 from landslide.data import (
     IO_WORKERS,
     PATCH_HW,
+    REAL_KINDS,
     bad_files_fix,
     bands_file,
     load_patch,
@@ -71,7 +72,7 @@ def _header_ok(path: Path, n_channels: int) -> bool:
             start = f.tell()
     except (OSError, ValueError):
         return False
-    return (dtype.kind in "biuf" and tuple(shape) == (*PATCH_HW, n_channels)
+    return (dtype.kind in REAL_KINDS and tuple(shape) == (*PATCH_HW, n_channels)
             and path.stat().st_size >= start + int(np.prod(shape)) * dtype.itemsize)
 
 

@@ -78,12 +78,33 @@ def test_any_real_dtype_loads_as_float32(tmp_path, dtype):
     (np.full((64, 64, 12), 1e300), "NaN/Inf"),  # overflows float32
     (np.zeros((64, 64, 12), np.complex64), "not a real number type"),
     (np.array(["a"] * 12), "not a real number type"),
+    (np.ones((64, 64, 12), bool), r"dtype bool holds True/False \(a mask\?\), not band values"),
 ])
 def test_bad_patches(tmp_path, arr, msg):
     p = _save(tmp_path, arr)
     with pytest.raises(DataError, match=msg) as e:
         load_patch(p, "ID_X", 12)
     assert "ID_X" in str(e.value) and str(p) in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_a_channels_first_patch_is_told_how_to_turn_it(tmp_path):
+    p = _save(tmp_path, np.zeros((12, 64, 64), np.float32))
+    with pytest.raises(DataError, match=r"shape \(12, 64, 64\) is not \(64, 64, C\)") as e:
+        load_patch(p, "ID_X", 12)
+    assert e.value.fix.endswith("this one is channels first: save np.moveaxis(patch, 0, -1) instead")
+    p = _save(tmp_path, np.zeros((64, 32, 12), np.float32))
+    with pytest.raises(DataError) as e:
+        load_patch(p, "ID_X", 12)
+    assert "channels first" not in e.value.fix
+
+
+def test_a_folder_where_the_patch_should_be_is_not_called_missing(tmp_path):
+    (tmp_path / "ID_X.npy").mkdir()
+    with pytest.raises(DataError, match="is a folder, not a .npy file") as e:
+        load_patch(tmp_path / "ID_X.npy", "ID_X", 12)
+    assert e.value.id == "ID_X" and "put the patch's .npy file there" in e.value.fix
+    with pytest.raises(DataError, match="patch file is missing"):
+        load_patch(tmp_path / "ID_Y.npy", "ID_Y", 12)
 
 
 def test_truncated_and_corrupt_files(tmp_path):
@@ -172,6 +193,16 @@ def test_bad_files_message_is_one_line_per_file_then_the_fix():
     assert lines[1].startswith("  - file a.npy, ID ID_A: ") and lines[1].endswith("Fix: re-extract it")
     assert lines[2] == "  - file b.npy, ID ID_B: patch file is missing. Fix: restore it"
     assert lines[3] == "Fix: fix them, then run again" and len(lines) == 4
+
+
+def test_a_fix_every_bad_file_shares_is_said_once():
+    errors = [DataError("patch file is missing", file=f"{c}.npy", id=f"ID_{c}", fix="restore it") for c in "ABC"]
+    lines = str(BadFilesError(errors, fix="fix them, then run again")).splitlines()
+    assert lines[1:4] == [f"  - file {c}.npy, ID ID_{c}: patch file is missing" for c in "ABC"]
+    assert lines[4:] == ["Each file: restore it", "Fix: fix them, then run again"]
+    assert [e.fix for e in errors] == ["restore it"] * 3  # the errors themselves keep their fix
+    one = str(BadFilesError(errors[:1], fix="fix it")).splitlines()  # a single file: its fix stays on its line
+    assert one[1] == "  - file A.npy, ID ID_A: patch file is missing. Fix: restore it" and len(one) == 3
 
 
 def test_training_reports_every_bad_file_with_a_training_fix(tmp_path):

@@ -87,8 +87,9 @@ class InferConfig:
                                 "the repository's engines/, from any current folder)")
 
 
-def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
-    """(backend, path to load, why) for ``cfg.run`` and ``cfg.backend``."""
+def resolve_artefact(cfg: InferConfig, sha: Callable[[], str] | None = None) -> tuple[str, Path, str]:
+    """(backend, path to load, why) for ``cfg.run`` and ``cfg.backend``; ``sha``: the run's
+    :func:`lazy_run_hash`, when the caller needs it too (the torch runner's record of a shard)."""
     path = Path(cfg.run)
     if path.is_file():
         backend = SUFFIX_BACKEND.get(path.suffix)
@@ -102,7 +103,7 @@ def resolve_artefact(cfg: InferConfig) -> tuple[str, Path, str]:
     if not path.is_dir():
         raise ConfigError("run folder or artefact not found", file=path, fix="pass RUN_DIR or an exported file")
     graph = path / "export" / ("fused_fp16.onnx" if cfg.precision == "fp16" else "fused.onnx")
-    sha = lazy_run_hash(path)  # the engine lookup and the stale-export check hash the checkpoints once between them
+    sha = sha or lazy_run_hash(path)  # the engine lookup and the stale-export check hash the checkpoints once between them
     if cfg.backend == "torch":
         return "torch", path, "asked for"
     if cfg.backend == "onnxruntime":
@@ -264,7 +265,9 @@ def make_runner(cfg: InferConfig) -> Runner:
     if asked and not computes_at(asked, cfg.precision):
         raise ConfigError(f"--precision {cfg.precision}: the {asked} backend computes at "
                           f"{'|'.join(PRECISIONS[asked])}", file=cfg.run, fix=PRECISION_FIX)
-    backend, path, why = resolve_artefact(cfg)
+    # One hash of the checkpoints for the engine lookup, the stale-export check and a shard's record.
+    sha = lazy_run_hash(Path(cfg.run)) if Path(cfg.run).is_dir() else None
+    backend, path, why = resolve_artefact(cfg, sha)
     check_backend_options(cfg, backend, why)
     if backend == "torch":
         from landslide.runtime.torch import TorchRunner
@@ -274,7 +277,8 @@ def make_runner(cfg: InferConfig) -> Runner:
             raise ConfigError("--precision fp16: the torch backend runs fp16 on a CUDA GPU only", file=path,
                               fix=f"on a CPU, {graph}--backend onnxruntime --precision fp16 (the run's FP16 graph), "
                                   "or --precision fp32|bf16 here")
-        runner: Runner = TorchRunner(path, cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision, cfg.compile)
+        runner: Runner = TorchRunner(path, cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision, cfg.compile,
+                                     run_hash=sha)
     elif backend == "onnxruntime":
         from landslide.runtime.onnxruntime import OnnxRunner
 

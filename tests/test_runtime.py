@@ -161,8 +161,14 @@ def test_a_stale_export_is_never_scored_for_its_run(exported, tmp_path, caplog):
     assert fresh.source_hash == make_runner(cfg(backend="torch")).source_hash  # one model, two backends
     cal = json.loads((moved / "calibration.json").read_text())
     (moved / "calibration.json").write_text(json.dumps({**cal, "threshold": 0.123}))
-    with caplog.at_level("WARNING", logger="landslide.infer"):
+    import landslide.export.sidecar as sc
+
+    real_hash, calls = sc.run_hash, []
+    with caplog.at_level("WARNING", logger="landslide.infer"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sc, "run_hash", lambda info: calls.append(1) or real_hash(info))
         runner = make_runner(cfg())
+        # The stale check hashed the checkpoints; a shard's record of the torch runner reuses that hash.
+        assert runner.source_hash != fresh.source_hash and len(calls) == 1
     assert runner.name == "torch-fused" and runner.threshold == pytest.approx(0.123)
     assert "export/fused.onnx skipped" in caplog.text and f"python export.py {moved}" in caplog.text
     with pytest.raises(ContractError, match="fused.onnx is not this run's ensemble") as e:

@@ -1,6 +1,7 @@
 """The torch runner: the fused ensemble module, eager or ``torch.compile``d, on CPU or CUDA."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -18,7 +19,10 @@ class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "fp32", compile: str = "off",
-                 looped: bool = False) -> None:
+                 looped: bool = False, run_hash: Callable[[], str] | None = None) -> None:
+        """``run_hash``: the run's hash as the caller computes it once (``infer.lazy_run_hash``), so that
+        a shard's record does not read every checkpoint a second time."""
+        self._run_hash = run_hash
         self.rt = resolve_runtime(device, precision, "auto", compile)
         enable_autotune(self.rt)  # fixed batch shapes: cuDNN's search runs once per shape
         module, info = build_ensemble(run_dir, looped=looped)
@@ -51,6 +55,8 @@ class TorchRunner(Runner):
 
     @cached_property
     def source_hash(self) -> str:  # hashes every checkpoint: computed only when asked (a shard's record)
+        if self._run_hash is not None:
+            return self._run_hash()
         from landslide.export.sidecar import run_hash
 
         return run_hash(self.info)

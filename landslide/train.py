@@ -52,7 +52,6 @@ from landslide.run_folder import start_run, write_metrics, write_oof
 from landslide.sampler import BalancedSampler
 from landslide.step import TrainStep, check_cuda_graphs, load_optimizer_state, load_scaler_state, make_optimizer
 from landslide.train_config import TrainConfig, arch_model_config, check_config
-from landslide.utils import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +261,6 @@ class FoldTrainer:
                        leave=False, disable=None)
             compile_s = 0.0
             for s in bar:
-                raise_if_interrupted()
                 xs, xi, yb, cb = train_fold.rows(idx[s])  # the batch is xs[xi]: the augmentation gathers
                 xb, yb, cb = mixer(augment(xs, gen, index=xi), yb, cb, gen)
                 if rt.channels_last:

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,31 +45,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-# Set by a Ctrl-C (SIGINT) in a script. Python raises the KeyboardInterrupt wherever the main thread is
-# running, and one raised inside a finalizer (a __del__, a weakref callback run by the GC) is printed and
-# dropped: seen once in CI, a training went on to its early stop and exited 0. The flag outlives that:
-# the training loop checks it every step (raise_if_interrupted).
-INTERRUPTED = threading.Event()
-
-
-def _on_sigint(signum: int, frame: object) -> None:
-    INTERRUPTED.set()
-    raise KeyboardInterrupt
-
-
-def raise_if_interrupted() -> None:
-    """Raise the KeyboardInterrupt of a Ctrl-C that something swallowed (cheap: a flag read)."""
-    if INTERRUPTED.is_set():
-        raise KeyboardInterrupt
-
-
 def run_script(fn: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run a script's main; a user error prints one clear message and exits 2, without a traceback."""
     from landslide.errors import LandslideError
 
     setup_logging()
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
     try:
         fn(argv)
     except LandslideError as e:

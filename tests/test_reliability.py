@@ -256,7 +256,10 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(synth_data, tmp_path):
     state = run / "fold0" / "test_efficientnet.state.pt"
     cmd = _train_cmd(synth_data, run, tmp_path / "cache")
     cmd[cmd.index("--epochs") + 1] = "200"  # still training when the signal comes
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs (`make test &`) with SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN: the child gets the default back, as a terminal's Ctrl-C would find it.
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and not state.exists():
         time.sleep(0.1)
